@@ -1,0 +1,230 @@
+//! The whole PCI function: the standard header plus the watchdog, on an injected clock.
+
+use crate::action::{ActionSink, WatchdogAction};
+use crate::clock::Clock;
+use crate::config_space::ConfigHeader;
+use crate::events::{NoEvents, WatchdogEvents};
+use crate::regs::{
+    BAR0_SIZE, CONFIG_HEADER_SIZE, CONFIG_SPACE_SIZE, QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID,
+};
+use crate::state::{I6300EsbState, StateError, DEVICE_STATE_VERSION};
+use crate::watchdog::Watchdog;
+
+/// The i6300esb PCI function as QEMU 7.2 presents it.
+///
+/// Configuration accesses take `(offset, data)` with 1 to 4 bytes; BAR0 accesses
+/// take the offset inside the 16-byte window. Nothing here fails or panics: odd
+/// accesses read as zeros, writes to them are dropped, and both are counted
+/// through the events hook. Time comes from the injected [`Clock`].
+#[derive(Debug)]
+pub struct I6300Esb<C: Clock, E: WatchdogEvents = NoEvents> {
+    header: ConfigHeader,
+    watchdog: Watchdog<E>,
+    clock: C,
+}
+
+impl<C: Clock> I6300Esb<C, NoEvents> {
+    /// A device in its power-on state that requests `action` when it fires.
+    pub fn new(action: WatchdogAction, clock: C) -> Self {
+        I6300Esb::with_events(action, clock, NoEvents)
+    }
+}
+
+impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
+    /// A device in its power-on state reporting to `events`.
+    pub fn with_events(action: WatchdogAction, clock: C, events: E) -> Self {
+        I6300Esb {
+            header: ConfigHeader::new(QEMU_SUBSYSTEM_VENDOR_ID, QEMU_SUBSYSTEM_ID),
+            watchdog: Watchdog::with_events(action, events),
+            clock,
+        }
+    }
+
+    /// Present other subsystem IDs than QEMU's 1AF4:1100.
+    pub fn with_subsystem_ids(mut self, vendor_id: u16, subsystem_id: u16) -> Self {
+        let (command, bar0, cls, line) = self.header.writable_fields();
+        self.header = ConfigHeader::new(vendor_id, subsystem_id);
+        self.header.set_writable_fields(command, bar0, cls, line);
+        self
+    }
+
+    /// The watchdog part.
+    pub fn watchdog(&self) -> &Watchdog<E> {
+        &self.watchdog
+    }
+
+    /// The watchdog part, mutably (for `set_action` and the like).
+    pub fn watchdog_mut(&mut self) -> &mut Watchdog<E> {
+        &mut self.watchdog
+    }
+
+    /// The standard header.
+    pub fn header(&self) -> &ConfigHeader {
+        &self.header
+    }
+
+    /// The clock the device reads.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The events hook.
+    pub fn events(&self) -> &E {
+        self.watchdog.events()
+    }
+
+    fn config_access_ok(offset: usize, len: usize) -> bool {
+        matches!(len, 1 | 2 | 4)
+            && offset
+                .checked_add(len)
+                .is_some_and(|end| end <= CONFIG_SPACE_SIZE)
+    }
+
+    /// Read `data.len()` bytes of configuration space at `offset`.
+    pub fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        data.fill(0);
+        if !Self::config_access_ok(offset, data.len()) {
+            self.watchdog.events().ignored_config_access();
+            return;
+        }
+        let now = self.clock.now_ns();
+        if self.watchdog.config_read(now, offset, data) {
+            return;
+        }
+        for (i, b) in data.iter_mut().enumerate() {
+            // Device-specific space (0x40..) reads as zeros unless decoded above.
+            *b = self.header.read_byte(offset + i);
+        }
+        if offset + data.len() > CONFIG_HEADER_SIZE {
+            self.note_odd_specific_access(offset, data.len());
+        }
+    }
+
+    /// Write `data` (1, 2 or 4 bytes) to configuration space at `offset`.
+    pub fn config_write(&mut self, offset: usize, data: &[u8]) {
+        if !Self::config_access_ok(offset, data.len()) {
+            self.watchdog.events().ignored_config_access();
+            return;
+        }
+        let now = self.clock.now_ns();
+        if self.watchdog.config_write(now, offset, data) {
+            return;
+        }
+        for (i, &b) in data.iter().enumerate() {
+            // Bytes past the header have write mask 0 (QEMU 7.2, as measured).
+            self.header.write_byte(offset + i, b);
+        }
+        if offset + data.len() > CONFIG_HEADER_SIZE {
+            self.note_odd_specific_access(offset, data.len());
+        }
+    }
+
+    /// An access overlapping 0x60/0x68 with a width those registers do not decode.
+    fn note_odd_specific_access(&self, offset: usize, len: usize) {
+        use crate::regs::{CFG_WDT_CONFIG, CFG_WDT_LOCK};
+        let overlaps = |reg: usize, width: usize| offset < reg + width && reg < offset + len;
+        if overlaps(CFG_WDT_CONFIG, 2) || overlaps(CFG_WDT_LOCK, 1) {
+            self.watchdog.events().ignored_config_access();
+        }
+    }
+
+    /// Read BAR0 at `offset` (0x00–0x0F). Routing by address, and honouring the
+    /// command register's memory-decode bit, is the bus's job: see [`Self::bar0_address`].
+    pub fn bar0_read(&mut self, offset: u64, data: &mut [u8]) {
+        let now = self.clock.now_ns();
+        self.watchdog.mmio_read(now, offset, data);
+    }
+
+    /// Write BAR0 at `offset` (0x00–0x0F).
+    pub fn bar0_write(&mut self, offset: u64, data: &[u8]) {
+        let now = self.clock.now_ns();
+        self.watchdog.mmio_write(now, offset, data);
+    }
+
+    /// Where BAR0 is decoded: `Some(base)` while memory decode is on and BAR0 holds
+    /// a real address. The window is [`BAR0_SIZE`] bytes long.
+    pub fn bar0_address(&self) -> Option<u64> {
+        self.header.bar0_address()
+    }
+
+    /// `(base, size)` of the decoded BAR0 window, if any.
+    pub fn bar0_region(&self) -> Option<(u64, u64)> {
+        self.bar0_address().map(|base| (base, BAR0_SIZE))
+    }
+
+    /// When to call [`Self::poll`] next, in the clock's nanoseconds.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.watchdog.next_deadline()
+    }
+
+    /// Run whatever is due now and hand each expiry to `sink`. Returns how many.
+    pub fn poll<S: ActionSink + ?Sized>(&mut self, sink: &mut S) -> usize {
+        let now = self.clock.now_ns();
+        self.watchdog.poll(now, sink)
+    }
+
+    /// The machine reset a VMM performs (for example after the `reset` action):
+    /// header and watchdog back to reset values, the timeout flag kept.
+    pub fn warm_reset(&mut self) {
+        self.header.reset();
+        self.watchdog.warm_reset();
+    }
+
+    /// A power-on reset: as [`Self::warm_reset`], and the timeout flag cleared.
+    pub fn power_on_reset(&mut self) {
+        self.header.reset();
+        self.watchdog.power_on_reset();
+    }
+
+    /// Freeze the countdown while the VM is paused.
+    pub fn pause(&mut self) {
+        let now = self.clock.now_ns();
+        self.watchdog.pause(now);
+    }
+
+    /// Resume the countdown with the time it had left.
+    pub fn resume(&mut self) {
+        let now = self.clock.now_ns();
+        self.watchdog.resume(now);
+    }
+
+    /// The saved state now.
+    pub fn state(&mut self) -> I6300EsbState {
+        let now = self.clock.now_ns();
+        let (command, bar0, cache_line_size, interrupt_line) = self.header.writable_fields();
+        I6300EsbState {
+            version: DEVICE_STATE_VERSION,
+            command,
+            bar0,
+            cache_line_size,
+            interrupt_line,
+            watchdog: self.watchdog.state(now),
+        }
+    }
+
+    /// Rebuild a device from a saved state, validated first. The countdown resumes
+    /// with the time it had left, measured on `clock` from now.
+    pub fn restore(state: &I6300EsbState, clock: C, events: E) -> Result<Self, StateError> {
+        state.validate()?;
+        let now = clock.now_ns();
+        let mut header = ConfigHeader::new(QEMU_SUBSYSTEM_VENDOR_ID, QEMU_SUBSYSTEM_ID);
+        header.set_writable_fields(
+            state.command,
+            state.bar0,
+            state.cache_line_size,
+            state.interrupt_line,
+        );
+        Ok(I6300Esb {
+            header,
+            watchdog: Watchdog::restore(&state.watchdog, now, events)?,
+            clock,
+        })
+    }
+
+    /// Read a configuration dword (convenience for PCI host bridges).
+    pub fn config_read_u32(&mut self, offset: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.config_read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+}

@@ -1,0 +1,320 @@
+//! Saved state for snapshot/restore: plain data, versioned, validated on restore.
+//!
+//! Time is stored as what is *left* of the running stage, never as an absolute
+//! instant, so a restore on another host or after downtime resumes the countdown
+//! where it stopped instead of firing at once.
+
+use std::fmt;
+
+use crate::action::WatchdogAction;
+use crate::regs::{
+    BAR0_ADDRESS_MASK, COMMAND_WRITABLE, PRELOAD_MASK, WDT_INT_TYPE_MASK_QEMU,
+};
+use crate::timer::MAX_STAGE_NS;
+use crate::watchdog::MAX_PENDING_EXPIRIES;
+
+/// Version of [`WatchdogState`] this crate writes and reads.
+pub const WATCHDOG_STATE_VERSION: u16 = 1;
+/// Version of [`I6300EsbState`] and of its byte encoding.
+pub const DEVICE_STATE_VERSION: u16 = 1;
+
+const MAGIC: &[u8; 4] = b"ESB\x00";
+
+/// Why a saved state was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateError {
+    /// The version is not one this crate understands.
+    Version(u16),
+    /// A preload value has bits above bit 19.
+    Preload,
+    /// The interrupt type has bits QEMU's model never stores.
+    IntType,
+    /// The unlock state is not 0, 1 or 2.
+    UnlockState,
+    /// The remaining time is longer than any stage can last.
+    Remaining,
+    /// A countdown is recorded while the timer is disabled.
+    CountdownWhileDisabled,
+    /// Too many undelivered expiries.
+    Pending,
+    /// The PCI command register has read-only bits set.
+    Command,
+    /// BAR0 has bits set below its 16-byte alignment.
+    Bar0,
+    /// The byte encoding is truncated, too long, or has a bad magic or checksum.
+    Encoding(&'static str),
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Version(v) => write!(f, "unsupported state version {v}"),
+            StateError::Preload => f.write_str("preload value wider than 20 bits"),
+            StateError::IntType => f.write_str("invalid interrupt type"),
+            StateError::UnlockState => f.write_str("invalid unlock state"),
+            StateError::Remaining => f.write_str("remaining time longer than a stage"),
+            StateError::CountdownWhileDisabled => f.write_str("countdown recorded while disabled"),
+            StateError::Pending => f.write_str("too many pending expiries"),
+            StateError::Command => f.write_str("read-only command bits set"),
+            StateError::Bar0 => f.write_str("misaligned BAR0"),
+            StateError::Encoding(what) => write!(f, "bad state encoding: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// The saved state of [`crate::Watchdog`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchdogState {
+    /// [`WATCHDOG_STATE_VERSION`].
+    pub version: u16,
+    /// The configured expiry action.
+    pub action: WatchdogAction,
+    /// WDTCR bit 5 clear.
+    pub reboot_enabled: bool,
+    /// WDTCR bit 2.
+    pub one_mhz: bool,
+    /// WDTCR interrupt type bits (mask 0x11).
+    pub int_type: u16,
+    /// WDTLR bit 2.
+    pub free_run: bool,
+    /// WDTLR bit 0.
+    pub locked: bool,
+    /// WDTLR bit 1.
+    pub enabled: bool,
+    /// Preload value 1 (20 bits).
+    pub preload1: u32,
+    /// Preload value 2 (20 bits).
+    pub preload2: u32,
+    /// 0: no window, 1: 0x80 seen, 2: window open.
+    pub unlock_state: u8,
+    /// The countdown is in stage 2.
+    pub stage2: bool,
+    /// Time left in the current stage, if the countdown is running or frozen.
+    pub remaining_ns: Option<u64>,
+    /// The timeout flag.
+    pub timed_out: bool,
+    /// The countdown is frozen because the VM is paused.
+    pub paused: bool,
+    /// Expiries the host has not collected yet.
+    pub pending: Vec<WatchdogAction>,
+}
+
+impl WatchdogState {
+    /// Check every field against what the device can produce.
+    pub fn validate(&self) -> Result<(), StateError> {
+        if self.version != WATCHDOG_STATE_VERSION {
+            return Err(StateError::Version(self.version));
+        }
+        if self.preload1 & !PRELOAD_MASK != 0 || self.preload2 & !PRELOAD_MASK != 0 {
+            return Err(StateError::Preload);
+        }
+        if self.int_type & !WDT_INT_TYPE_MASK_QEMU != 0 {
+            return Err(StateError::IntType);
+        }
+        if self.unlock_state > 2 {
+            return Err(StateError::UnlockState);
+        }
+        if let Some(remaining) = self.remaining_ns {
+            if remaining > MAX_STAGE_NS {
+                return Err(StateError::Remaining);
+            }
+            if !self.enabled {
+                return Err(StateError::CountdownWhileDisabled);
+            }
+        }
+        if self.pending.len() > MAX_PENDING_EXPIRIES {
+            return Err(StateError::Pending);
+        }
+        Ok(())
+    }
+}
+
+/// The saved state of a whole [`crate::I6300Esb`]: the writable PCI header fields
+/// and the watchdog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct I6300EsbState {
+    /// [`DEVICE_STATE_VERSION`].
+    pub version: u16,
+    /// PCI command register.
+    pub command: u16,
+    /// BAR0 as the guest programmed it.
+    pub bar0: u32,
+    /// Cache line size scratch register.
+    pub cache_line_size: u8,
+    /// Interrupt line scratch register.
+    pub interrupt_line: u8,
+    /// The watchdog proper.
+    pub watchdog: WatchdogState,
+}
+
+impl I6300EsbState {
+    /// Check every field against what the device can produce.
+    pub fn validate(&self) -> Result<(), StateError> {
+        if self.version != DEVICE_STATE_VERSION {
+            return Err(StateError::Version(self.version));
+        }
+        if self.command & !COMMAND_WRITABLE != 0 {
+            return Err(StateError::Command);
+        }
+        if self.bar0 & !BAR0_ADDRESS_MASK != 0 {
+            return Err(StateError::Bar0);
+        }
+        self.watchdog.validate()
+    }
+
+    /// Encode as bytes: a magic, the version, the fields little-endian, and a checksum.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let w = &self.watchdog;
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.command.to_le_bytes());
+        out.extend_from_slice(&self.bar0.to_le_bytes());
+        out.push(self.cache_line_size);
+        out.push(self.interrupt_line);
+        out.extend_from_slice(&w.version.to_le_bytes());
+        out.push(w.action.code());
+        let flags = u8::from(w.reboot_enabled)
+            | u8::from(w.one_mhz) << 1
+            | u8::from(w.free_run) << 2
+            | u8::from(w.locked) << 3
+            | u8::from(w.enabled) << 4
+            | u8::from(w.stage2) << 5
+            | u8::from(w.timed_out) << 6
+            | u8::from(w.paused) << 7;
+        out.push(flags);
+        out.extend_from_slice(&w.int_type.to_le_bytes());
+        out.extend_from_slice(&w.preload1.to_le_bytes());
+        out.extend_from_slice(&w.preload2.to_le_bytes());
+        out.push(w.unlock_state);
+        match w.remaining_ns {
+            Some(r) => {
+                out.push(1);
+                out.extend_from_slice(&r.to_le_bytes());
+            }
+            None => {
+                out.push(0);
+                out.extend_from_slice(&0u64.to_le_bytes());
+            }
+        }
+        out.push(w.pending.len().min(usize::from(u8::MAX)) as u8);
+        out.extend(w.pending.iter().map(|a| a.code()));
+        let sum = checksum(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Decode and validate bytes written by [`I6300EsbState::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
+        if bytes.len() < 4 {
+            return Err(StateError::Encoding("truncated"));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 4);
+        if checksum(body).to_le_bytes() != sum {
+            return Err(StateError::Encoding("checksum mismatch"));
+        }
+        let mut r = Reader(body);
+        if r.take(4)? != MAGIC {
+            return Err(StateError::Encoding("bad magic"));
+        }
+        let version = r.u16()?;
+        if version != DEVICE_STATE_VERSION {
+            return Err(StateError::Version(version));
+        }
+        let command = r.u16()?;
+        let bar0 = r.u32()?;
+        let cache_line_size = r.u8()?;
+        let interrupt_line = r.u8()?;
+        let wversion = r.u16()?;
+        let action =
+            WatchdogAction::from_code(r.u8()?).ok_or(StateError::Encoding("unknown action"))?;
+        let flags = r.u8()?;
+        let int_type = r.u16()?;
+        let preload1 = r.u32()?;
+        let preload2 = r.u32()?;
+        let unlock_state = r.u8()?;
+        let has_remaining = r.u8()?;
+        let remaining = r.u64()?;
+        let remaining_ns = match has_remaining {
+            0 => None,
+            1 => Some(remaining),
+            _ => return Err(StateError::Encoding("bad remaining-time tag")),
+        };
+        let count = r.u8()?;
+        let mut pending = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            pending.push(
+                WatchdogAction::from_code(r.u8()?)
+                    .ok_or(StateError::Encoding("unknown action"))?,
+            );
+        }
+        if !r.0.is_empty() {
+            return Err(StateError::Encoding("trailing bytes"));
+        }
+        let state = I6300EsbState {
+            version,
+            command,
+            bar0,
+            cache_line_size,
+            interrupt_line,
+            watchdog: WatchdogState {
+                version: wversion,
+                action,
+                reboot_enabled: flags & 1 != 0,
+                one_mhz: flags & 2 != 0,
+                free_run: flags & 4 != 0,
+                locked: flags & 8 != 0,
+                enabled: flags & 16 != 0,
+                stage2: flags & 32 != 0,
+                timed_out: flags & 64 != 0,
+                paused: flags & 128 != 0,
+                int_type,
+                preload1,
+                preload2,
+                unlock_state,
+                remaining_ns,
+                pending,
+            },
+        };
+        state.validate()?;
+        Ok(state)
+    }
+}
+
+/// FNV-1a, enough to catch corruption (tampering is caught by validation).
+fn checksum(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
+        if self.0.len() < n {
+            return Err(StateError::Encoding("truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, StateError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, StateError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, StateError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, StateError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+}

@@ -1,0 +1,32 @@
+//! The `vmpulse` command line: parse arguments, call into the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An i6300esb watchdog and liveness/readiness probes for Rust VMMs.
+#[derive(Parser)]
+#[command(name = "vmpulse", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a KubeVirt VirtualMachine manifest on KVM with the watchdog and probes.
+    Run(vmpulse::vmm::cli::RunArgs),
+    /// Check a KubeVirt VirtualMachine manifest and report every problem.
+    Validate(vmpulse::manifest::ValidateArgs),
+    /// Replay an i6300esb register trace against the device model.
+    Replay(vmpulse::replay::ReplayArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match Cli::parse().command {
+        Command::Run(args) => vmpulse::vmm::cli::run(args),
+        Command::Validate(args) => vmpulse::manifest::validate_command(args),
+        Command::Replay(args) => vmpulse::replay::replay_command(args),
+    }
+}

@@ -1,0 +1,3 @@
+//! Liveness and readiness probes with Kubernetes/KubeVirt semantics.
+
+pub mod config;

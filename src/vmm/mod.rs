@@ -1,0 +1,3 @@
+//! The standalone KVM VMM behind `vmpulse run`.
+
+pub mod cli;
