@@ -1,3 +1,4 @@
 //! The standalone KVM VMM behind `vmpulse run`.
 
 pub mod cli;
+pub mod machine;
