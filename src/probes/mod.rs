@@ -7,6 +7,7 @@
 //! sockets in an inner epoll instance whose fd ([`ProbeSet::fd`]) the runner adds
 //! to its loop: when that fd is readable, the runner calls [`ProbeSet::process`].
 
+pub mod agent;
 pub mod config;
 
 use std::io;
