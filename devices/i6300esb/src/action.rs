@@ -71,20 +71,11 @@ impl fmt::Display for WatchdogAction {
 }
 
 /// The error of parsing an unknown action name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown action \"{0}\" (expected one of reset, shutdown, poweroff, pause, debug, none, inject-nmi)"
+)]
 pub struct UnknownAction(pub String);
-
-impl fmt::Display for UnknownAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown action \"{}\" (expected one of reset, shutdown, poweroff, pause, debug, none, inject-nmi)",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for UnknownAction {}
 
 impl FromStr for WatchdogAction {
     type Err = UnknownAction;

@@ -12,8 +12,9 @@ pub trait WatchdogEvents {
     /// 1, 2 or 4, an access past the end of configuration space, or a width that
     /// the device-specific registers at 0x60/0x68 do not decode.
     fn ignored_config_access(&self) {}
-    /// A BAR0 access that QEMU's memory core rejects (bad width, unaligned,
-    /// past the 16-byte window) or a BAR0 access while memory decode is off.
+    /// A BAR0 access that QEMU's memory core rejects: a width other than 1, 2 or
+    /// 4, an unaligned access, or one reaching past the 16-byte window. (Whether
+    /// BAR0 is decoded at all is the bus's business: see `I6300Esb::bar0_region`.)
     fn ignored_mmio_access(&self) {}
     /// A protected BAR0 write arrived without an open unlock window.
     fn write_without_unlock(&self) {}

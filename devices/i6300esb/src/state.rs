@@ -4,12 +4,8 @@
 //! instant, so a restore on another host or after downtime resumes the countdown
 //! where it stopped instead of firing at once.
 
-use std::fmt;
-
 use crate::action::WatchdogAction;
-use crate::regs::{
-    BAR0_ADDRESS_MASK, COMMAND_WRITABLE, PRELOAD_MASK, WDT_INT_TYPE_MASK_QEMU,
-};
+use crate::regs::{BAR0_ADDRESS_MASK, COMMAND_WRITABLE, PRELOAD_MASK, WDT_INT_TYPE_MASK_QEMU};
 use crate::timer::MAX_STAGE_NS;
 use crate::watchdog::MAX_PENDING_EXPIRIES;
 
@@ -21,48 +17,42 @@ pub const DEVICE_STATE_VERSION: u16 = 1;
 const MAGIC: &[u8; 4] = b"ESB\x00";
 
 /// Why a saved state was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
     /// The version is not one this crate understands.
+    #[error("unsupported state version {0}")]
     Version(u16),
     /// A preload value has bits above bit 19.
+    #[error("preload value wider than 20 bits")]
     Preload,
     /// The interrupt type has bits QEMU's model never stores.
+    #[error("invalid interrupt type")]
     IntType,
     /// The unlock state is not 0, 1 or 2.
+    #[error("invalid unlock state")]
     UnlockState,
     /// The remaining time is longer than any stage can last.
+    #[error("remaining time longer than a stage")]
     Remaining,
     /// A countdown is recorded while the timer is disabled.
+    #[error("countdown recorded while disabled")]
     CountdownWhileDisabled,
+    /// A silent zero-length loop is recorded where the registers cannot produce one.
+    #[error("inconsistent free-running loop")]
+    Spinning,
     /// Too many undelivered expiries.
+    #[error("too many pending expiries")]
     Pending,
     /// The PCI command register has read-only bits set.
+    #[error("read-only command bits set")]
     Command,
     /// BAR0 has bits set below its 16-byte alignment.
+    #[error("misaligned BAR0")]
     Bar0,
     /// The byte encoding is truncated, too long, or has a bad magic or checksum.
+    #[error("bad state encoding: {0}")]
     Encoding(&'static str),
 }
-
-impl fmt::Display for StateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StateError::Version(v) => write!(f, "unsupported state version {v}"),
-            StateError::Preload => f.write_str("preload value wider than 20 bits"),
-            StateError::IntType => f.write_str("invalid interrupt type"),
-            StateError::UnlockState => f.write_str("invalid unlock state"),
-            StateError::Remaining => f.write_str("remaining time longer than a stage"),
-            StateError::CountdownWhileDisabled => f.write_str("countdown recorded while disabled"),
-            StateError::Pending => f.write_str("too many pending expiries"),
-            StateError::Command => f.write_str("read-only command bits set"),
-            StateError::Bar0 => f.write_str("misaligned BAR0"),
-            StateError::Encoding(what) => write!(f, "bad state encoding: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for StateError {}
 
 /// The saved state of [`crate::Watchdog`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +83,9 @@ pub struct WatchdogState {
     pub stage2: bool,
     /// Time left in the current stage, if the countdown is running or frozen.
     pub remaining_ns: Option<u64>,
+    /// Free-running, output disabled, both preloads 0: the stages loop at one
+    /// instant with no deadline until a register change ends the loop.
+    pub spinning: bool,
     /// The timeout flag.
     pub timed_out: bool,
     /// The countdown is frozen because the VM is paused.
@@ -123,6 +116,16 @@ impl WatchdogState {
             if !self.enabled {
                 return Err(StateError::CountdownWhileDisabled);
             }
+        }
+        if self.spinning
+            && (self.remaining_ns.is_some()
+                || !self.enabled
+                || !self.free_run
+                || self.reboot_enabled
+                || self.preload1 != 0
+                || self.preload2 != 0)
+        {
+            return Err(StateError::Spinning);
         }
         if self.pending.len() > MAX_PENDING_EXPIRIES {
             return Err(StateError::Pending);
@@ -189,6 +192,7 @@ impl I6300EsbState {
         out.extend_from_slice(&w.preload1.to_le_bytes());
         out.extend_from_slice(&w.preload2.to_le_bytes());
         out.push(w.unlock_state);
+        out.push(u8::from(w.spinning));
         match w.remaining_ns {
             Some(r) => {
                 out.push(1);
@@ -235,6 +239,11 @@ impl I6300EsbState {
         let preload1 = r.u32()?;
         let preload2 = r.u32()?;
         let unlock_state = r.u8()?;
+        let spinning = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(StateError::Encoding("bad loop tag")),
+        };
         let has_remaining = r.u8()?;
         let remaining = r.u64()?;
         let remaining_ns = match has_remaining {
@@ -246,8 +255,7 @@ impl I6300EsbState {
         let mut pending = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
             pending.push(
-                WatchdogAction::from_code(r.u8()?)
-                    .ok_or(StateError::Encoding("unknown action"))?,
+                WatchdogAction::from_code(r.u8()?).ok_or(StateError::Encoding("unknown action"))?,
             );
         }
         if !r.0.is_empty() {
@@ -275,6 +283,7 @@ impl I6300EsbState {
                 preload2,
                 unlock_state,
                 remaining_ns,
+                spinning,
                 pending,
             },
         };

@@ -5,9 +5,7 @@
 //! duration is fixed when the stage is entered, so a later preload or prescaler
 //! change only affects the next stage.
 
-use crate::regs::{
-    NS_PER_PCI_CLOCK, PRELOAD_MASK, PRESCALER_SHIFT_1KHZ, PRESCALER_SHIFT_1MHZ,
-};
+use crate::regs::{NS_PER_PCI_CLOCK, PRELOAD_MASK, PRESCALER_SHIFT_1KHZ, PRESCALER_SHIFT_1MHZ};
 
 /// Which half of the watchdog is counting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +41,11 @@ pub(crate) enum Countdown {
     Running { deadline_ns: u64 },
     /// Counting is frozen (the VM is paused) with this much of the stage left.
     Frozen { remaining_ns: u64 },
+    /// Free-running mode with the output disabled and both preloads 0: QEMU's timer
+    /// re-enters the stages at the same instant forever without any visible effect.
+    /// There is no deadline; the next register change that could matter restarts
+    /// stage 1 (see `Watchdog::settle_spin`).
+    Spinning,
 }
 
 impl Countdown {
@@ -59,7 +62,8 @@ impl Countdown {
         }
     }
 
-    /// The time the current stage ends, if counting.
+    /// The time the current stage ends, if counting. `u64::MAX` means "never": a
+    /// stage whose end does not fit in 64 bits of nanoseconds (584 years) never ends.
     pub(crate) fn deadline(self) -> Option<u64> {
         match self {
             Countdown::Running { deadline_ns } => Some(deadline_ns),
@@ -70,7 +74,7 @@ impl Countdown {
     /// Time left in the current stage at `now_ns`, if a stage is in progress.
     pub(crate) fn remaining(self, now_ns: u64) -> Option<u64> {
         match self {
-            Countdown::Stopped => None,
+            Countdown::Stopped | Countdown::Spinning => None,
             Countdown::Running { deadline_ns } => Some(deadline_ns.saturating_sub(now_ns)),
             Countdown::Frozen { remaining_ns } => Some(remaining_ns),
         }
@@ -123,7 +127,13 @@ mod tests {
         assert_eq!(f.remaining(99_999), Some(300));
         let t = f.thaw(10_000);
         assert_eq!(t.deadline(), Some(10_300));
-        assert_eq!(Countdown::start(5, 7, true), Countdown::Frozen { remaining_ns: 7 });
-        assert_eq!(Countdown::start(u64::MAX - 1, 7, false).deadline(), Some(u64::MAX));
+        assert_eq!(
+            Countdown::start(5, 7, true),
+            Countdown::Frozen { remaining_ns: 7 }
+        );
+        assert_eq!(
+            Countdown::start(u64::MAX - 1, 7, false).deadline(),
+            Some(u64::MAX)
+        );
     }
 }

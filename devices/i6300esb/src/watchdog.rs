@@ -239,7 +239,9 @@ impl<E: WatchdogEvents> Watchdog<E> {
     /// the host happens to call, so the host's polling latency never moves an expiry.
     fn advance(&mut self, now_ns: u64) {
         while let Some(deadline) = self.regs.countdown.deadline() {
-            if deadline > now_ns {
+            // u64::MAX is a saturated deadline: that stage never ends. Without this
+            // guard a free-running loop at the end of time would never terminate.
+            if deadline > now_ns || deadline == u64::MAX {
                 break;
             }
             match self.regs.stage {
@@ -273,18 +275,30 @@ impl<E: WatchdogEvents> Watchdog<E> {
             // Output disabled in free-running mode: both stages restart silently.
             let cycle = self.regs.stage_ns(Stage::One) + self.regs.stage_ns(Stage::Two);
             self.regs.stage = Stage::One;
-            if cycle == 0 {
-                // A zero-length silent loop has no observable effect; stop instead of spinning.
-                self.regs.countdown = Countdown::Stopped;
-            } else {
-                let skipped = (now_ns - deadline) / cycle;
-                let start = deadline + skipped * cycle;
-                let d1 = self.regs.stage_ns(Stage::One);
-                self.regs.countdown = Countdown::start(start, d1, false);
+            match (now_ns - deadline).checked_div(cycle) {
+                // QEMU would re-run both empty stages at this instant forever; keep no
+                // deadline and restart when a register change could end the loop.
+                None => self.regs.countdown = Countdown::Spinning,
+                Some(skipped) => {
+                    // Whole silent cycles the host slept through are skipped at once.
+                    let start = deadline.saturating_add(skipped.saturating_mul(cycle));
+                    let d1 = self.regs.stage_ns(Stage::One);
+                    self.regs.countdown = Countdown::start(start, d1, false);
+                }
             }
         } else {
             // Output disabled, one-shot: the timer stops but ENABLE still reads 1.
             self.regs.countdown = Countdown::Stopped;
+        }
+    }
+
+    /// Leave a zero-length silent loop if a register change made it matter: a
+    /// preload became non-zero, the output was enabled, or free-running mode was
+    /// switched off. Restarting stage 1 now is what QEMU's next loop turn does.
+    fn settle_spin(&mut self, now_ns: u64) {
+        if self.regs.countdown == Countdown::Spinning {
+            self.start_stage1(now_ns);
+            self.advance(now_ns);
         }
     }
 
@@ -327,10 +341,12 @@ impl<E: WatchdogEvents> Watchdog<E> {
                 self.regs.reboot_enabled = v & WDT_OUTPUT_DISABLE == 0;
                 self.regs.one_mhz = v & WDT_PRE_SEL != 0;
                 self.regs.int_type = v & WDT_INT_TYPE_MASK_QEMU;
+                self.settle_spin(now_ns);
                 true
             }
             (CFG_WDT_LOCK, 1) => {
                 self.write_lock_register(now_ns, data[0]);
+                self.settle_spin(now_ns);
                 true
             }
             _ => false,
@@ -409,8 +425,14 @@ impl<E: WatchdogEvents> Watchdog<E> {
                     self.timed_out = false;
                 }
             }
-            (4, MMIO_PRELOAD1) => self.regs.preload1 = value & PRELOAD_MASK,
-            (4, MMIO_PRELOAD2) => self.regs.preload2 = value & PRELOAD_MASK,
+            (4, MMIO_PRELOAD1) => {
+                self.regs.preload1 = value & PRELOAD_MASK;
+                self.settle_spin(now_ns);
+            }
+            (4, MMIO_PRELOAD2) => {
+                self.regs.preload2 = value & PRELOAD_MASK;
+                self.settle_spin(now_ns);
+            }
             // 16-bit writes elsewhere, 32-bit writes to GISR or the reload register:
             // the window is spent and nothing changes (QEMU).
             _ => {}
@@ -465,6 +487,7 @@ impl<E: WatchdogEvents> Watchdog<E> {
             unlock_state: r.unlock.code(),
             stage2: r.stage == Stage::Two,
             remaining_ns: r.countdown.remaining(now_ns),
+            spinning: r.countdown == Countdown::Spinning,
             timed_out: self.timed_out,
             paused: self.paused,
             pending: self.pending.iter().map(|e| e.action).collect(),
@@ -479,6 +502,7 @@ impl<E: WatchdogEvents> Watchdog<E> {
         state.validate()?;
         let unlock = Unlock::from_code(state.unlock_state).ok_or(StateError::UnlockState)?;
         let countdown = match state.remaining_ns {
+            None if state.spinning => Countdown::Spinning,
             None => Countdown::Stopped,
             Some(remaining) if state.paused => Countdown::Frozen {
                 remaining_ns: remaining,

@@ -43,9 +43,7 @@ mod tests {
         let write = |addr: u64, data: &[u8]| {
             let (range, d) = bus.device(MmioAddress(addr)).unwrap();
             let offset = addr - range.base().0;
-            d.lock()
-                .unwrap()
-                .mmio_write(range.base(), offset, data);
+            d.lock().unwrap().mmio_write(range.base(), offset, data);
         };
         // Unlock, preload 1 = 1 unit at 1 kHz, unlock, preload 2 = 1 unit, enable.
         for (off, val) in [(0x0c, 0x80u32), (0x0c, 0x86)] {

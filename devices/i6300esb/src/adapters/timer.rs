@@ -97,15 +97,14 @@ impl<C: Clock, E: WatchdogEvents, S: ActionSink> WatchdogTimer<C, E, S> {
 
 impl<C: Clock, E: WatchdogEvents, S: ActionSink> MutEventSubscriber for WatchdogTimer<C, E, S> {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        match events.data() {
-            TIMER_EVENT => {
-                // Readable means it expired; the count itself does not matter.
-                let _ = self.timer.wait();
-            }
-            REARM_EVENT => {
-                let _ = self.rearm.read();
-            }
-            _ => {}
+        // The timerfd is not read: `service` always re-arms or disarms it, which
+        // resets its expiry count and makes it unreadable again. Reading it would
+        // block (vmm-sys-util opens it blocking) whenever a rearm request in the
+        // same epoll batch had already re-armed it, possibly for ever if the
+        // device then had no deadline.
+        if events.data() == REARM_EVENT {
+            // Non-blocking; an empty counter (EAGAIN) is fine.
+            let _ = self.rearm.read();
         }
         if let Err(e) = self.service() {
             log::error!("i6300esb: cannot arm the watchdog timer: {e}");
@@ -153,16 +152,23 @@ mod tests {
         manager.add_subscriber(sub.clone());
 
         // 1 MHz prescaler, 5000 units per stage: 4.8 ms each, 9.6 ms in all.
-        let start = {
+        const STAGE_NS: u64 = 5000 * 32 * 30;
+        let (before, after, stage1_end) = {
             let mut d = dev.lock().unwrap();
             d.config_write(0x60, &0x0004u16.to_le_bytes());
             unlock(&mut d);
             d.bar0_write(0x00, &5000u32.to_le_bytes());
             unlock(&mut d);
             d.bar0_write(0x04, &5000u32.to_le_bytes());
+            // The enable instant is read from the device's own clock inside the
+            // write, so it is bracketed here and recovered from the deadline.
+            let before = d.clock().now_ns();
             d.config_write(0x68, &[0x02]);
-            d.clock().now_ns()
+            let after = d.clock().now_ns();
+            (before, after, d.next_deadline().unwrap())
         };
+        let enabled_at = stage1_end - STAGE_NS;
+        assert!(before <= enabled_at && enabled_at <= after);
         rearm.write(1).unwrap();
 
         let give_up = Instant::now() + Duration::from_secs(10);
@@ -170,10 +176,60 @@ mod tests {
             manager.run_with_timeout(100).unwrap();
         }
         let fired = sub.lock().unwrap().sink().clone();
-        assert_eq!(fired.len(), 1, "the watchdog fired once through the timerfd");
+        assert_eq!(
+            fired.len(),
+            1,
+            "the watchdog fired once through the timerfd"
+        );
         assert_eq!(fired[0].action, WatchdogAction::InjectNmi);
-        assert_eq!(fired[0].time_ns - start, 2 * 5000 * 32 * 30);
+        assert_eq!(fired[0].time_ns - enabled_at, 2 * STAGE_NS);
+        // The timerfd never fires early: the expiry was delivered after its time.
+        assert!(dev.lock().unwrap().clock().now_ns() >= fired[0].time_ns);
         assert!(dev.lock().unwrap().watchdog().timeout_flag());
         assert!(dev.lock().unwrap().next_deadline().is_none());
+    }
+
+    #[test]
+    fn rearm_and_timer_in_one_batch_never_block() {
+        // A rearm request that disarms the timer, processed before a timer event
+        // of the same epoll batch, must not leave the subscriber blocked reading
+        // a disarmed timerfd. Run the loop on a thread so a hang fails the test.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let dev = Arc::new(Mutex::new(I6300Esb::new(
+                WatchdogAction::None,
+                MonotonicClock::new(),
+            )));
+            let sub = Arc::new(Mutex::new(
+                WatchdogTimer::new(dev.clone(), Vec::<Expiry>::new()).unwrap(),
+            ));
+            let rearm = sub.lock().unwrap().rearm_handle().unwrap();
+            let mut manager: EventManager<Arc<Mutex<WatchdogTimer<_, _, Vec<Expiry>>>>> =
+                EventManager::new().unwrap();
+            manager.add_subscriber(sub.clone());
+            {
+                // 1 MHz prescaler, 1000 units: stage 1 ends after 0.96 ms.
+                let mut d = dev.lock().unwrap();
+                d.config_write(0x60, &0x0004u16.to_le_bytes());
+                unlock(&mut d);
+                d.bar0_write(0x00, &1000u32.to_le_bytes());
+                d.config_write(0x68, &[0x02]);
+            }
+            rearm.write(1).unwrap();
+            manager.run_with_timeout(100).unwrap();
+            // Disable (no deadline any more) and ask for a rearm first; then let the
+            // armed timerfd expire, so both are ready, the rearm ahead of the timer.
+            dev.lock().unwrap().config_write(0x68, &[0x00]);
+            rearm.write(1).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            manager.run_with_timeout(100).unwrap();
+            manager.run_with_timeout(10).unwrap();
+            let fired = sub.lock().unwrap().sink().len();
+            done_tx.send(fired).unwrap();
+        });
+        let fired = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the event loop blocked on a disarmed timerfd");
+        assert_eq!(fired, 0, "a disabled watchdog never fires");
     }
 }
