@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod tracker;
 
 use std::io;
 use std::net::IpAddr;
