@@ -1,23 +1,29 @@
 //! Liveness and readiness probes with Kubernetes/KubeVirt semantics.
 //!
-//! SKELETON: [`ProbeSet`] below is the contract with the runner; the probes
-//! engineer fills it in (tracker, HTTP/TCP handlers, guest-agent client).
-//!
-//! The runner owns one epoll loop. A [`ProbeSet`] keeps its own timerfds and
+//! The runner owns one epoll loop. A [`ProbeSet`] keeps its own timerfd and
 //! sockets in an inner epoll instance whose fd ([`ProbeSet::fd`]) the runner adds
 //! to its loop: when that fd is readable, the runner calls [`ProbeSet::process`].
+//! There is no thread and no process per probe.
+//!
+//! - [`tracker`]: the pure schedule and threshold state of one probe (virtual time);
+//! - [`tcp`], [`http`]: non-blocking handlers for `tcpSocket` and `httpGet`;
+//! - [`agent`]: the QEMU guest agent client for `exec` and `guestAgentPing`;
+//! - [`ProbeSet`] (`set.rs`): the event-loop shell tying them together.
 
 pub mod agent;
 pub mod config;
+pub mod http;
+mod set;
+pub mod tcp;
 pub mod tracker;
 
-use std::io;
+pub use set::ProbeSet;
+
 use std::net::IpAddr;
-use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use config::{ProbeConfig, ProbeKind};
+use config::ProbeKind;
 
 /// How to reach the QEMU guest agent of the VM.
 #[derive(Debug)]
@@ -69,31 +75,29 @@ pub enum ProbeEvent {
     },
 }
 
-/// Every probe of one VM, driven from the runner's epoll loop.
-#[derive(Debug)]
-pub struct ProbeSet {
-    _probes: Vec<(ProbeKind, ProbeConfig)>,
+/// The result of one check against one address (a handler's verdict).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Whether the check passed.
+    pub success: bool,
+    /// What happened, in a few words.
+    pub message: String,
 }
 
-impl ProbeSet {
-    /// Build the probes; nothing runs until [`ProbeSet::vm_started`].
-    pub fn new(probes: Vec<(ProbeKind, ProbeConfig)>, _env: ProbeEnv) -> io::Result<Self> {
-        Ok(ProbeSet { _probes: probes })
+impl CheckResult {
+    /// A passed check.
+    pub fn success(message: String) -> Self {
+        CheckResult {
+            success: true,
+            message,
+        }
     }
-    /// The fd to add to the runner's epoll (readable when `process` has work).
-    pub fn fd(&self) -> RawFd {
-        -1
-    }
-    /// The VM (a new run of it) started now: time 0 of every probe's schedule.
-    pub fn vm_started(&mut self) {}
-    /// The VM stopped: cancel attempts, readiness becomes false.
-    pub fn vm_stopped(&mut self) {}
-    /// Handle whatever is ready, without blocking; return what happened, in order.
-    pub fn process(&mut self) -> Vec<ProbeEvent> {
-        Vec::new()
-    }
-    /// The current Ready condition.
-    pub fn ready(&self) -> bool {
-        false
+
+    /// A failed check.
+    pub fn failure(message: String) -> Self {
+        CheckResult {
+            success: false,
+            message,
+        }
     }
 }

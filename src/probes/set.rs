@@ -1,0 +1,809 @@
+//! [`ProbeSet`]: every probe of one VM in one inner epoll instance.
+//!
+//! The set owns one timerfd, the sockets of the attempts in flight and the guest
+//! agent's fds, all registered in an inner epoll whose fd the runner watches.
+//! Wake-ups (attempt starts and deadlines) sit in a min-heap keyed by instant; the
+//! timerfd is armed for the earliest of them (and of the agent's deadline).
+//! Each probe's schedule and thresholds live in a pure [`Tracker`] that works in
+//! time since the VM started.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::agent::{AgentClient, AgentOutcome};
+use super::config::{ProbeConfig, ProbeHandler, ProbeKind};
+use super::http::{HttpCheck, HttpSpec};
+use super::tcp::TcpCheck;
+use super::tracker::{Outcome, Tracker, Transition};
+use super::{CheckResult, ProbeAttempt, ProbeEnv, ProbeEvent};
+
+/// Token of the timerfd in the inner epoll.
+const TIMER_TOKEN: u64 = 0;
+/// Tokens of the agent's fds carry this bit (and the fd).
+const AGENT_TOKEN: u64 = 1 << 63;
+/// Epoll events handled per round; rounds per `process` call.
+const EVENTS_PER_ROUND: usize = 256;
+const ROUNDS: usize = 16;
+/// How long past its deadline an agent attempt may stay unanswered before the
+/// set gives up on it (the client should report by the deadline itself).
+const AGENT_GRACE: Duration = Duration::from_millis(500);
+/// Smallest timer arming, to never spin on a deadline already past.
+const MIN_ARM: Duration = Duration::from_micros(50);
+/// Bytes of exec output kept in an attempt event.
+const MAX_OUTPUT: usize = 1024;
+
+/// The handler of a probe, ready to start attempts.
+#[derive(Debug)]
+enum Handler {
+    Http,
+    Tcp,
+    Exec(Vec<String>),
+    Ping,
+}
+
+/// One address a network probe checks.
+#[derive(Debug)]
+struct Target {
+    addr: SocketAddr,
+    /// `host:port` as named in results.
+    label: String,
+    /// The URL of an `httpGet` probe at this target.
+    http: Option<Arc<HttpSpec>>,
+}
+
+/// A check in flight against one target.
+#[derive(Debug)]
+enum Check {
+    Tcp(TcpCheck),
+    Http(HttpCheck),
+}
+
+impl Check {
+    fn interest(&self) -> Option<(RawFd, bool, bool)> {
+        match self {
+            Check::Tcp(c) => c.fd().map(|fd| (fd, false, true)),
+            Check::Http(c) => c.interest(),
+        }
+    }
+
+    fn on_ready(&mut self) -> Option<CheckResult> {
+        match self {
+            Check::Tcp(c) => c.on_ready().cloned(),
+            Check::Http(c) => c.on_ready().cloned(),
+        }
+    }
+
+    fn on_timeout(&mut self, timeout: Duration) -> CheckResult {
+        match self {
+            Check::Tcp(c) => c.on_timeout(timeout),
+            Check::Http(c) => c.on_timeout(timeout),
+        }
+    }
+}
+
+/// One target's part of an attempt.
+#[derive(Debug)]
+struct Sub {
+    label: String,
+    check: Option<Check>,
+    token: u64,
+    /// What is registered in the epoll for this sub: (fd, read, write).
+    registered: Option<(RawFd, bool, bool)>,
+    result: Option<CheckResult>,
+}
+
+/// An attempt in flight.
+#[derive(Debug)]
+struct Attempt {
+    deadline: Instant,
+    subs: Vec<Sub>,
+    /// Exec/ping through the agent (completes from the agent's completions).
+    agent: bool,
+    /// Exec only: exit code and output excerpt.
+    exec: Option<(Option<i32>, String)>,
+}
+
+/// One probe of the VM.
+#[derive(Debug)]
+struct Probe {
+    kind: ProbeKind,
+    tracker: Tracker,
+    handler: Handler,
+    targets: Result<Vec<Target>, String>,
+    attempt: Option<Attempt>,
+}
+
+/// Every probe of one VM, driven from the runner's epoll loop.
+///
+/// Readiness: with a readiness probe, [`ProbeSet::ready`] follows it; without one,
+/// the VM is ready while it runs (as in KubeVirt). [`ProbeEvent::Ready`] is
+/// published on every change, including those caused by [`ProbeSet::vm_started`]
+/// and [`ProbeSet::vm_stopped`] (delivered by the next [`ProbeSet::process`]; the
+/// fd becomes readable at once).
+pub struct ProbeSet {
+    probes: Vec<Probe>,
+    epoll: Epoll,
+    timer: TimerFd,
+    agent: Option<AgentClient>,
+    /// Agent fds registered in the epoll, with their (read, write) interest.
+    agent_fds: HashMap<RawFd, (bool, bool)>,
+    /// Socket token → (probe index, sub index).
+    tokens: HashMap<u64, (usize, usize)>,
+    next_token: u64,
+    /// Pending wake-ups: (when, probe index). Stale entries are harmless.
+    wakeups: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// When the VM (this run) started.
+    epoch: Option<Instant>,
+    has_readiness: bool,
+    /// The Ready condition as last published.
+    ready: bool,
+    pending: Vec<ProbeEvent>,
+    /// Start lateness samples (scheduled → actual), when recording.
+    lateness: Option<Vec<Duration>>,
+}
+
+impl fmt::Debug for ProbeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeSet")
+            .field("probes", &self.probes)
+            .field("epoch", &self.epoch)
+            .field("ready", &self.ready)
+            .field("in_flight", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolve the targets of a network probe.
+fn targets(
+    host: &Option<String>,
+    port: u16,
+    env: &ProbeEnv,
+    http: Option<(&super::config::HttpScheme, &str, &[(String, String)])>,
+) -> Result<Vec<Target>, String> {
+    let hosts: Vec<(String, IpAddr)> = match host {
+        Some(h) => {
+            let bare = h.trim_start_matches('[').trim_end_matches(']');
+            let ip = match bare.parse::<IpAddr>() {
+                Ok(ip) => ip,
+                // Names are resolved once, here (the system resolver may block).
+                Err(_) => (bare, port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve host {bare}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("host {bare} has no address"))?
+                    .ip(),
+            };
+            vec![(bare.to_string(), ip)]
+        }
+        None => env
+            .vm_addresses
+            .iter()
+            .map(|ip| (ip.to_string(), *ip))
+            .collect(),
+    };
+    if hosts.is_empty() {
+        return Err("no address to probe".into());
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|(name, ip)| {
+            let label = if name.contains(':') {
+                format!("[{name}]:{port}")
+            } else {
+                format!("{name}:{port}")
+            };
+            Target {
+                addr: SocketAddr::new(ip, port),
+                label,
+                http: http.map(|(scheme, path, headers)| {
+                    Arc::new(HttpSpec {
+                        scheme: *scheme,
+                        host: name.clone(),
+                        port,
+                        path: path.to_string(),
+                        headers: headers.to_vec(),
+                    })
+                }),
+            }
+        })
+        .collect())
+}
+
+/// A bounded excerpt of exec output.
+fn excerpt(s: &str) -> String {
+    if s.len() <= MAX_OUTPUT {
+        return s.to_string();
+    }
+    let mut end = MAX_OUTPUT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+impl ProbeSet {
+    /// Build the probes; nothing runs until [`ProbeSet::vm_started`].
+    pub fn new(probes: Vec<(ProbeKind, ProbeConfig)>, env: ProbeEnv) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let timer = TimerFd::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            timer.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TIMER_TOKEN),
+        )?;
+        let has_readiness = probes.iter().any(|(k, _)| *k == ProbeKind::Readiness);
+        let probes = probes
+            .into_iter()
+            .map(|(kind, config)| {
+                let (handler, targets) = match &config.handler {
+                    ProbeHandler::HttpGet {
+                        path,
+                        port,
+                        host,
+                        scheme,
+                        headers,
+                    } => (
+                        Handler::Http,
+                        targets(host, *port, &env, Some((scheme, path, headers))),
+                    ),
+                    ProbeHandler::TcpSocket { port, host } => {
+                        (Handler::Tcp, targets(host, *port, &env, None))
+                    }
+                    ProbeHandler::Exec { command } => (Handler::Exec(command.clone()), Ok(vec![])),
+                    ProbeHandler::GuestAgentPing => (Handler::Ping, Ok(vec![])),
+                };
+                Probe {
+                    kind,
+                    tracker: Tracker::new(kind, &config),
+                    handler,
+                    targets,
+                    attempt: None,
+                }
+            })
+            .collect();
+        Ok(ProbeSet {
+            probes,
+            epoll,
+            timer,
+            agent: env.agent.map(AgentClient::new),
+            agent_fds: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: 1,
+            wakeups: BinaryHeap::new(),
+            epoch: None,
+            has_readiness,
+            ready: false,
+            pending: Vec::new(),
+            lateness: None,
+        })
+    }
+
+    /// The fd to add to the runner's epoll (readable when `process` has work).
+    pub fn fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// The VM (a new run of it) started now: time 0 of every probe's schedule.
+    /// A VM still marked running is stopped first.
+    pub fn vm_started(&mut self) {
+        self.vm_started_at(Instant::now());
+    }
+
+    /// [`ProbeSet::vm_started`] with the start instant given (e.g. taken by the
+    /// runner just before the vCPUs ran).
+    pub fn vm_started_at(&mut self, now: Instant) {
+        if self.epoch.is_some() {
+            self.vm_stopped();
+        }
+        self.epoch = Some(now);
+        for (i, p) in self.probes.iter_mut().enumerate() {
+            p.tracker.start();
+            if let Some(t) = p.tracker.next_start() {
+                self.wakeups.push(Reverse((now + t, i)));
+            }
+        }
+        if !self.has_readiness {
+            self.publish_ready(true);
+        }
+        self.arm_timer();
+    }
+
+    /// The VM stopped: cancel attempts, readiness becomes false.
+    pub fn vm_stopped(&mut self) {
+        self.epoch = None;
+        for i in 0..self.probes.len() {
+            self.cancel_attempt(i);
+            if self.probes[i].tracker.stop() == Some(Transition::NotReady) {
+                self.publish_ready(false);
+            }
+        }
+        self.publish_ready(false);
+        self.wakeups.clear();
+        self.sync_agent_fds();
+        self.arm_timer();
+    }
+
+    /// The VM is shutting down gracefully: liveness stops probing (and stays
+    /// alive) so nothing kills the VM during shutdown; readiness keeps probing.
+    pub fn vm_stopping(&mut self) {
+        for i in 0..self.probes.len() {
+            if self.probes[i].kind == ProbeKind::Liveness {
+                self.cancel_attempt(i);
+                self.probes[i].tracker.hold();
+            }
+        }
+        self.sync_agent_fds();
+        self.arm_timer();
+    }
+
+    /// The current Ready condition.
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Record how late each attempt starts against its schedule (for benchmarks).
+    pub fn record_lateness(&mut self, on: bool) {
+        self.lateness = on.then(Vec::new);
+    }
+
+    /// The start lateness samples recorded since the last call.
+    pub fn take_lateness(&mut self) -> Vec<Duration> {
+        self.lateness
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Number of checks (sockets) in flight.
+    pub fn in_flight(&self) -> usize {
+        self.tokens.len()
+    }
+
+    fn publish_ready(&mut self, ready: bool) {
+        if self.ready != ready {
+            self.ready = ready;
+            self.pending.push(ProbeEvent::Ready(ready));
+        }
+    }
+
+    /// Handle whatever is ready, without blocking; return what happened, in order.
+    pub fn process(&mut self) -> Vec<ProbeEvent> {
+        let mut events = std::mem::take(&mut self.pending);
+        let now = Instant::now();
+        let mut agent_ready = false;
+        let mut ready_events = vec![EpollEvent::default(); EVENTS_PER_ROUND];
+        for _ in 0..ROUNDS {
+            let n = match self.epoll.wait(0, &mut ready_events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("probes: epoll_wait: {e}");
+                    0
+                }
+            };
+            for ev in &ready_events[..n] {
+                match ev.data() {
+                    TIMER_TOKEN => {}
+                    t if t & AGENT_TOKEN != 0 => agent_ready = true,
+                    t => self.socket_ready(t, now, &mut events),
+                }
+            }
+            if n < ready_events.len() {
+                break;
+            }
+        }
+        if let Some(agent) = &mut self.agent {
+            if agent_ready {
+                agent.on_ready(now);
+            }
+            if agent.next_deadline().is_some_and(|d| d <= now) {
+                agent.on_timer(now);
+            }
+        }
+        self.agent_completions(now, &mut events);
+        while let Some(Reverse((when, i))) = self.wakeups.peek().copied() {
+            if when > now {
+                break;
+            }
+            self.wakeups.pop();
+            self.wake(i, now, &mut events);
+        }
+        self.agent_completions(now, &mut events);
+        self.sync_agent_fds();
+        self.pending.append(&mut events);
+        let events = std::mem::take(&mut self.pending);
+        self.arm_timer();
+        events
+    }
+
+    /// Elapsed time since the VM started.
+    fn elapsed(&self, now: Instant) -> Duration {
+        self.epoch
+            .map(|e| now.saturating_duration_since(e))
+            .unwrap_or_default()
+    }
+
+    /// A socket of an attempt is ready.
+    fn socket_ready(&mut self, token: u64, now: Instant, events: &mut Vec<ProbeEvent>) {
+        let Some(&(i, s)) = self.tokens.get(&token) else {
+            return;
+        };
+        let Some(attempt) = self.probes[i].attempt.as_mut() else {
+            return;
+        };
+        let sub = &mut attempt.subs[s];
+        let Some(check) = sub.check.as_mut() else {
+            return;
+        };
+        if let Some(result) = check.on_ready() {
+            sub.result = Some(result);
+            sub.check = None;
+            self.tokens.remove(&token);
+        } else {
+            let want = check.interest();
+            Self::sync_fd(&self.epoll, &mut sub.registered, want, token);
+        }
+        self.maybe_complete(i, now, events);
+    }
+
+    /// A wake-up for probe `i`: its deadline, or its next start.
+    fn wake(&mut self, i: usize, now: Instant, events: &mut Vec<ProbeEvent>) {
+        let timeout = self.probes[i].tracker.timeout();
+        if let Some(attempt) = &mut self.probes[i].attempt {
+            if attempt.agent {
+                if now >= attempt.deadline + AGENT_GRACE {
+                    if let Some(agent) = &mut self.agent {
+                        agent.cancel(i as u64);
+                    }
+                    attempt.subs[0].result = Some(CheckResult::failure(
+                        "guest agent gave no result by the deadline".into(),
+                    ));
+                }
+            } else if now >= attempt.deadline {
+                for sub in &mut attempt.subs {
+                    if let Some(mut check) = sub.check.take() {
+                        sub.result = Some(check.on_timeout(timeout));
+                        self.tokens.remove(&sub.token);
+                    }
+                }
+            }
+            self.maybe_complete(i, now, events);
+        }
+        let elapsed = self.elapsed(now);
+        if self.epoch.is_some() && self.probes[i].tracker.due(elapsed) {
+            self.start_attempt(i, now, events);
+        }
+    }
+
+    fn start_attempt(&mut self, i: usize, now: Instant, events: &mut Vec<ProbeEvent>) {
+        let elapsed = self.elapsed(now);
+        let Some(epoch) = self.epoch else { return };
+        let scheduled = self.probes[i].tracker.next_start();
+        let Some(deadline) = self.probes[i].tracker.begin(elapsed) else {
+            return;
+        };
+        if let (Some(lateness), Some(scheduled)) = (&mut self.lateness, scheduled) {
+            lateness.push(elapsed.saturating_sub(scheduled));
+        }
+        let deadline = epoch + deadline;
+        let probe = &mut self.probes[i];
+        let mut attempt = Attempt {
+            deadline,
+            subs: Vec::new(),
+            agent: false,
+            exec: None,
+        };
+        match &probe.handler {
+            Handler::Exec(_) | Handler::Ping => {
+                attempt.agent = true;
+                let mut sub = Sub {
+                    label: String::new(),
+                    check: None,
+                    token: 0,
+                    registered: None,
+                    result: None,
+                };
+                match &mut self.agent {
+                    Some(agent) => match &probe.handler {
+                        Handler::Exec(argv) => agent.start_exec(i as u64, argv, now, deadline),
+                        _ => agent.start_ping(i as u64, now, deadline),
+                    },
+                    None => {
+                        sub.result = Some(CheckResult::failure(
+                            "no guest agent configured (--guest-agent)".into(),
+                        ))
+                    }
+                }
+                attempt.subs.push(sub);
+                self.wakeups.push(Reverse((deadline + AGENT_GRACE, i)));
+            }
+            Handler::Http | Handler::Tcp => {
+                match &probe.targets {
+                    Err(m) => attempt.subs.push(Sub {
+                        label: String::new(),
+                        check: None,
+                        token: 0,
+                        registered: None,
+                        result: Some(CheckResult::failure(m.clone())),
+                    }),
+                    Ok(targets) => {
+                        for (s, t) in targets.iter().enumerate() {
+                            let mut check = match &t.http {
+                                Some(spec) => {
+                                    Check::Http(HttpCheck::start(spec.clone(), t.addr.ip()))
+                                }
+                                None => Check::Tcp(TcpCheck::start(t.addr)),
+                            };
+                            let token = self.next_token;
+                            self.next_token += 1;
+                            let mut sub = Sub {
+                                label: t.label.clone(),
+                                check: None,
+                                token,
+                                registered: None,
+                                result: None,
+                            };
+                            if let Some(r) = check.on_ready() {
+                                sub.result = Some(r);
+                            } else {
+                                Self::sync_fd(
+                                    &self.epoll,
+                                    &mut sub.registered,
+                                    check.interest(),
+                                    token,
+                                );
+                                sub.check = Some(check);
+                                self.tokens.insert(token, (i, s));
+                            }
+                            attempt.subs.push(sub);
+                        }
+                    }
+                }
+                self.wakeups.push(Reverse((deadline, i)));
+            }
+        }
+        self.probes[i].attempt = Some(attempt);
+        self.maybe_complete(i, now, events);
+    }
+
+    /// Feed the agent's completions into their attempts.
+    fn agent_completions(&mut self, now: Instant, events: &mut Vec<ProbeEvent>) {
+        let Some(agent) = &mut self.agent else { return };
+        for (id, outcome) in agent.take_completions() {
+            let Ok(i) = usize::try_from(id) else { continue };
+            let Some(attempt) = self.probes.get_mut(i).and_then(|p| p.attempt.as_mut()) else {
+                continue;
+            };
+            if !attempt.agent || attempt.subs[0].result.is_some() {
+                continue;
+            }
+            let result = match outcome {
+                AgentOutcome::Pong => CheckResult::success("guest agent answered".into()),
+                AgentOutcome::Exited {
+                    code,
+                    signal,
+                    output,
+                } => {
+                    attempt.exec = Some((code, excerpt(&output)));
+                    match (code, signal) {
+                        (Some(0), _) => CheckResult::success("exit code 0".into()),
+                        (Some(c), _) => CheckResult::failure(format!("exit code {c}")),
+                        (None, Some(sig)) => {
+                            CheckResult::failure(format!("killed by signal {sig}"))
+                        }
+                        (None, None) => CheckResult::failure("exited without an exit code".into()),
+                    }
+                }
+                AgentOutcome::Failed(m) => CheckResult::failure(m),
+            };
+            attempt.subs[0].result = Some(result);
+            self.maybe_complete(i, now, events);
+        }
+    }
+
+    /// If every part of probe `i`'s attempt has a result, complete it.
+    fn maybe_complete(&mut self, i: usize, now: Instant, events: &mut Vec<ProbeEvent>) {
+        let done = self.probes[i]
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.subs.iter().all(|s| s.result.is_some()));
+        if !done {
+            return;
+        }
+        let attempt = self.probes[i].attempt.take().expect("checked above");
+        let elapsed = self.elapsed(now);
+        let probe = &mut self.probes[i];
+        let success = attempt
+            .subs
+            .iter()
+            .all(|s| s.result.as_ref().is_some_and(|r| r.success));
+        let results: Vec<(&str, &CheckResult)> = attempt
+            .subs
+            .iter()
+            .filter_map(|s| s.result.as_ref().map(|r| (s.label.as_str(), r)))
+            .collect();
+        let (message, address) = if results.len() == 1 {
+            let (label, r) = results[0];
+            (
+                r.message.clone(),
+                (!label.is_empty()).then(|| label.to_string()),
+            )
+        } else {
+            let message = results
+                .iter()
+                .map(|(l, r)| format!("{l}: {}", r.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let named: Vec<&str> = results
+                .iter()
+                .filter(|(_, r)| success || !r.success)
+                .map(|(l, _)| *l)
+                .collect();
+            (message, Some(named.join(",")))
+        };
+        let (exit_code, output) = match attempt.exec {
+            Some((code, out)) => (code, Some(out)),
+            None => (None, None),
+        };
+        events.push(ProbeEvent::Attempt(ProbeAttempt {
+            probe: probe.kind,
+            success,
+            message: message.clone(),
+            address,
+            exit_code,
+            output,
+        }));
+        let outcome = if success {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        match probe.tracker.complete(elapsed, outcome) {
+            Some(Transition::Ready) => self.publish_ready_into(true, events),
+            Some(Transition::NotReady) => self.publish_ready_into(false, events),
+            Some(Transition::LivenessFailed) => {
+                events.push(ProbeEvent::LivenessFailed { message });
+            }
+            None => {}
+        }
+        if let (Some(epoch), Some(next)) = (self.epoch, self.probes[i].tracker.next_start()) {
+            self.wakeups.push(Reverse((epoch + next, i)));
+        }
+    }
+
+    fn publish_ready_into(&mut self, ready: bool, events: &mut Vec<ProbeEvent>) {
+        if self.ready != ready {
+            self.ready = ready;
+            events.push(ProbeEvent::Ready(ready));
+        }
+    }
+
+    /// Drop probe `i`'s attempt (its sockets close) and cancel it at the agent.
+    fn cancel_attempt(&mut self, i: usize) {
+        if let Some(attempt) = self.probes[i].attempt.take() {
+            for sub in &attempt.subs {
+                self.tokens.remove(&sub.token);
+            }
+            if attempt.agent {
+                if let Some(agent) = &mut self.agent {
+                    agent.cancel(i as u64);
+                }
+            }
+        }
+    }
+
+    /// Bring one fd's registration in line with what its check wants.
+    fn sync_fd(
+        epoll: &Epoll,
+        registered: &mut Option<(RawFd, bool, bool)>,
+        want: Option<(RawFd, bool, bool)>,
+        token: u64,
+    ) {
+        if *registered == want {
+            return;
+        }
+        let Some((fd, read, write)) = want else {
+            // The socket closes with its check, which removes it from the epoll.
+            *registered = None;
+            return;
+        };
+        let mut set = EventSet::empty();
+        if read {
+            set |= EventSet::IN | EventSet::READ_HANG_UP;
+        }
+        if write {
+            set |= EventSet::OUT;
+        }
+        let ev = EpollEvent::new(set, token);
+        let same_fd = registered.is_some_and(|(f, _, _)| f == fd);
+        let first = if same_fd {
+            ControlOperation::Modify
+        } else {
+            ControlOperation::Add
+        };
+        let result = match epoll.ctl(first, fd, ev) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                epoll.ctl(ControlOperation::Add, fd, ev)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                epoll.ctl(ControlOperation::Modify, fd, ev)
+            }
+            r => r,
+        };
+        match result {
+            Ok(()) => *registered = want,
+            Err(e) => log::warn!("probes: epoll_ctl on fd {fd}: {e}"),
+        }
+    }
+
+    /// Re-register the agent's fds (they may change after any call into it).
+    fn sync_agent_fds(&mut self) {
+        let Some(agent) = &self.agent else { return };
+        let wanted = agent.interests();
+        let mut next = HashMap::new();
+        for w in &wanted {
+            let mut set = EventSet::empty();
+            if w.read {
+                set |= EventSet::IN | EventSet::READ_HANG_UP;
+            }
+            if w.write {
+                set |= EventSet::OUT;
+            }
+            let ev = EpollEvent::new(set, AGENT_TOKEN | (w.fd as u32 as u64));
+            // Modify first: the fd may have been closed and reopened under the
+            // same number, which drops it from the epoll (ENOENT → add).
+            let r = match self.epoll.ctl(ControlOperation::Modify, w.fd, ev) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.epoll.ctl(ControlOperation::Add, w.fd, ev)
+                }
+                r => r,
+            };
+            match r {
+                Ok(()) => {
+                    next.insert(w.fd, (w.read, w.write));
+                }
+                Err(e) => log::warn!("probes: epoll_ctl on agent fd {}: {e}", w.fd),
+            }
+        }
+        for fd in self.agent_fds.keys() {
+            if !next.contains_key(fd) {
+                // It may already be closed: then it is already gone.
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, *fd, EpollEvent::default());
+            }
+        }
+        self.agent_fds = next;
+    }
+
+    /// Arm the timerfd for the earliest wake-up (or at once for pending events).
+    fn arm_timer(&mut self) {
+        let now = Instant::now();
+        let mut next = self.wakeups.peek().map(|Reverse((t, _))| *t);
+        if let Some(d) = self.agent.as_ref().and_then(AgentClient::next_deadline) {
+            next = Some(next.map_or(d, |n| n.min(d)));
+        }
+        let result = if !self.pending.is_empty() {
+            self.timer.reset(Duration::from_nanos(1), None)
+        } else {
+            match next {
+                Some(t) => self
+                    .timer
+                    .reset(t.saturating_duration_since(now).max(MIN_ARM), None),
+                None => self.timer.clear(),
+            }
+        };
+        if let Err(e) = result {
+            log::warn!("probes: timerfd: {e}");
+        }
+    }
+}

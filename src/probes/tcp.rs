@@ -1,0 +1,139 @@
+//! Non-blocking TCP connect, and the `tcpSocket` probe built on it.
+//!
+//! A [`Connect`] is started with a non-blocking `connect(2)` (EINPROGRESS) and
+//! polled whenever its fd is writable (or spuriously): `SO_ERROR` tells a failed
+//! connection, `getpeername(2)` a completed one. The `tcpSocket` probe
+//! ([`TcpCheck`]) succeeds as soon as the three-way handshake completes and closes
+//! the socket at once, sending nothing.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::CheckResult;
+
+/// `host:port` as in URLs and messages: IPv6 literals in brackets.
+pub fn address_label(addr: &SocketAddr) -> String {
+    // `SocketAddr`'s Display already brackets IPv6 (and keeps a scope id).
+    addr.to_string()
+}
+
+/// A short text for an I/O error, without the "(os error N)" suffix.
+pub(crate) fn error_text(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// A TCP connection being established without blocking.
+#[derive(Debug)]
+pub struct Connect {
+    socket: Socket,
+}
+
+impl Connect {
+    /// Start connecting to `addr`. An immediate failure (no route, no socket) is
+    /// returned as the error text.
+    pub fn start(addr: SocketAddr) -> Result<Self, String> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("socket: {}", error_text(&e)))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("socket: {}", error_text(&e)))?;
+        match socket.connect(&SockAddr::from(addr)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(format!("connect: {}", error_text(&e))),
+        }
+        Ok(Connect { socket })
+    }
+
+    /// The socket's fd (watch it for writability).
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Whether the connection is established (`Ok(true)`), still in progress
+    /// (`Ok(false)`) or failed (the error text). Safe to call spuriously.
+    pub fn poll(&self) -> Result<bool, String> {
+        match self.socket.take_error() {
+            Ok(Some(e)) => return Err(format!("connect: {}", error_text(&e))),
+            Ok(None) => {}
+            Err(e) => return Err(format!("connect: {}", error_text(&e))),
+        }
+        match self.socket.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
+            Err(e) => Err(format!("connect: {}", error_text(&e))),
+        }
+    }
+
+    /// The established connection, still non-blocking.
+    pub fn into_stream(self) -> TcpStream {
+        self.socket.into()
+    }
+}
+
+/// One `tcpSocket` attempt against one address.
+#[derive(Debug)]
+pub struct TcpCheck {
+    connect: Option<Connect>,
+    result: Option<CheckResult>,
+}
+
+impl TcpCheck {
+    /// Start the attempt (it may complete at once, e.g. with no route).
+    pub fn start(addr: SocketAddr) -> Self {
+        match Connect::start(addr) {
+            Ok(c) => {
+                let mut check = TcpCheck {
+                    connect: Some(c),
+                    result: None,
+                };
+                check.on_ready();
+                check
+            }
+            Err(message) => TcpCheck {
+                connect: None,
+                result: Some(CheckResult::failure(message)),
+            },
+        }
+    }
+
+    /// The fd to watch for writability while the attempt runs.
+    pub fn fd(&self) -> Option<RawFd> {
+        self.connect.as_ref().map(Connect::fd)
+    }
+
+    /// Make progress; returns the result once known (and keeps returning it).
+    pub fn on_ready(&mut self) -> Option<&CheckResult> {
+        if self.result.is_none() {
+            if let Some(c) = &self.connect {
+                match c.poll() {
+                    Ok(false) => {}
+                    Ok(true) => self.result = Some(CheckResult::success("connected".into())),
+                    Err(m) => self.result = Some(CheckResult::failure(m)),
+                }
+            }
+            if self.result.is_some() {
+                // Close at once: nothing is sent or read.
+                self.connect = None;
+            }
+        }
+        self.result.as_ref()
+    }
+
+    /// The deadline passed: the attempt fails (unless it already finished).
+    pub fn on_timeout(&mut self, timeout: std::time::Duration) -> CheckResult {
+        self.connect = None;
+        self.result
+            .get_or_insert_with(|| {
+                CheckResult::failure(format!("connect: timed out after {timeout:?}"))
+            })
+            .clone()
+    }
+}
