@@ -1,10 +1,89 @@
-//! A non-blocking QEMU guest agent (`qemu-ga`) client for exec and
+//! A non-blocking QEMU guest agent (`qemu-ga`) client for `exec` and
 //! `guestAgentPing` probes, driven by the caller's epoll loop.
+//!
+//! One [`AgentClient`] owns one persistent connection to the agent of one VM:
+//! a Unix socket where `qemu-ga -m unix-listen -p PATH` listens (reconnected
+//! with back-off when it goes away), or an already connected stream such as
+//! the host end of the VM's second serial port (never reconnected).
+//!
+//! The client never blocks and owns no thread and no timer: the caller
+//! watches [`AgentClient::interests`], calls [`AgentClient::on_ready`] when one
+//! of those fds is ready and [`AgentClient::on_timer`] at
+//! [`AgentClient::next_deadline`], and collects results with
+//! [`AgentClient::take_completions`].
+//!
+//! Protocol rules followed (see `SPEC-probes.md` section 4):
+//! - one request outstanding at a time (the agent is strictly serial);
+//! - before the first command on a connection, and after any timeout or
+//!   garbled reply, a `0xFF` byte plus `guest-sync-delimited` with a fresh
+//!   random id; everything up to the `0xFF` that precedes the matching reply
+//!   is discarded (stale replies, the agent's complaint about the `0xFF`
+//!   byte, echo, console noise);
+//! - replies are newline-terminated JSON objects, read into a buffer bounded
+//!   by [`MAX_REPLY_LINE`]; any `error` reply fails the command, whatever its
+//!   wording;
+//! - exec is `guest-exec` (arguments JSON-encoded, `capture-output: true`)
+//!   followed by `guest-exec-status` polls until `exited`; a death by signal
+//!   is reported as such, never as exit code 0.
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//! use vmpulse::probes::agent::{AgentClient, AgentOutcome};
+//! use vmpulse::probes::AgentChannel;
+//!
+//! let mut agent = AgentClient::new(AgentChannel::UnixSocket("/run/vm1/qga.sock".into()));
+//! let now = Instant::now();
+//! agent.start_ping(1, now, now + Duration::from_secs(1));
+//! // ... the event loop watches agent.interests(), calls agent.on_ready(now) and
+//! // agent.on_timer(now) at agent.next_deadline(), then:
+//! for (id, outcome) in agent.take_completions() {
+//!     println!("probe {id}: {}", outcome == AgentOutcome::Pong);
+//! }
+//! ```
 
-use std::os::fd::RawFd;
-use std::time::Instant;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::probes::AgentChannel;
+
+/// The longest reply line accepted from the agent; a longer one is garbage
+/// (the buffer is dropped and the link resynchronised).
+pub const MAX_REPLY_LINE: usize = 64 * 1024;
+/// The most bytes of stdout+stderr kept in [`AgentOutcome::Exited`].
+pub const OUTPUT_EXCERPT: usize = 1024;
+/// What a second exec for a probe whose previous exec still runs ends with.
+pub const PREVIOUS_EXEC_RUNNING: &str = "previous exec still running";
+
+/// Delays between `guest-exec-status` polls of one attempt: short at first so
+/// quick commands finish quickly, then every 100 ms.
+const POLL_DELAYS_MS: [u64; 6] = [1, 4, 10, 20, 50, 100];
+/// How long a request whose attempt is gone (deadline, cancel) may still hold
+/// the link while its reply is awaited, before the link is resynchronised.
+const ORPHAN_GRACE: Duration = Duration::from_millis(250);
+/// How often a timed-out, still running exec is checked in the background.
+const STUCK_POLL_EVERY: Duration = Duration::from_secs(1);
+/// The deadline of a background request (sync or status poll for a stuck exec).
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+/// After this long a stuck exec is forgotten and a new exec may start.
+const DEFAULT_STUCK_EXEC_BOUND: Duration = Duration::from_secs(300);
+/// The most stuck execs remembered per agent; the oldest is forgotten first.
+const MAX_STUCK_EXECS: usize = 256;
+/// Reconnect back-off bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The read chunk size.
+const READ_CHUNK: usize = 16 * 1024;
+/// The sync handshake's lexer-reset byte and reply delimiter.
+const SYNC_MARKER: u8 = 0xFF;
 
 /// What an exec/ping attempt ended with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,11 +96,12 @@ pub enum AgentOutcome {
         code: Option<i32>,
         /// Signal number, if the command was killed by one.
         signal: Option<i32>,
-        /// A bounded excerpt (<= 1 KiB, lossy UTF-8) of stdout+stderr.
+        /// A bounded excerpt (<= 1 KiB, lossy UTF-8) of stdout followed by stderr.
         output: String,
     },
     /// Failure before a result: agent absent, connection lost, garbled reply, agent error
-    /// reply, deadline passed, or a previous exec for this probe still running.
+    /// reply (e.g. command not found), deadline passed, or a previous exec for this probe
+    /// still running.
     Failed(String),
 }
 
@@ -36,57 +116,1078 @@ pub struct FdInterest {
     pub write: bool,
 }
 
+/// Counters of what happened on the link (for logs, status and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Connections established (Unix socket transport).
+    pub connects: u64,
+    /// Connection attempts that failed (socket missing, refused, backlog full).
+    pub connect_failures: u64,
+    /// Connections lost (EOF or I/O error).
+    pub disconnects: u64,
+    /// Sync handshakes completed.
+    pub syncs: u64,
+    /// Delimited replies discarded during a sync because their id was not ours.
+    pub stale_replies: u64,
+    /// Bytes skipped while looking for the sync delimiter.
+    pub skipped_bytes: u64,
+    /// Echoed requests (`{"execute": ...}`) ignored.
+    pub echoes: u64,
+    /// Garbled input: unparseable or unexpected lines, over-long lines.
+    pub garbled: u64,
+    /// Requests whose reply did not come by their deadline.
+    pub request_timeouts: u64,
+    /// Requests sent, syncs included.
+    pub requests: u64,
+}
+
 /// One persistent connection to qemu-ga per VM; non-blocking; never blocks the caller.
 #[derive(Debug)]
 pub struct AgentClient {
-    _channel: AgentChannel,
+    /// Where to (re)connect; `None` for a stream handed over by the caller.
+    path: Option<PathBuf>,
+    conn: Option<Conn>,
+    /// Whether the caller's stream has closed for good.
+    stream_dead: bool,
+    /// The earliest time of the next connection attempt.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_error: String,
+    /// Whether a sync handshake has succeeded since the last desync.
+    synced: bool,
+    /// In sync scanning: a `0xFF` has been seen, its line is being read.
+    after_marker: bool,
+    inflight: Option<InFlight>,
+    attempts: Vec<Attempt>,
+    stuck: HashMap<u64, StuckExec>,
+    stuck_bound: Duration,
     done: Vec<(u64, AgentOutcome)>,
+    rng: RandomState,
+    rng_counter: u64,
+    stats: AgentStats,
+}
+
+#[derive(Debug)]
+struct Conn {
+    sock: Socket,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    req: Req,
+    deadline: Instant,
+    /// The attempt waiting for this reply; `None` for syncs, background polls
+    /// and requests whose attempt is gone.
+    owner: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Req {
+    Sync { id: i64 },
+    Ping,
+    Exec { probe: u64 },
+    Status { probe: u64, pid: i64 },
+}
+
+#[derive(Debug)]
+struct Attempt {
+    id: u64,
+    deadline: Instant,
+    state: AttemptState,
+}
+
+#[derive(Debug)]
+enum AttemptState {
+    PingQueued,
+    PingSent,
+    ExecQueued(Vec<u8>),
+    ExecSent,
+    ExecRunning {
+        pid: i64,
+        next_poll: Instant,
+        polls: usize,
+    },
+    ExecPolling {
+        pid: i64,
+        polls: usize,
+    },
+}
+
+/// An exec whose attempt ended (deadline) while the guest command still ran.
+#[derive(Debug)]
+struct StuckExec {
+    pid: i64,
+    since: Instant,
+    next_check: Instant,
 }
 
 impl AgentClient {
-    /// Creates the client; nothing is connected until needed.
+    /// Creates the client. Nothing is connected until the first attempt.
     pub fn new(channel: AgentChannel) -> Self {
-        AgentClient {
-            _channel: channel,
+        let mut client = AgentClient {
+            path: None,
+            conn: None,
+            stream_dead: false,
+            retry_at: None,
+            backoff: BACKOFF_MIN,
+            last_error: String::new(),
+            synced: false,
+            after_marker: false,
+            inflight: None,
+            attempts: Vec::new(),
+            stuck: HashMap::new(),
+            stuck_bound: DEFAULT_STUCK_EXEC_BOUND,
             done: Vec::new(),
+            rng: RandomState::new(),
+            rng_counter: 0,
+            stats: AgentStats::default(),
+        };
+        match channel {
+            AgentChannel::UnixSocket(path) => client.path = Some(path),
+            AgentChannel::Stream(stream) => {
+                let sock = Socket::from(OwnedFd::from(stream));
+                match sock.set_nonblocking(true) {
+                    Ok(()) => client.conn = Some(Conn::new(sock)),
+                    Err(e) => {
+                        client.stream_dead = true;
+                        client.last_error = format!("agent stream unusable: {e}");
+                    }
+                }
+            }
+        }
+        client
+    }
+
+    /// Sets how long a timed-out exec that still runs in the guest blocks new
+    /// execs of the same probe before it is forgotten (default 300 s).
+    pub fn set_stuck_exec_bound(&mut self, bound: Duration) {
+        self.stuck_bound = bound;
+    }
+
+    /// Counters of what happened on the link.
+    pub fn stats(&self) -> AgentStats {
+        self.stats
+    }
+
+    /// The fds the event loop must watch right now. The caller re-syncs its
+    /// registrations after every call into the client. After a connection is
+    /// lost, at least one call reports no fd before a new connection appears,
+    /// so a reused fd number always shows up as a change.
+    pub fn interests(&self) -> Vec<FdInterest> {
+        match &self.conn {
+            Some(c) => vec![FdInterest {
+                fd: c.sock.as_raw_fd(),
+                read: true,
+                write: !c.wbuf.is_empty(),
+            }],
+            None => Vec::new(),
         }
     }
 
-    /// The fds the event loop must watch right now.
-    pub fn interests(&self) -> Vec<FdInterest> {
-        Vec::new()
-    }
-
-    /// The earliest time the client needs [`AgentClient::on_timer`].
+    /// The earliest time the client needs [`AgentClient::on_timer`]: attempt
+    /// deadlines, exec-status polls, reconnect back-off, background checks.
     pub fn next_deadline(&self) -> Option<Instant> {
-        None
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        };
+        for a in &self.attempts {
+            consider(a.deadline);
+        }
+        if let Some(f) = &self.inflight {
+            consider(f.deadline);
+        }
+        if self.conn.is_some() {
+            if self.inflight.is_none() {
+                if self.synced {
+                    for a in &self.attempts {
+                        if let AttemptState::ExecRunning { next_poll, .. } = a.state {
+                            consider(next_poll);
+                        }
+                    }
+                }
+                for s in self.stuck.values() {
+                    consider(s.next_check);
+                }
+            }
+        } else if !self.attempts.is_empty() {
+            if let Some(t) = self.retry_at {
+                consider(t);
+            }
+        }
+        next
     }
 
-    /// Call when one of the fds is ready (or spuriously).
-    pub fn on_ready(&mut self, _now: Instant) {}
+    /// Call when one of the fds is ready (or spuriously: the client copes).
+    pub fn on_ready(&mut self, now: Instant) {
+        self.flush(now);
+        self.read_input(now);
+        self.drive(now);
+    }
 
-    /// Call at/after [`AgentClient::next_deadline`].
-    pub fn on_timer(&mut self, _now: Instant) {}
+    /// Call at/after [`AgentClient::next_deadline`] (early calls are harmless).
+    pub fn on_timer(&mut self, now: Instant) {
+        self.drive(now);
+    }
 
-    /// Starts a guest-exec of `argv` for probe `id`, due by `deadline`.
-    pub fn start_exec(&mut self, id: u64, _argv: &[String], _now: Instant, _deadline: Instant) {
-        self.done
-            .push((id, AgentOutcome::Failed("not implemented yet".into())));
+    /// Starts a guest-exec of `argv` for probe `id`, which must finish by `deadline`.
+    /// If the previous exec of the same `id` is still running in the guest, the attempt
+    /// completes as `Failed("previous exec still running")` and nothing new is started.
+    pub fn start_exec(&mut self, id: u64, argv: &[String], now: Instant, deadline: Instant) {
+        if self.refuse_busy(id, now) {
+            return;
+        }
+        if argv.is_empty() {
+            self.done
+                .push((id, AgentOutcome::Failed("empty exec command".into())));
+            return;
+        }
+        let request = json!({
+            "execute": "guest-exec",
+            "arguments": {
+                "path": argv[0],
+                "arg": &argv[1..],
+                "capture-output": true,
+            }
+        });
+        let mut bytes = request.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.add_attempt(id, deadline, AttemptState::ExecQueued(bytes), now);
     }
 
     /// Starts a guest-ping for probe `id`, due by `deadline`.
-    pub fn start_ping(&mut self, id: u64, _now: Instant, _deadline: Instant) {
-        self.done
-            .push((id, AgentOutcome::Failed("not implemented yet".into())));
+    pub fn start_ping(&mut self, id: u64, now: Instant, deadline: Instant) {
+        if self.attempts.iter().any(|a| a.id == id) {
+            self.done.push((
+                id,
+                AgentOutcome::Failed("previous attempt still in progress".into()),
+            ));
+            return;
+        }
+        self.add_attempt(id, deadline, AttemptState::PingQueued, now);
     }
 
-    /// Cancels whatever attempt `id` has in flight: no completion is reported for it.
+    /// Cancels whatever attempt `id` has in flight (VM stopped): no completion is
+    /// reported for it. A guest command it started is still tracked, so a later exec
+    /// of the same probe is refused while that command runs.
     pub fn cancel(&mut self, id: u64) {
+        if let Some(pos) = self.attempts.iter().position(|a| a.id == id) {
+            let a = self.attempts.remove(pos);
+            if let AttemptState::ExecRunning { pid, .. } | AttemptState::ExecPolling { pid, .. } =
+                a.state
+            {
+                let now = Instant::now();
+                self.remember_stuck(id, pid, now);
+            }
+            if let Some(f) = &mut self.inflight {
+                if f.owner == Some(id) {
+                    f.owner = None;
+                    f.deadline = f.deadline.min(Instant::now() + ORPHAN_GRACE);
+                }
+            }
+        }
         self.done.retain(|(i, _)| *i != id);
     }
 
-    /// Completed attempts since the last call, in completion order.
+    /// Completed attempts since the last call, in completion order: (id, outcome).
     pub fn take_completions(&mut self) -> Vec<(u64, AgentOutcome)> {
         std::mem::take(&mut self.done)
+    }
+
+    // ----- attempts -----
+
+    /// Refuses a new exec while an attempt of `id` runs, or while its previous
+    /// exec still runs in the guest. Returns whether it refused.
+    fn refuse_busy(&mut self, id: u64, now: Instant) -> bool {
+        if self.attempts.iter().any(|a| a.id == id) {
+            self.done.push((
+                id,
+                AgentOutcome::Failed("previous attempt still in progress".into()),
+            ));
+            return true;
+        }
+        if let Some(s) = self.stuck.get(&id) {
+            if now.saturating_duration_since(s.since) >= self.stuck_bound {
+                log::warn!(
+                    "guest agent: forgetting exec pid {} of probe {id}, still running after {:?}",
+                    s.pid,
+                    self.stuck_bound
+                );
+                self.stuck.remove(&id);
+            } else {
+                self.done
+                    .push((id, AgentOutcome::Failed(PREVIOUS_EXEC_RUNNING.into())));
+                return true;
+            }
+        }
+        let orphan_exec = matches!(
+            self.inflight,
+            Some(InFlight { req: Req::Exec { probe }, owner: None, .. }) if probe == id
+        );
+        if orphan_exec {
+            self.done
+                .push((id, AgentOutcome::Failed(PREVIOUS_EXEC_RUNNING.into())));
+            return true;
+        }
+        false
+    }
+
+    fn add_attempt(&mut self, id: u64, deadline: Instant, state: AttemptState, now: Instant) {
+        if let Some(f) = &mut self.inflight {
+            if matches!(f.req, Req::Sync { .. }) && f.deadline < deadline {
+                f.deadline = deadline;
+            }
+        }
+        self.attempts.push(Attempt {
+            id,
+            deadline,
+            state,
+        });
+        self.drive(now);
+    }
+
+    fn complete(&mut self, id: u64, outcome: AgentOutcome) {
+        if let Some(pos) = self.attempts.iter().position(|a| a.id == id) {
+            self.attempts.remove(pos);
+            self.done.push((id, outcome));
+        }
+    }
+
+    fn remember_stuck(&mut self, probe: u64, pid: i64, now: Instant) {
+        if !self.stuck.contains_key(&probe) && self.stuck.len() >= MAX_STUCK_EXECS {
+            if let Some(oldest) = self
+                .stuck
+                .iter()
+                .min_by_key(|(_, s)| s.since)
+                .map(|(k, _)| *k)
+            {
+                self.stuck.remove(&oldest);
+            }
+        }
+        self.stuck.entry(probe).or_insert(StuckExec {
+            pid,
+            since: now,
+            next_check: now + STUCK_POLL_EVERY,
+        });
+    }
+
+    /// Fails every attempt whose deadline has passed.
+    fn expire_attempts(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.attempts.len() {
+            if self.attempts[i].deadline > now {
+                i += 1;
+                continue;
+            }
+            let a = self.attempts.remove(i);
+            let owns_inflight = self
+                .inflight
+                .as_ref()
+                .is_some_and(|f| f.owner == Some(a.id));
+            let message = match a.state {
+                AttemptState::ExecRunning { pid, .. } | AttemptState::ExecPolling { pid, .. } => {
+                    self.remember_stuck(a.id, pid, now);
+                    format!("timed out: guest command still running (pid {pid})")
+                }
+                AttemptState::PingSent => "timed out: no reply to guest-ping".to_string(),
+                AttemptState::ExecSent => "timed out: no reply to guest-exec".to_string(),
+                _ if self.conn.is_none() => {
+                    format!("timed out: agent not reachable ({})", self.last_error)
+                }
+                _ if !self.synced => "timed out: agent did not answer the sync".to_string(),
+                _ => "timed out waiting for the agent".to_string(),
+            };
+            if owns_inflight {
+                if let Some(f) = &mut self.inflight {
+                    f.owner = None;
+                    f.deadline = f.deadline.min(now + ORPHAN_GRACE).max(now);
+                }
+            }
+            log::debug!("guest agent: probe {} {message}", a.id);
+            self.done.push((a.id, AgentOutcome::Failed(message)));
+        }
+        let bound = self.stuck_bound;
+        self.stuck
+            .retain(|_, s| now.saturating_duration_since(s.since) < bound);
+    }
+
+    /// Fails every attempt at once (connection lost or unreachable).
+    fn fail_all(&mut self, message: &str, now: Instant) {
+        for a in std::mem::take(&mut self.attempts) {
+            if let AttemptState::ExecRunning { pid, .. } | AttemptState::ExecPolling { pid, .. } =
+                a.state
+            {
+                self.remember_stuck(a.id, pid, now);
+            }
+            self.done
+                .push((a.id, AgentOutcome::Failed(message.to_string())));
+        }
+    }
+
+    // ----- the link -----
+
+    /// Advances everything that does not need input: deadlines, connecting,
+    /// sending the next request.
+    fn drive(&mut self, now: Instant) {
+        self.expire_attempts(now);
+        if let Some(f) = &self.inflight {
+            if f.deadline <= now {
+                self.stats.request_timeouts += 1;
+                if matches!(f.req, Req::Sync { .. }) {
+                    self.last_error = "agent did not answer the sync".into();
+                }
+                log::debug!("guest agent: no reply to {:?} by its deadline", f.req);
+                self.desync();
+            }
+        }
+        if self.conn.is_none() {
+            self.ensure_connected(now);
+        }
+        if self.conn.is_some() && self.inflight.is_none() {
+            self.send_next(now);
+        }
+    }
+
+    fn ensure_connected(&mut self, now: Instant) {
+        if self.attempts.is_empty() {
+            return;
+        }
+        let Some(path) = self.path.clone() else {
+            let message = if self.stream_dead {
+                format!("agent channel closed ({})", self.last_error)
+            } else {
+                "agent channel closed".to_string()
+            };
+            self.fail_all(&message, now);
+            return;
+        };
+        if let Some(t) = self.retry_at {
+            if t > now {
+                // Attempts that cannot outlive the back-off fail now.
+                let last = self.last_error.clone();
+                let mut i = 0;
+                while i < self.attempts.len() {
+                    if self.attempts[i].deadline <= t {
+                        let a = self.attempts.remove(i);
+                        self.done.push((
+                            a.id,
+                            AgentOutcome::Failed(format!("agent not reachable: {last}")),
+                        ));
+                    } else {
+                        i += 1;
+                    }
+                }
+                return;
+            }
+        }
+        match connect_unix(&path) {
+            Ok(sock) => {
+                self.stats.connects += 1;
+                self.conn = Some(Conn::new(sock));
+                self.retry_at = None;
+                self.synced = false;
+                self.after_marker = false;
+                log::debug!("guest agent: connected to {}", path.display());
+            }
+            Err(e) => {
+                self.stats.connect_failures += 1;
+                self.last_error = format!("{}: {e}", path.display());
+                self.retry_at = Some(now + self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                let message = format!("agent not reachable: {}", self.last_error);
+                self.fail_all(&message, now);
+            }
+        }
+    }
+
+    fn lose_connection(&mut self, why: String, now: Instant) {
+        if self.conn.take().is_none() {
+            return;
+        }
+        self.stats.disconnects += 1;
+        log::warn!("guest agent: connection lost: {why}");
+        self.synced = false;
+        self.after_marker = false;
+        self.inflight = None;
+        self.last_error = why.clone();
+        if self.path.is_some() {
+            self.retry_at = Some(now + self.backoff);
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        } else {
+            self.stream_dead = true;
+        }
+        self.fail_all(&format!("agent connection lost: {why}"), now);
+    }
+
+    /// Marks the link out of sync: nothing is sent until a sync succeeds, and
+    /// input is skipped up to the sync delimiter.
+    fn desync(&mut self) {
+        self.synced = false;
+        self.after_marker = false;
+        self.inflight = None;
+        if let Some(c) = &mut self.conn {
+            c.rbuf.clear();
+        }
+    }
+
+    fn send_next(&mut self, now: Instant) {
+        let bound = self.stuck_bound;
+        let stuck_due = self
+            .stuck
+            .iter()
+            .filter(|(_, s)| s.next_check <= now && now.saturating_duration_since(s.since) < bound)
+            .map(|(k, s)| (*k, s.pid))
+            .next();
+        if !self.synced {
+            if self.attempts.is_empty() && stuck_due.is_none() {
+                return;
+            }
+            let id = self.next_sync_id();
+            let deadline = self
+                .attempts
+                .iter()
+                .map(|a| a.deadline)
+                .max()
+                .unwrap_or(now + BACKGROUND_TIMEOUT);
+            let mut bytes = vec![SYNC_MARKER];
+            bytes.extend_from_slice(
+                json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})
+                    .to_string()
+                    .as_bytes(),
+            );
+            bytes.push(b'\n');
+            self.after_marker = false;
+            if let Some(c) = &mut self.conn {
+                c.rbuf.clear();
+            }
+            self.send(Req::Sync { id }, bytes, deadline, None, now);
+            return;
+        }
+        // Attempts first, in start order.
+        let mut pick = None;
+        for (i, a) in self.attempts.iter().enumerate() {
+            let ready = match &a.state {
+                AttemptState::PingQueued | AttemptState::ExecQueued(_) => true,
+                AttemptState::ExecRunning { next_poll, .. } => *next_poll <= now,
+                _ => false,
+            };
+            if ready {
+                pick = Some(i);
+                break;
+            }
+        }
+        if let Some(i) = pick {
+            let a = &mut self.attempts[i];
+            let id = a.id;
+            let deadline = a.deadline;
+            let state = std::mem::replace(&mut a.state, AttemptState::PingSent);
+            let (req, bytes) = match state {
+                AttemptState::PingQueued => {
+                    a.state = AttemptState::PingSent;
+                    (Req::Ping, b"{\"execute\":\"guest-ping\"}\n".to_vec())
+                }
+                AttemptState::ExecQueued(bytes) => {
+                    a.state = AttemptState::ExecSent;
+                    (Req::Exec { probe: id }, bytes)
+                }
+                AttemptState::ExecRunning { pid, polls, .. } => {
+                    a.state = AttemptState::ExecPolling { pid, polls };
+                    (Req::Status { probe: id, pid }, status_request(pid))
+                }
+                other => {
+                    a.state = other;
+                    return;
+                }
+            };
+            self.send(req, bytes, deadline, Some(id), now);
+            return;
+        }
+        if let Some((probe, pid)) = stuck_due {
+            if let Some(s) = self.stuck.get_mut(&probe) {
+                s.next_check = now + STUCK_POLL_EVERY;
+            }
+            self.send(
+                Req::Status { probe, pid },
+                status_request(pid),
+                now + BACKGROUND_TIMEOUT,
+                None,
+                now,
+            );
+        }
+    }
+
+    fn send(
+        &mut self,
+        req: Req,
+        bytes: Vec<u8>,
+        deadline: Instant,
+        owner: Option<u64>,
+        now: Instant,
+    ) {
+        let Some(c) = &mut self.conn else {
+            return;
+        };
+        self.stats.requests += 1;
+        c.wbuf.extend_from_slice(&bytes);
+        self.inflight = Some(InFlight {
+            req,
+            deadline,
+            owner,
+        });
+        self.flush(now);
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let Some(c) = &mut self.conn else {
+            return;
+        };
+        while !c.wbuf.is_empty() {
+            match c.sock.send_with_flags(&c.wbuf, libc::MSG_NOSIGNAL) {
+                Ok(0) => {
+                    self.lose_connection("agent stopped accepting data".into(), now);
+                    return;
+                }
+                Ok(n) => {
+                    c.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.lose_connection(format!("write: {e}"), now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_input(&mut self, now: Instant) {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            let Some(c) = &mut self.conn else {
+                return;
+            };
+            match (&c.sock).read(&mut chunk) {
+                Ok(0) => {
+                    self.process_input(now);
+                    self.lose_connection("closed by the agent".into(), now);
+                    return;
+                }
+                Ok(n) => {
+                    c.rbuf.extend_from_slice(&chunk[..n]);
+                    self.process_input(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.lose_connection(format!("read: {e}"), now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Consumes whatever complete input is buffered.
+    fn process_input(&mut self, now: Instant) {
+        loop {
+            let Some(c) = &mut self.conn else {
+                return;
+            };
+            if c.rbuf.is_empty() {
+                return;
+            }
+            if !self.synced {
+                let sync_id = match self.inflight {
+                    Some(InFlight {
+                        req: Req::Sync { id },
+                        ..
+                    }) => id,
+                    _ => {
+                        // Nothing to sync with yet: whatever comes is stale.
+                        self.stats.skipped_bytes += c.rbuf.len() as u64;
+                        c.rbuf.clear();
+                        self.after_marker = false;
+                        return;
+                    }
+                };
+                if !self.after_marker {
+                    match c.rbuf.iter().position(|&b| b == SYNC_MARKER) {
+                        Some(p) => {
+                            self.stats.skipped_bytes += p as u64;
+                            c.rbuf.drain(..=p);
+                            self.after_marker = true;
+                        }
+                        None => {
+                            self.stats.skipped_bytes += c.rbuf.len() as u64;
+                            c.rbuf.clear();
+                            return;
+                        }
+                    }
+                }
+                let Some(nl) = c.rbuf.iter().position(|&b| b == b'\n') else {
+                    if c.rbuf.len() > MAX_REPLY_LINE {
+                        self.stats.garbled += 1;
+                        self.stats.skipped_bytes += c.rbuf.len() as u64;
+                        c.rbuf.clear();
+                        self.after_marker = false;
+                    }
+                    return;
+                };
+                let line: Vec<u8> = c.rbuf.drain(..=nl).collect();
+                // A later marker on the same line starts a newer delimited reply.
+                let line = match line.iter().rposition(|&b| b == SYNC_MARKER) {
+                    Some(p) => {
+                        self.stats.skipped_bytes += p as u64 + 1;
+                        &line[p + 1..]
+                    }
+                    None => &line[..],
+                };
+                self.after_marker = false;
+                let value: Option<Value> = serde_json::from_slice(line).ok();
+                match value
+                    .as_ref()
+                    .and_then(|v| v.get("return"))
+                    .and_then(Value::as_i64)
+                {
+                    Some(n) if n == sync_id => {
+                        self.synced = true;
+                        self.inflight = None;
+                        self.backoff = BACKOFF_MIN;
+                        self.stats.syncs += 1;
+                    }
+                    _ => {
+                        self.stats.stale_replies += 1;
+                        log::debug!("guest agent: discarding a stale delimited reply");
+                    }
+                }
+                continue;
+            }
+            let Some(nl) = c.rbuf.iter().position(|&b| b == b'\n') else {
+                if c.rbuf.len() > MAX_REPLY_LINE {
+                    self.garbled(format!("reply longer than {MAX_REPLY_LINE} bytes"), now);
+                }
+                return;
+            };
+            let line: Vec<u8> = c.rbuf.drain(..=nl).collect();
+            let text = line.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            let value = match serde_json::from_slice::<Value>(text) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    self.garbled("unparseable reply from the agent".into(), now);
+                    continue;
+                }
+            };
+            if value.get("execute").is_some() {
+                // Our own request echoed by a serial line.
+                self.stats.echoes += 1;
+                continue;
+            }
+            if value.get("return").is_none() && value.get("error").is_none() {
+                self.garbled("reply with neither return nor error".into(), now);
+                continue;
+            }
+            match self.inflight.take() {
+                Some(f) => self.on_reply(f, value, now),
+                None => self.garbled("unsolicited reply from the agent".into(), now),
+            }
+        }
+    }
+
+    /// Garbled input: fails the attempt waiting for a reply and resyncs.
+    fn garbled(&mut self, why: String, _now: Instant) {
+        self.stats.garbled += 1;
+        log::warn!("guest agent: {why}; resynchronising");
+        if let Some(owner) = self.inflight.as_ref().and_then(|f| f.owner) {
+            self.complete(
+                owner,
+                AgentOutcome::Failed(format!("garbled agent reply: {why}")),
+            );
+        }
+        self.desync();
+    }
+
+    fn on_reply(&mut self, f: InFlight, value: Value, now: Instant) {
+        let error = value.get("error").map(describe_error);
+        let ret = value.get("return");
+        match f.req {
+            Req::Sync { .. } => {
+                // A sync reply never arrives in sync mode; treat it as garbage.
+                self.inflight = None;
+                self.desync();
+            }
+            Req::Ping => {
+                if let Some(owner) = f.owner {
+                    let outcome = match error {
+                        Some(e) => AgentOutcome::Failed(format!("guest-ping: {e}")),
+                        None => AgentOutcome::Pong,
+                    };
+                    self.complete(owner, outcome);
+                }
+            }
+            Req::Exec { probe } => {
+                let pid = ret.and_then(|r| r.get("pid")).and_then(Value::as_i64);
+                match (error, pid) {
+                    (Some(e), _) => {
+                        if let Some(owner) = f.owner {
+                            self.complete(owner, AgentOutcome::Failed(format!("guest-exec: {e}")));
+                        }
+                    }
+                    (None, Some(pid)) if pid > 0 => match f.owner {
+                        Some(owner) => {
+                            if let Some(a) = self.attempts.iter_mut().find(|a| a.id == owner) {
+                                a.state = AttemptState::ExecRunning {
+                                    pid,
+                                    next_poll: now + poll_delay(0),
+                                    polls: 0,
+                                };
+                            }
+                        }
+                        None => self.remember_stuck(probe, pid, now),
+                    },
+                    (None, _) => {
+                        if let Some(owner) = f.owner {
+                            self.complete(
+                                owner,
+                                AgentOutcome::Failed(
+                                    "guest-exec: reply without a valid pid".into(),
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            Req::Status { probe, pid } => {
+                if let Some(e) = error {
+                    // The agent no longer knows the pid (restarted, or reaped).
+                    self.forget_stuck(probe, pid);
+                    if let Some(owner) = f.owner {
+                        self.complete(
+                            owner,
+                            AgentOutcome::Failed(format!("guest-exec-status: {e}")),
+                        );
+                    }
+                    return;
+                }
+                let Some(ret) = ret else { return };
+                match ret.get("exited").and_then(Value::as_bool) {
+                    Some(true) => {
+                        self.forget_stuck(probe, pid);
+                        if let Some(owner) = f.owner {
+                            self.complete(owner, exited_outcome(ret));
+                        }
+                    }
+                    Some(false) => match f.owner {
+                        Some(owner) => {
+                            if let Some(a) = self.attempts.iter_mut().find(|a| a.id == owner) {
+                                if let AttemptState::ExecPolling { polls, .. } = a.state {
+                                    a.state = AttemptState::ExecRunning {
+                                        pid,
+                                        next_poll: now + poll_delay(polls + 1),
+                                        polls: polls + 1,
+                                    };
+                                }
+                            }
+                        }
+                        None => self.remember_stuck(probe, pid, now),
+                    },
+                    None => {
+                        if let Some(owner) = f.owner {
+                            self.complete(
+                                owner,
+                                AgentOutcome::Failed(
+                                    "guest-exec-status: reply without 'exited'".into(),
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget_stuck(&mut self, probe: u64, pid: i64) {
+        if self.stuck.get(&probe).is_some_and(|s| s.pid == pid) {
+            self.stuck.remove(&probe);
+        }
+    }
+
+    fn next_sync_id(&mut self) -> i64 {
+        let mut h = self.rng.build_hasher();
+        h.write_u64(self.rng_counter);
+        self.rng_counter = self.rng_counter.wrapping_add(1);
+        // A positive 63-bit id: the agent types it as a signed 64-bit integer.
+        (h.finish() >> 1) as i64
+    }
+}
+
+impl Conn {
+    fn new(sock: Socket) -> Self {
+        Conn {
+            sock,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+        }
+    }
+}
+
+/// Connects without blocking: a Unix stream connect completes at once or fails
+/// (`EAGAIN` when the listener's backlog is full).
+fn connect_unix(path: &Path) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    sock.set_nonblocking(true)?;
+    sock.connect(&SockAddr::unix(path)?)?;
+    Ok(sock)
+}
+
+fn status_request(pid: i64) -> Vec<u8> {
+    let mut bytes = json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})
+        .to_string()
+        .into_bytes();
+    bytes.push(b'\n');
+    bytes
+}
+
+fn poll_delay(polls: usize) -> Duration {
+    Duration::from_millis(POLL_DELAYS_MS[polls.min(POLL_DELAYS_MS.len() - 1)])
+}
+
+/// `CLASS: desc` of an agent `error` object, whatever its shape.
+fn describe_error(e: &Value) -> String {
+    let class = e.get("class").and_then(Value::as_str).unwrap_or("Error");
+    let desc = e
+        .get("desc")
+        .and_then(Value::as_str)
+        .unwrap_or("(no description)");
+    let mut s = format!("{class}: {desc}");
+    truncate_utf8(&mut s, OUTPUT_EXCERPT);
+    s
+}
+
+/// The outcome of an exited `guest-exec-status` reply.
+fn exited_outcome(ret: &Value) -> AgentOutcome {
+    let code = ret
+        .get("exitcode")
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok());
+    let signal = ret
+        .get("signal")
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok());
+    let mut raw = Vec::new();
+    for key in ["out-data", "err-data"] {
+        if let Some(data) = ret.get(key).and_then(Value::as_str) {
+            match base64::engine::general_purpose::STANDARD.decode(data) {
+                Ok(bytes) => raw.extend_from_slice(&bytes),
+                Err(_) => raw.extend_from_slice(b"[undecodable output]"),
+            }
+        }
+        if raw.len() >= OUTPUT_EXCERPT {
+            break;
+        }
+    }
+    raw.truncate(OUTPUT_EXCERPT);
+    let mut output = String::from_utf8_lossy(&raw).into_owned();
+    truncate_utf8(&mut output, OUTPUT_EXCERPT);
+    AgentOutcome::Exited {
+        code: if signal.is_some() { None } else { code },
+        signal,
+        output,
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exited_outcome_decodes_both_streams_and_signal() {
+        let ret =
+            json!({"exitcode": 3, "out-data": "b3V0Cg==", "err-data": "ZXJyCg==", "exited": true});
+        assert_eq!(
+            exited_outcome(&ret),
+            AgentOutcome::Exited {
+                code: Some(3),
+                signal: None,
+                output: "out\nerr\n".into()
+            }
+        );
+        let ret = json!({"signal": 9, "exited": true});
+        assert_eq!(
+            exited_outcome(&ret),
+            AgentOutcome::Exited {
+                code: None,
+                signal: Some(9),
+                output: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn exited_outcome_bounds_output() {
+        let big = base64::engine::general_purpose::STANDARD.encode("é".repeat(2000));
+        let ret = json!({"exitcode": 0, "out-data": big, "exited": true});
+        let AgentOutcome::Exited { output, .. } = exited_outcome(&ret) else {
+            panic!("not exited");
+        };
+        assert!(output.len() <= OUTPUT_EXCERPT);
+        assert_eq!(output, "é".repeat(OUTPUT_EXCERPT / 2));
+    }
+
+    #[test]
+    fn error_description_names_class_and_desc() {
+        let e = json!({"class": "CommandNotFound", "desc": "The command guest-nope has not been found"});
+        assert_eq!(
+            describe_error(&e),
+            "CommandNotFound: The command guest-nope has not been found"
+        );
+        assert_eq!(describe_error(&json!(7)), "Error: (no description)");
+    }
+
+    #[test]
+    fn stream_pair_ping_with_stale_replies_and_fragments() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut c = AgentClient::new(AgentChannel::Stream(ours));
+        let t0 = Instant::now();
+        c.start_ping(7, t0, t0 + Duration::from_secs(5));
+        // The client wrote 0xFF + sync; read it and extract the id.
+        let mut buf = vec![0u8; 4096];
+        let n = theirs.read(&mut buf).unwrap();
+        assert_eq!(buf[0], SYNC_MARKER);
+        let req: Value = serde_json::from_slice(buf[1..n].trim_ascii()).unwrap();
+        assert_eq!(req["execute"], "guest-sync-delimited");
+        let id = req["arguments"]["id"].as_i64().unwrap();
+        // Noise, a stale delimited reply, then ours in two pieces.
+        theirs
+            .write_all(b"login: \r\n{\"error\": {\"class\": \"GenericError\", \"desc\": \"x\"}}\n\xff{\"return\": 12}\n\xff{\"ret")
+            .unwrap();
+        c.on_ready(t0);
+        assert!(c.take_completions().is_empty());
+        theirs
+            .write_all(format!("urn\": {id}}}\n").as_bytes())
+            .unwrap();
+        c.on_ready(t0);
+        assert_eq!(c.stats().syncs, 1);
+        assert_eq!(c.stats().stale_replies, 1);
+        let n = theirs.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"{\"execute\":\"guest-ping\"}\n");
+        theirs.write_all(b"{\"return\": {}}\n").unwrap();
+        c.on_ready(t0);
+        assert_eq!(c.take_completions(), vec![(7, AgentOutcome::Pong)]);
     }
 }
