@@ -1,16 +1,680 @@
-//! Command-line arguments of `vmpulse run`.
+//! `vmpulse run MANIFEST.yaml`: boot a KubeVirt `VirtualMachine` on KVM with the built-in
+//! test guest, the i6300esb watchdog and the manifest's probes, and carry out what they ask.
+//!
+//! # Settings
+//!
+//! The test guest's behaviour and the run's bounds come from flags; a manifest may give
+//! defaults for them in annotations, and a flag always wins over its annotation:
+//!
+//! | flag | annotation | default |
+//! | --- | --- | --- |
+//! | `--guest-timeout SECONDS` | `vmpulse.io/guest-timeout` | 30 (Linux's heartbeat) |
+//! | `--guest-kick-every SECONDS` (fractions allowed) | `vmpulse.io/guest-kick-every` | a third of the timeout |
+//! | `--guest-hang-after SECONDS` | `vmpulse.io/guest-hang-after` | never |
+//! | `--guest-ignore-shutdown` | `vmpulse.io/guest-ignore-shutdown: "true"` | off |
+//! | `--max-restarts N` | `vmpulse.io/max-restarts` | unbounded |
+//! | `--run-for DURATION` (`500ms`, `10s`, `2m`, `1h`; a bare number is seconds) | `vmpulse.io/run-for` | unbounded |
+//! | `--restart-backoff DURATION` | `vmpulse.io/restart-backoff` | 1s |
+//!
+//! Guest memory is the manifest's, clamped to 2–64 MiB (16 MiB when the manifest gives
+//! none); a note says when it was clamped. Manifest fields the built-in guest does not use
+//! are listed at the start.
+//!
+//! # Probes and the guest agent
+//!
+//! Probes without a `host` go to the VM's address, 127.0.0.1 unless `--probe-host` lists
+//! others (`127.0.0.1,::1`: every address must answer). Exec and `guestAgentPing` probes talk
+//! to the QEMU guest agent through `--guest-agent PATH` (the Unix socket of
+//! `qemu-ga -m unix-listen`) or, with `--agent-serial`, through the VM's second serial port
+//! (COM2, I/O port 0x2F8), for guests running `qemu-ga -m isa-serial`.
+//!
+//! # Output and exit code
+//!
+//! See [`super::events`] for the events and [`super::strategy`] for runStrategy. Exit code:
+//! 0 when the run ended as the manifest and flags ask (the `--run-for` limit, runStrategy
+//! Halted, the VM stopped and runStrategy does not restart it, or `--max-restarts` reached)
+//! and no `error` event was reported; 1 when an `error` event was reported; 2 when the
+//! manifest does not validate or a flag or annotation is invalid.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::events::{stdout_printer, Event, EventSink, Format};
+use super::machine::{GuestOptions, Machine, MachineConfig, SharedEsb};
+use super::runner::{self, AgentSpec, RunConfig, Vm, VmFactory};
+use crate::manifest::{self, ManifestProblem, VmSpec};
+use crate::probes::config::ProbeKind;
+
+/// Smallest guest memory given to the test guest.
+pub const MIN_MEMORY: u64 = 2 << 20;
+/// Largest guest memory given to the test guest.
+pub const MAX_MEMORY: u64 = 64 << 20;
+/// Guest memory when the manifest asks for none.
+pub const DEFAULT_MEMORY: u64 = 16 << 20;
+/// Linux's default heartbeat for the i6300esb.
+pub const DEFAULT_GUEST_TIMEOUT: u32 = 30;
+/// The largest heartbeat: the preload (`T << 9`) must fit the device's 20 bits.
+pub const MAX_GUEST_TIMEOUT: u32 = 2047;
+
+const EXIT_HELP: &str =
+    "Exit code: 0 when the run ended as the manifest and flags ask (the --run-for limit, \
+runStrategy Halted, the VM stopped and runStrategy does not restart it, or --max-restarts \
+reached) and no error was reported; 1 when an error was reported (the VM could not be created \
+or failed, an action could not be carried out); 2 when the manifest does not validate or a \
+flag or annotation is invalid.\n\nManifest annotations vmpulse.io/guest-timeout, \
+vmpulse.io/guest-kick-every, vmpulse.io/guest-hang-after, vmpulse.io/guest-ignore-shutdown, \
+vmpulse.io/max-restarts, vmpulse.io/run-for and vmpulse.io/restart-backoff give defaults for \
+the flags of the same name; flags win.";
 
 /// Arguments of `vmpulse run`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXIT_HELP)]
 pub struct RunArgs {
     /// The VirtualMachine manifest (YAML).
     pub manifest: PathBuf,
+    /// Output: human-readable progress, or one JSON object per line.
+    #[arg(long, value_enum, default_value = "human", value_name = "FORMAT")]
+    pub events: Format,
+    /// The test guest's watchdog heartbeat in seconds (Linux's `heartbeat`; each of the
+    /// device's two stages lasts this long). Default 30.
+    #[arg(long, value_name = "SECONDS")]
+    pub guest_timeout: Option<u32>,
+    /// How often the test guest kicks the watchdog, in seconds (fractions allowed).
+    /// Default: a third of the timeout.
+    #[arg(long, value_name = "SECONDS")]
+    pub guest_kick_every: Option<String>,
+    /// The test guest stops kicking this many seconds after each boot. Default: never.
+    #[arg(long, value_name = "SECONDS")]
+    pub guest_hang_after: Option<String>,
+    /// The test guest ignores the power button (to see the forced poweroff after
+    /// terminationGracePeriodSeconds).
+    #[arg(long)]
+    pub guest_ignore_shutdown: bool,
+    /// Stop restarting after this many runStrategy restarts (warm resets do not count).
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<u32>,
+    /// End the whole run after this long (e.g. 500ms, 10s, 2m); the VM stops with reason
+    /// `runtime`.
+    #[arg(long, value_name = "DURATION")]
+    pub run_for: Option<String>,
+    /// The first restart back-off (doubling per consecutive restart, up to 16 times it).
+    /// Default 1s.
+    #[arg(long, value_name = "DURATION")]
+    pub restart_backoff: Option<String>,
+    /// The QEMU guest agent's Unix socket (`qemu-ga -m unix-listen -p PATH`), for exec and
+    /// guestAgentPing probes.
+    #[arg(long, value_name = "PATH", conflicts_with = "agent_serial")]
+    pub guest_agent: Option<PathBuf>,
+    /// Use the VM's COM2 (port 0x2F8) as the guest-agent channel, for guests running
+    /// `qemu-ga -m isa-serial`.
+    #[arg(long)]
+    pub agent_serial: bool,
+    /// The VM's address(es) for probes without a host, comma-separated (IPv6 literals
+    /// allowed, e.g. `127.0.0.1,::1`); with several, every address must answer.
+    #[arg(long, value_name = "ADDR[,ADDR...]", default_value = "127.0.0.1")]
+    pub probe_host: String,
+}
+
+/// A bad flag or annotation value.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct SettingError {
+    /// The flag or annotation.
+    pub what: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn bad(what: &str, message: impl Into<String>) -> SettingError {
+    SettingError {
+        what: what.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Parse a number of seconds (`0.5`, `3`) into a duration.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.0..=1e9).contains(&value) {
+        return Err(format!(
+            "{text:?} is not a number of seconds between 0 and 1e9"
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Parse a duration: a number with a unit `ms`, `s`, `m` or `h` (`500ms`, `1.5s`, `2m`),
+/// or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    let secs = value * scale;
+    if !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse `--probe-host`: comma-separated IPv4/IPv6 addresses (brackets allowed around IPv6).
+pub fn parse_probe_hosts(text: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bare = part
+            .strip_prefix('[')
+            .and_then(|p| p.strip_suffix(']'))
+            .unwrap_or(part);
+        let addr: IpAddr = bare
+            .parse()
+            .map_err(|_| format!("{part:?} is not an IP address"))?;
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    if out.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(out)
+}
+
+/// The `vmpulse.io/*` annotations of a manifest, as strings (empty when there are none or
+/// the text is not YAML; the manifest parser reports that).
+pub fn annotations(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        return out;
+    };
+    let Some(map) = doc
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.as_mapping())
+    else {
+        return out;
+    };
+    for (k, v) in map {
+        let (Some(k), Some(v)) = (k.as_str(), scalar(v)) else {
+            continue;
+        };
+        if k.starts_with("vmpulse.io/") {
+            out.insert(k.to_string(), v);
+        }
+    }
+    out
+}
+
+fn scalar(v: &serde_yaml_ng::Value) -> Option<String> {
+    match v {
+        serde_yaml_ng::Value::String(s) => Some(s.clone()),
+        serde_yaml_ng::Value::Number(n) => Some(n.to_string()),
+        serde_yaml_ng::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The run's settings once flags, annotations and defaults are merged.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The test guest.
+    pub guest: GuestOptions,
+    /// `--max-restarts`.
+    pub max_restarts: Option<u32>,
+    /// `--run-for`.
+    pub run_for: Option<Duration>,
+    /// `--restart-backoff`.
+    pub backoff: Duration,
+    /// `--probe-host`.
+    pub probe_hosts: Vec<IpAddr>,
+    /// Warnings for the user.
+    pub notes: Vec<String>,
+}
+
+/// Merge flags over annotations over defaults.
+pub fn settings(
+    args: &RunArgs,
+    notes: &BTreeMap<String, String>,
+) -> Result<Settings, SettingError> {
+    let ann = |key: &str| notes.get(&format!("vmpulse.io/{key}")).cloned();
+    // A flag wins over its annotation; errors name whichever was used.
+    let pick = |flag: Option<String>, key: &str| -> Option<(String, String)> {
+        match flag {
+            Some(v) => Some((format!("--{key}"), v)),
+            None => ann(key).map(|v| (format!("annotation vmpulse.io/{key}"), v)),
+        }
+    };
+
+    let timeout_secs = match pick(args.guest_timeout.map(|t| t.to_string()), "guest-timeout") {
+        Some((what, v)) => {
+            let t: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| bad(&what, format!("{v:?} is not a whole number of seconds")))?;
+            if !(1..=MAX_GUEST_TIMEOUT).contains(&t) {
+                return Err(bad(&what, format!("{t} is not in 1..={MAX_GUEST_TIMEOUT}")));
+            }
+            t
+        }
+        None => DEFAULT_GUEST_TIMEOUT,
+    };
+    let kick_every = match pick(args.guest_kick_every.clone(), "guest-kick-every") {
+        Some((what, v)) => {
+            let d = parse_seconds(&v).map_err(|m| bad(&what, m))?;
+            if d < Duration::from_millis(1) {
+                return Err(bad(&what, "must be at least 0.001 seconds"));
+            }
+            d
+        }
+        None => Duration::from_secs(u64::from(timeout_secs)) / 3,
+    };
+    let hang_after = match pick(args.guest_hang_after.clone(), "guest-hang-after") {
+        Some((what, v)) => Some(parse_seconds(&v).map_err(|m| bad(&what, m))?),
+        None => None,
+    };
+    let ignore_shutdown = args.guest_ignore_shutdown
+        || match ann("guest-ignore-shutdown") {
+            Some(v) => match v.trim() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(bad(
+                        "annotation vmpulse.io/guest-ignore-shutdown",
+                        format!("{v:?} is not \"true\" or \"false\""),
+                    ))
+                }
+            },
+            None => false,
+        };
+    let max_restarts = match pick(args.max_restarts.map(|n| n.to_string()), "max-restarts") {
+        Some((what, v)) => Some(
+            v.trim()
+                .parse::<u32>()
+                .map_err(|_| bad(&what, format!("{v:?} is not a whole number")))?,
+        ),
+        None => None,
+    };
+    let run_for = match pick(args.run_for.clone(), "run-for") {
+        Some((what, v)) => {
+            let d = parse_duration(&v).map_err(|m| bad(&what, m))?;
+            if d.is_zero() {
+                return Err(bad(&what, "must be longer than 0"));
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let backoff = match pick(args.restart_backoff.clone(), "restart-backoff") {
+        Some((what, v)) => parse_duration(&v).map_err(|m| bad(&what, m))?,
+        None => Duration::from_secs(1),
+    };
+    let probe_hosts = parse_probe_hosts(&args.probe_host).map_err(|m| bad("--probe-host", m))?;
+
+    let mut warnings = Vec::new();
+    if kick_every >= Duration::from_secs(2 * u64::from(timeout_secs)) {
+        warnings.push(format!(
+            "the guest kicks every {:.3} s, not within the watchdog's {} s: it will fire without a hang",
+            kick_every.as_secs_f64(),
+            2 * timeout_secs
+        ));
+    }
+    for key in notes.keys() {
+        const KNOWN: [&str; 8] = [
+            "vmpulse.io/guest-timeout",
+            "vmpulse.io/guest-kick-every",
+            "vmpulse.io/guest-hang-after",
+            "vmpulse.io/guest-ignore-shutdown",
+            "vmpulse.io/max-restarts",
+            "vmpulse.io/run-for",
+            "vmpulse.io/restart-backoff",
+            "vmpulse.io/liveness-action",
+        ];
+        if !KNOWN.contains(&key.as_str()) {
+            warnings.push(format!("unknown annotation {key} is ignored"));
+        }
+    }
+    Ok(Settings {
+        guest: GuestOptions {
+            timeout_secs,
+            kick_every,
+            hang_after,
+            ignore_shutdown,
+        },
+        max_restarts,
+        run_for,
+        backoff,
+        probe_hosts,
+        notes: warnings,
+    })
+}
+
+/// The guest memory for a manifest's request, and whether it was clamped.
+pub fn guest_memory(requested: Option<u64>) -> (u64, bool) {
+    match requested {
+        None => (DEFAULT_MEMORY, false),
+        Some(m) => {
+            let clamped = m.clamp(MIN_MEMORY, MAX_MEMORY);
+            (clamped, clamped != m)
+        }
+    }
+}
+
+/// Creates a [`Machine`] for every start.
+struct KvmFactory {
+    memory_bytes: u64,
+    guest: GuestOptions,
+}
+
+impl VmFactory for KvmFactory {
+    fn create(
+        &mut self,
+        esb: SharedEsb,
+        rearm: EventFd,
+        agent_serial: Option<UnixStream>,
+    ) -> Result<Box<dyn Vm>, String> {
+        let cfg = MachineConfig {
+            memory_bytes: self.memory_bytes,
+            guest: self.guest.clone(),
+            esb_rearm: Some(rearm),
+            agent_serial,
+        };
+        let machine = Machine::new(cfg, esb).map_err(|e| e.to_string())?;
+        Ok(Box::new(machine))
+    }
+}
+
+fn print_problems(path: &Path, problems: &[ManifestProblem]) {
+    eprintln!("{}: the manifest does not validate:", path.display());
+    for p in problems {
+        eprintln!("  {p}");
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes >> 20)
+}
+
+/// The notes shown before the run: ignored fields, memory, settings.
+fn start_notes(spec: &VmSpec, memory: (u64, bool), s: &Settings) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !spec.ignored.is_empty() {
+        notes.push(format!(
+            "ignored by the built-in test guest: {}",
+            spec.ignored.join(", ")
+        ));
+    }
+    match (spec.memory_bytes, memory) {
+        (Some(asked), (given, true)) => notes.push(format!(
+            "the manifest asks for {asked} bytes of memory; the test guest gets {} (clamped to {}..{})",
+            mib(given),
+            mib(MIN_MEMORY),
+            mib(MAX_MEMORY)
+        )),
+        (None, (given, _)) => notes.push(format!(
+            "the manifest asks for no memory; the test guest gets {}",
+            mib(given)
+        )),
+        _ => {}
+    }
+    if spec.watchdog.is_none() {
+        notes.push(
+            "the manifest has no watchdog: the test guest's i6300esb still exists, with action none"
+                .into(),
+        );
+    }
+    let hang = match s.guest.hang_after {
+        Some(h) => format!("hangs {:.3} s after each boot", h.as_secs_f64()),
+        None => "never hangs".into(),
+    };
+    notes.push(format!(
+        "VM {:?}: runStrategy {:?}, test guest: heartbeat {} s, kicks every {:.3} s, {}{}",
+        spec.name,
+        spec.run_strategy,
+        s.guest.timeout_secs,
+        s.guest.kick_every.as_secs_f64(),
+        hang,
+        if s.guest.ignore_shutdown {
+            ", ignores the power button"
+        } else {
+            ""
+        }
+    ));
+    notes.extend(s.notes.iter().cloned());
+    notes
 }
 
 /// Entry point of `vmpulse run`.
-pub fn run(_args: RunArgs) -> ExitCode {
-    ExitCode::from(2)
+pub fn run(args: RunArgs) -> ExitCode {
+    let text = match std::fs::read_to_string(&args.manifest) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", args.manifest.display());
+            return ExitCode::from(2);
+        }
+    };
+    let spec = match manifest::parse_str(&text) {
+        Ok(spec) => spec,
+        Err(problems) => {
+            print_problems(&args.manifest, &problems);
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match settings(&args, &annotations(&text)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", args.manifest.display());
+            return ExitCode::from(2);
+        }
+    };
+    let memory = guest_memory(spec.memory_bytes);
+    let mut printer = stdout_printer(args.events);
+    for message in start_notes(&spec, memory, &settings) {
+        printer.emit(Event::Info { message });
+    }
+    let mut probes = Vec::new();
+    if let Some(p) = &spec.liveness {
+        probes.push((ProbeKind::Liveness, p.clone()));
+    }
+    if let Some(p) = &spec.readiness {
+        probes.push((ProbeKind::Readiness, p.clone()));
+    }
+    let agent = match (&args.guest_agent, args.agent_serial) {
+        (Some(path), _) => AgentSpec::Socket(path.clone()),
+        (None, true) => AgentSpec::Com2,
+        (None, false) => AgentSpec::None,
+    };
+    let cfg = RunConfig {
+        vm_name: spec.name.clone(),
+        strategy: spec.run_strategy,
+        watchdog: spec.watchdog.as_ref().map(|w| (w.name.clone(), w.action)),
+        liveness_action: spec.liveness_action,
+        grace_period: spec.termination_grace_period,
+        probes,
+        probe_addresses: settings.probe_hosts.clone(),
+        agent,
+        max_restarts: settings.max_restarts,
+        run_for: settings.run_for,
+        backoff: settings.backoff,
+    };
+    let mut factory = KvmFactory {
+        memory_bytes: memory.0,
+        guest: settings.guest.clone(),
+    };
+    let outcome = runner::run(cfg, &mut factory, &mut printer);
+    ExitCode::from(outcome.exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["vmpulse", "vm.yaml"];
+        argv.extend_from_slice(extra);
+        Wrap::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn durations_and_seconds() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("NaN").is_err());
+    }
+
+    #[test]
+    fn probe_hosts() {
+        assert_eq!(
+            parse_probe_hosts("127.0.0.1,::1").unwrap(),
+            vec![
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            parse_probe_hosts("[::1]").unwrap(),
+            vec!["::1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(parse_probe_hosts("localhost").is_err());
+        assert!(parse_probe_hosts(",").is_err());
+    }
+
+    #[test]
+    fn defaults_without_flags_or_annotations() {
+        let s = settings(&args(&[]), &BTreeMap::new()).unwrap();
+        assert_eq!(s.guest.timeout_secs, 30);
+        assert_eq!(s.guest.kick_every, Duration::from_secs(10));
+        assert_eq!(s.guest.hang_after, None);
+        assert!(!s.guest.ignore_shutdown);
+        assert_eq!(s.max_restarts, None);
+        assert_eq!(s.run_for, None);
+        assert_eq!(s.backoff, Duration::from_secs(1));
+        assert_eq!(s.probe_hosts, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn annotations_give_defaults_and_flags_win() {
+        let text = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: x
+  annotations:
+    vmpulse.io/guest-timeout: "2"
+    vmpulse.io/guest-kick-every: "0.5"
+    vmpulse.io/guest-hang-after: "3"
+    vmpulse.io/guest-ignore-shutdown: "true"
+    vmpulse.io/max-restarts: "1"
+    vmpulse.io/run-for: 20s
+    vmpulse.io/restart-backoff: 200ms
+    other.io/thing: "x"
+"#;
+        let notes = annotations(text);
+        assert_eq!(notes.len(), 7);
+        let s = settings(&args(&[]), &notes).unwrap();
+        assert_eq!(s.guest.timeout_secs, 2);
+        assert_eq!(s.guest.kick_every, Duration::from_millis(500));
+        assert_eq!(s.guest.hang_after, Some(Duration::from_secs(3)));
+        assert!(s.guest.ignore_shutdown);
+        assert_eq!(s.max_restarts, Some(1));
+        assert_eq!(s.run_for, Some(Duration::from_secs(20)));
+        assert_eq!(s.backoff, Duration::from_millis(200));
+
+        let s = settings(
+            &args(&[
+                "--guest-timeout",
+                "5",
+                "--run-for",
+                "1m",
+                "--max-restarts",
+                "0",
+            ]),
+            &notes,
+        )
+        .unwrap();
+        assert_eq!(s.guest.timeout_secs, 5);
+        assert_eq!(s.run_for, Some(Duration::from_secs(60)));
+        assert_eq!(s.max_restarts, Some(0));
+        assert_eq!(s.guest.kick_every, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let e = settings(&args(&["--guest-timeout", "0"]), &BTreeMap::new()).unwrap_err();
+        assert_eq!(e.to_string(), "--guest-timeout: 0 is not in 1..=2047");
+        let mut notes = BTreeMap::new();
+        notes.insert("vmpulse.io/run-for".to_string(), "soon".to_string());
+        let e = settings(&args(&[]), &notes).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "annotation vmpulse.io/run-for: \"soon\" is not a duration (e.g. 500ms, 10s, 2m)"
+        );
+        let e = settings(&args(&["--guest-kick-every", "0"]), &BTreeMap::new()).unwrap_err();
+        assert_eq!(e.what, "--guest-kick-every");
+    }
+
+    #[test]
+    fn kicking_too_rarely_is_warned_about() {
+        let s = settings(
+            &args(&["--guest-timeout", "1", "--guest-kick-every", "3"]),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(s.notes.len(), 1);
+        assert!(s.notes[0].contains("fire without a hang"), "{}", s.notes[0]);
+    }
+
+    #[test]
+    fn agent_flags_conflict() {
+        let argv = [
+            "vmpulse",
+            "vm.yaml",
+            "--guest-agent",
+            "/tmp/x",
+            "--agent-serial",
+        ];
+        assert!(Wrap::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn memory_is_clamped() {
+        assert_eq!(guest_memory(None), (16 << 20, false));
+        assert_eq!(guest_memory(Some(1 << 30)), (64 << 20, true));
+        assert_eq!(guest_memory(Some(1 << 20)), (2 << 20, true));
+        assert_eq!(guest_memory(Some(8 << 20)), (8 << 20, false));
+    }
 }

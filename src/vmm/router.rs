@@ -1,0 +1,149 @@
+//! The one action router: what the VMM does when the watchdog fires or the liveness probe fails.
+//!
+//! Both sources go through [`route`], which maps a [`Trigger`] to a [`Decision`]; the event
+//! loop ([`super::runner`]) carries the decision out on the machine. Keeping the mapping
+//! here, pure, lets it be tested without KVM and guarantees the watchdog and the probes can
+//! never disagree on what, say, `shutdown` means.
+//!
+//! | trigger | decision |
+//! | --- | --- |
+//! | watchdog `poweroff` | stop at once; `stopped` reason `watchdog` |
+//! | watchdog `reset` | warm reset of the whole VM; the guest boots again (`started`, boot N+1) |
+//! | watchdog `shutdown` | power button, forced poweroff after `terminationGracePeriodSeconds`; `stopped` reason `shutdown` |
+//! | watchdog `pause` | pause the VM (vCPU and watchdog frozen); it stays paused |
+//! | watchdog `inject-nmi` | an NMI into the vCPU |
+//! | watchdog `none` | the event only |
+//! | watchdog `debug` | the event and a log line |
+//! | liveness, default (`stop`) | stop at once; `stopped` reason `liveness` |
+//! | liveness, `vmpulse.io/liveness-action: reset` | warm reset |
+//! | liveness, `vmpulse.io/liveness-action: shutdown` | as watchdog `shutdown`, trigger `liveness` |
+
+use i6300esb::WatchdogAction;
+
+use super::events::{Cause, StopReason};
+use crate::manifest::LivenessAction;
+
+/// Who asks for an action, and which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The watchdog expired with this action configured.
+    Watchdog(WatchdogAction),
+    /// The liveness probe failed; the manifest's liveness action.
+    Liveness(LivenessAction),
+}
+
+impl Trigger {
+    /// Which source this is.
+    pub fn cause(self) -> Cause {
+        match self {
+            Trigger::Watchdog(_) => Cause::Watchdog,
+            Trigger::Liveness(_) => Cause::Liveness,
+        }
+    }
+}
+
+/// What the event loop does to the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Stop the VM at once with this reason.
+    PowerOff(StopReason),
+    /// Warm-reset the whole VM.
+    Reset,
+    /// Press the power button; force a poweroff after the grace period.
+    Shutdown,
+    /// Pause the VM.
+    Pause,
+    /// Inject an NMI.
+    InjectNmi,
+    /// Report only (`none`); `log` also writes a log line (`debug`).
+    Report {
+        /// Whether to log it.
+        log: bool,
+    },
+}
+
+/// The decision for a trigger.
+pub fn route(trigger: Trigger) -> Decision {
+    match trigger {
+        Trigger::Watchdog(action) => match action {
+            WatchdogAction::Poweroff => Decision::PowerOff(StopReason::Watchdog),
+            WatchdogAction::Reset => Decision::Reset,
+            WatchdogAction::Shutdown => Decision::Shutdown,
+            WatchdogAction::Pause => Decision::Pause,
+            WatchdogAction::InjectNmi => Decision::InjectNmi,
+            WatchdogAction::None => Decision::Report { log: false },
+            WatchdogAction::Debug => Decision::Report { log: true },
+        },
+        Trigger::Liveness(action) => match action {
+            LivenessAction::Stop => Decision::PowerOff(StopReason::Liveness),
+            LivenessAction::Reset => Decision::Reset,
+            LivenessAction::Shutdown => Decision::Shutdown,
+        },
+    }
+}
+
+/// The name of a liveness action, as in the annotation and in `liveness` events.
+pub fn liveness_action_name(action: LivenessAction) -> &'static str {
+    match action {
+        LivenessAction::Stop => "stop",
+        LivenessAction::Reset => "reset",
+        LivenessAction::Shutdown => "shutdown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_watchdog_action_has_its_decision() {
+        let table = [
+            (
+                WatchdogAction::Poweroff,
+                Decision::PowerOff(StopReason::Watchdog),
+            ),
+            (WatchdogAction::Reset, Decision::Reset),
+            (WatchdogAction::Shutdown, Decision::Shutdown),
+            (WatchdogAction::Pause, Decision::Pause),
+            (WatchdogAction::InjectNmi, Decision::InjectNmi),
+            (WatchdogAction::None, Decision::Report { log: false }),
+            (WatchdogAction::Debug, Decision::Report { log: true }),
+        ];
+        assert_eq!(table.len(), WatchdogAction::ALL.len());
+        for (action, decision) in table {
+            assert_eq!(route(Trigger::Watchdog(action)), decision, "{action}");
+        }
+    }
+
+    #[test]
+    fn liveness_failures_share_the_router() {
+        assert_eq!(
+            route(Trigger::Liveness(LivenessAction::Stop)),
+            Decision::PowerOff(StopReason::Liveness)
+        );
+        // The same decisions as the watchdog's actions of the same name.
+        assert_eq!(
+            route(Trigger::Liveness(LivenessAction::Reset)),
+            route(Trigger::Watchdog(WatchdogAction::Reset))
+        );
+        assert_eq!(
+            route(Trigger::Liveness(LivenessAction::Shutdown)),
+            route(Trigger::Watchdog(WatchdogAction::Shutdown))
+        );
+        assert_eq!(
+            Trigger::Liveness(LivenessAction::Stop).cause(),
+            Cause::Liveness
+        );
+        assert_eq!(
+            Trigger::Watchdog(WatchdogAction::Reset).cause(),
+            Cause::Watchdog
+        );
+    }
+
+    #[test]
+    fn liveness_action_names() {
+        assert_eq!(liveness_action_name(LivenessAction::Stop), "stop");
+        assert_eq!(liveness_action_name(LivenessAction::Reset), "reset");
+        assert_eq!(liveness_action_name(LivenessAction::Shutdown), "shutdown");
+    }
+}
