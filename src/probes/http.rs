@@ -112,8 +112,8 @@ fn resolve_location(base: &Url, location: &str) -> Option<Url> {
         (HttpScheme::Http, &location[7..])
     } else if lower.starts_with("https://") {
         (HttpScheme::Https, &location[8..])
-    } else if location.starts_with("//") {
-        (base.scheme, &location[2..])
+    } else if let Some(rest) = location.strip_prefix("//") {
+        (base.scheme, rest)
     } else if location.contains("://") {
         return None;
     } else {
@@ -456,6 +456,11 @@ impl HttpCheck {
     fn succeed(&mut self, message: String) {
         self.phase = Phase::Done;
         self.result = Some(CheckResult::success(message));
+    }
+
+    /// Connections opened so far (a redirect opens a new one).
+    pub fn connections(&self) -> u32 {
+        self.requests
     }
 
     /// The fd to watch and whether to watch it for (read, write).

@@ -64,14 +64,16 @@ struct Target {
 #[derive(Debug)]
 enum Check {
     Tcp(TcpCheck),
-    Http(HttpCheck),
+    Http(Box<HttpCheck>),
 }
 
 impl Check {
-    fn interest(&self) -> Option<(RawFd, bool, bool)> {
+    /// (fd, read, write, connection number): a new connection may reuse the
+    /// number of a closed fd, which the epoll has forgotten.
+    fn interest(&self) -> Option<Interest> {
         match self {
-            Check::Tcp(c) => c.fd().map(|fd| (fd, false, true)),
-            Check::Http(c) => c.interest(),
+            Check::Tcp(c) => c.fd().map(|fd| (fd, false, true, 0)),
+            Check::Http(c) => c.interest().map(|(fd, r, w)| (fd, r, w, c.connections())),
         }
     }
 
@@ -90,6 +92,9 @@ impl Check {
     }
 }
 
+/// What a check wants watched: (fd, read, write, connection number).
+type Interest = (RawFd, bool, bool, u32);
+
 /// One target's part of an attempt.
 #[derive(Debug)]
 struct Sub {
@@ -97,7 +102,7 @@ struct Sub {
     check: Option<Check>,
     token: u64,
     /// What is registered in the epoll for this sub: (fd, read, write).
-    registered: Option<(RawFd, bool, bool)>,
+    registered: Option<Interest>,
     result: Option<CheckResult>,
 }
 
@@ -162,12 +167,19 @@ impl fmt::Debug for ProbeSet {
     }
 }
 
+/// The parts of an `httpGet` probe that make its URL: scheme, path, headers.
+type HttpParts<'a> = (
+    &'a super::config::HttpScheme,
+    &'a str,
+    &'a [(String, String)],
+);
+
 /// Resolve the targets of a network probe.
 fn targets(
     host: &Option<String>,
     port: u16,
     env: &ProbeEnv,
-    http: Option<(&super::config::HttpScheme, &str, &[(String, String)])>,
+    http: Option<HttpParts<'_>>,
 ) -> Result<Vec<Target>, String> {
     let hosts: Vec<(String, IpAddr)> = match host {
         Some(h) => {
@@ -538,9 +550,10 @@ impl ProbeSet {
                     Ok(targets) => {
                         for (s, t) in targets.iter().enumerate() {
                             let mut check = match &t.http {
-                                Some(spec) => {
-                                    Check::Http(HttpCheck::start(spec.clone(), t.addr.ip()))
-                                }
+                                Some(spec) => Check::Http(Box::new(HttpCheck::start(
+                                    spec.clone(),
+                                    t.addr.ip(),
+                                ))),
                                 None => Check::Tcp(TcpCheck::start(t.addr)),
                             };
                             let token = self.next_token;
@@ -704,14 +717,14 @@ impl ProbeSet {
     /// Bring one fd's registration in line with what its check wants.
     fn sync_fd(
         epoll: &Epoll,
-        registered: &mut Option<(RawFd, bool, bool)>,
-        want: Option<(RawFd, bool, bool)>,
+        registered: &mut Option<Interest>,
+        want: Option<Interest>,
         token: u64,
     ) {
         if *registered == want {
             return;
         }
-        let Some((fd, read, write)) = want else {
+        let Some((fd, read, write, conn)) = want else {
             // The socket closes with its check, which removes it from the epoll.
             *registered = None;
             return;
@@ -724,7 +737,7 @@ impl ProbeSet {
             set |= EventSet::OUT;
         }
         let ev = EpollEvent::new(set, token);
-        let same_fd = registered.is_some_and(|(f, _, _)| f == fd);
+        let same_fd = registered.is_some_and(|(f, _, _, c)| f == fd && c == conn);
         let first = if same_fd {
             ControlOperation::Modify
         } else {
