@@ -199,40 +199,6 @@ pub fn parse_probe_hosts(text: &str) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
-/// The `vmpulse.io/*` annotations of a manifest, as strings (empty when there are none or
-/// the text is not YAML; the manifest parser reports that).
-pub fn annotations(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let Ok(doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
-        return out;
-    };
-    let Some(map) = doc
-        .get("metadata")
-        .and_then(|m| m.get("annotations"))
-        .and_then(|a| a.as_mapping())
-    else {
-        return out;
-    };
-    for (k, v) in map {
-        let (Some(k), Some(v)) = (k.as_str(), scalar(v)) else {
-            continue;
-        };
-        if k.starts_with("vmpulse.io/") {
-            out.insert(k.to_string(), v);
-        }
-    }
-    out
-}
-
-fn scalar(v: &serde_yaml_ng::Value) -> Option<String> {
-    match v {
-        serde_yaml_ng::Value::String(s) => Some(s.clone()),
-        serde_yaml_ng::Value::Number(n) => Some(n.to_string()),
-        serde_yaml_ng::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
 /// The run's settings once flags, annotations and defaults are merged.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -337,7 +303,7 @@ pub fn settings(
             2 * timeout_secs
         ));
     }
-    for key in notes.keys() {
+    for key in notes.keys().filter(|k| k.starts_with("vmpulse.io/")) {
         const KNOWN: [&str; 8] = [
             "vmpulse.io/guest-timeout",
             "vmpulse.io/guest-kick-every",
@@ -415,7 +381,11 @@ fn mib(bytes: u64) -> String {
 
 /// The notes shown before the run: ignored fields, memory, settings.
 fn start_notes(spec: &VmSpec, memory: (u64, bool), s: &Settings) -> Vec<String> {
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = spec
+        .warnings
+        .iter()
+        .map(|w| format!("manifest: {w}"))
+        .collect();
     if !spec.ignored.is_empty() {
         notes.push(format!(
             "ignored by the built-in test guest: {}",
@@ -464,21 +434,14 @@ fn start_notes(spec: &VmSpec, memory: (u64, bool), s: &Settings) -> Vec<String> 
 
 /// Entry point of `vmpulse run`.
 pub fn run(args: RunArgs) -> ExitCode {
-    let text = match std::fs::read_to_string(&args.manifest) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{}: cannot read: {e}", args.manifest.display());
-            return ExitCode::from(2);
-        }
-    };
-    let spec = match manifest::parse_str(&text) {
+    let spec = match manifest::load(&args.manifest) {
         Ok(spec) => spec,
         Err(problems) => {
             print_problems(&args.manifest, &problems);
             return ExitCode::from(2);
         }
     };
-    let settings = match settings(&args, &annotations(&text)) {
+    let settings = match settings(&args, &spec.annotations) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{}: {e}", args.manifest.display());
@@ -588,23 +551,19 @@ mod tests {
 
     #[test]
     fn annotations_give_defaults_and_flags_win() {
-        let text = r#"
-apiVersion: kubevirt.io/v1
-kind: VirtualMachine
-metadata:
-  name: x
-  annotations:
-    vmpulse.io/guest-timeout: "2"
-    vmpulse.io/guest-kick-every: "0.5"
-    vmpulse.io/guest-hang-after: "3"
-    vmpulse.io/guest-ignore-shutdown: "true"
-    vmpulse.io/max-restarts: "1"
-    vmpulse.io/run-for: 20s
-    vmpulse.io/restart-backoff: 200ms
-    other.io/thing: "x"
-"#;
-        let notes = annotations(text);
-        assert_eq!(notes.len(), 7);
+        let notes: BTreeMap<String, String> = [
+            ("vmpulse.io/guest-timeout", "2"),
+            ("vmpulse.io/guest-kick-every", "0.5"),
+            ("vmpulse.io/guest-hang-after", "3"),
+            ("vmpulse.io/guest-ignore-shutdown", "true"),
+            ("vmpulse.io/max-restarts", "1"),
+            ("vmpulse.io/run-for", "20s"),
+            ("vmpulse.io/restart-backoff", "200ms"),
+            ("other.io/thing", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let s = settings(&args(&[]), &notes).unwrap();
         assert_eq!(s.guest.timeout_secs, 2);
         assert_eq!(s.guest.kick_every, Duration::from_millis(500));

@@ -274,7 +274,7 @@ impl<S: EventSink> Out<'_, S> {
     fn emit(&mut self, event: Event) {
         if let Event::Error { message } = &event {
             self.errors += 1;
-            log::error!("{message}");
+            log::debug!("error event: {message}");
         }
         self.sink.emit(event);
     }
@@ -574,7 +574,10 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             self.watch(pfd, TOKEN_PROBES)?;
             self.probes_fd = Some(pfd);
             probes.vm_started();
+            // Report what starting produced (e.g. Ready without a readiness probe) now.
+            let events = probes.process();
             self.probes = Some(probes);
+            self.report_probe_events(events, true);
         }
         Ok(())
     }
@@ -603,7 +606,6 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             vm.stop();
         }
         self.grace.disarm();
-        self.drop_probes();
         // The device is powered off with the VM: no expiry may follow the stop.
         self.esb
             .lock()
@@ -616,6 +618,8 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             trigger: stop.trigger,
             forced: stop.forced,
         });
+        // Then the probes: the VM is not ready any more.
+        self.drop_probes();
         let lasted = self.run_started.elapsed();
         match self.policy.after_stop(&stop, lasted) {
             AfterStop::Restart { count, delay } => {
@@ -804,6 +808,8 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             self.report_probe_events(events, false);
             if let Some(probes) = self.probes.as_mut() {
                 probes.vm_started();
+                let events = probes.process();
+                self.report_probe_events(events, true);
             }
         }
     }

@@ -1,0 +1,178 @@
+//! Liveness and readiness probes in `vmpulse run` on /dev/kvm, against real servers the
+//! tests start on loopback.
+
+mod run_util;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use run_util::{kvm_or_skip, manifest, spawn, Vm};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn probe_yaml(kind: &str, handler: &str, failure_threshold: u32) -> String {
+    format!(
+        "      {kind}:\n{handler}        initialDelaySeconds: 0\n        periodSeconds: 1\n        timeoutSeconds: 1\n        failureThreshold: {failure_threshold}\n"
+    )
+}
+
+fn tcp_handler(port: u16) -> String {
+    format!("        tcpSocket:\n          port: {port}\n")
+}
+
+fn http_handler(port: u16) -> String {
+    format!("        httpGet:\n          path: /healthz\n          port: {port}\n")
+}
+
+/// A tiny HTTP server answering 200 to every request, on its own thread for the test's life.
+fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+#[test]
+fn liveness_tcp_failure_stops_the_vm() {
+    if !kvm_or_skip("liveness_tcp_failure_stops_the_vm") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            extra: &probe_yaml("livenessProbe", &tcp_handler(port), 2),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut live = spawn(
+        &m.path,
+        &["--guest-timeout", "5", "--run-for", "40s"],
+        LIMIT,
+    );
+    let ok = live.until(|e| e["type"] == "probe" && e["result"] == "success");
+    assert!(ok.is_some(), "no successful probe: {:?}", live.events);
+    let ok = ok.unwrap();
+    assert_eq!(ok["probe"], "liveness");
+    assert_eq!(ok["address"], format!("127.0.0.1:{port}"));
+    // The service dies: connections are refused from now on.
+    drop(listener);
+    let r = live.finish();
+    let story = r.story();
+    let tail: Vec<&str> = story.iter().map(String::as_str).rev().take(3).collect();
+    assert_eq!(
+        tail,
+        ["finished 0", "stopped liveness", "liveness stop"],
+        "{}",
+        r.dump()
+    );
+    let failures: Vec<_> = r
+        .of("probe")
+        .into_iter()
+        .filter(|e| e["result"] == "failure")
+        .collect();
+    assert!(failures.len() >= 2, "{}", r.dump());
+    assert_eq!(r.of("stopped")[0]["trigger"], "liveness");
+    assert_eq!(r.code, Some(0), "{}", r.dump());
+}
+
+#[test]
+fn liveness_action_reset_reboots_in_place() {
+    if !kvm_or_skip("liveness_action_reset_reboots_in_place") {
+        return;
+    }
+    // Nothing listens on this port: every attempt is refused.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            annotations: &[("vmpulse.io/liveness-action", "reset")],
+            extra: &probe_yaml("livenessProbe", &tcp_handler(port), 1),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut live = spawn(
+        &m.path,
+        &["--guest-timeout", "5", "--run-for", "30s"],
+        LIMIT,
+    );
+    let second = live.until(|e| e["type"] == "started" && e["boot"] == 2);
+    drop(second);
+    let r = live.finish();
+    let story = r.story();
+    let at = story
+        .iter()
+        .position(|s| s == "liveness reset")
+        .unwrap_or_else(|| panic!("no liveness reset: {}", r.dump()));
+    assert_eq!(story[at + 1], "started 2", "{}", r.dump());
+    assert!(!story.contains(&"stopped liveness".to_string()));
+}
+
+#[test]
+fn readiness_http_success_makes_the_vm_ready() {
+    if !kvm_or_skip("readiness_http_success_makes_the_vm_ready") {
+        return;
+    }
+    let port = http_server();
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            extra: &probe_yaml("readinessProbe", &http_handler(port), 3),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut live = spawn(&m.path, &["--guest-timeout", "5", "--run-for", "5s"], LIMIT);
+    let ready = live.until(|e| e["type"] == "ready");
+    let r = live.finish();
+    assert_eq!(
+        ready.map(|e| e["ready"].clone()),
+        Some(serde_json::Value::Bool(true)),
+        "{}",
+        r.dump()
+    );
+    let ok = r
+        .of("probe")
+        .into_iter()
+        .find(|e| e["result"] == "success")
+        .cloned()
+        .unwrap_or_else(|| panic!("no successful probe: {}", r.dump()));
+    assert_eq!(ok["probe"], "readiness");
+    assert_eq!(ok["address"], format!("127.0.0.1:{port}"));
+    // Not ready any more once the VM is stopped by --run-for.
+    let readiness: Vec<bool> = r
+        .of("ready")
+        .iter()
+        .map(|e| e["ready"].as_bool().unwrap())
+        .collect();
+    assert_eq!(readiness, [true, false], "{}", r.dump());
+    let stopped = r.of("stopped")[0]["time_ms"].as_u64().unwrap();
+    assert!(r.of("ready")[1]["time_ms"].as_u64().unwrap() >= stopped);
+    assert_eq!(
+        r.story()[r.story().len() - 2..],
+        ["stopped runtime", "finished 0"]
+    );
+    assert_eq!(r.code, Some(0));
+}

@@ -1,0 +1,258 @@
+//! `vmpulse run` on the real /dev/kvm: each watchdog action carried out on the built-in
+//! test guest (heartbeat 1 s, kicks every 0.5 s, then a hang), checked on the JSON events.
+
+mod run_util;
+
+use std::time::Duration;
+
+use run_util::{fast_guest, kvm_or_skip, manifest, run, Vm};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn poweroff_stops_the_vm_and_once_ends_the_run() {
+    if !kvm_or_skip("poweroff_stops_the_vm_and_once_ends_the_run") {
+        return;
+    }
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            action: Some("poweroff"),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut args = fast_guest("1");
+    args.extend(["--run-for", "40s"]);
+    let r = run(&m.path, &args, LIMIT);
+    assert_eq!(
+        r.story(),
+        [
+            "started 1",
+            "watchdog poweroff",
+            "stopped watchdog",
+            "finished 0"
+        ],
+        "{}",
+        r.dump()
+    );
+    assert_eq!(r.code, Some(0), "{}", r.dump());
+    let wd = r.of("watchdog");
+    assert_eq!(wd[0]["device"], "mywatchdog");
+    let stopped = r.of("stopped");
+    assert_eq!(stopped[0]["trigger"], "watchdog");
+    let console = r.console();
+    assert!(
+        console.iter().any(|l| l.starts_with("guest: kick")),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        console.contains(&"guest: hanging (no more kicks)".to_string()),
+        "{}",
+        r.dump()
+    );
+    // The guest hangs 1 s after boot; both stages then take 1 s each: the watchdog
+    // cannot have fired less than 2 s after the hang.
+    let hang_ms = r
+        .of("console")
+        .iter()
+        .find(|e| e["line"] == "guest: hanging (no more kicks)")
+        .and_then(|e| e["time_ms"].as_u64())
+        .unwrap();
+    let fired_ms = wd[0]["time_ms"].as_u64().unwrap();
+    assert!(
+        fired_ms >= hang_ms + 1500,
+        "fired {fired_ms} ms, hang {hang_ms} ms"
+    );
+}
+
+#[test]
+fn reset_reboots_and_the_second_boot_reports_the_watchdog() {
+    if !kvm_or_skip("reset_reboots_and_the_second_boot_reports_the_watchdog") {
+        return;
+    }
+    let m = manifest(
+        &Vm {
+            strategy: "Always",
+            action: Some("reset"),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut args = fast_guest("1");
+    args.extend(["--run-for", "10s"]);
+    let r = run(&m.path, &args, LIMIT);
+    let story = r.story();
+    assert_eq!(
+        &story[..3],
+        ["started 1", "watchdog reset", "started 2"],
+        "{}",
+        r.dump()
+    );
+    let console = r.console();
+    let first = console
+        .iter()
+        .position(|l| l.starts_with("guest: bootstatus="))
+        .unwrap();
+    assert_eq!(console[first], "guest: bootstatus=0", "{}", r.dump());
+    assert!(console[first + 1..]
+        .iter()
+        .any(|l| l.starts_with("guest: bootstatus=0x20")));
+    assert!(r.of("stopped").iter().all(|e| e["reason"] == "runtime"));
+    assert_eq!(r.code, Some(0), "{}", r.dump());
+}
+
+#[test]
+fn shutdown_is_graceful_when_the_guest_honours_it() {
+    if !kvm_or_skip("shutdown_is_graceful_when_the_guest_honours_it") {
+        return;
+    }
+    let m = manifest(
+        &Vm {
+            strategy: "RerunOnFailure",
+            action: Some("shutdown"),
+            grace: 30,
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut args = fast_guest("1");
+    args.extend(["--run-for", "40s"]);
+    let r = run(&m.path, &args, LIMIT);
+    // A clean shutdown is no failure: RerunOnFailure does not restart.
+    assert_eq!(
+        r.story(),
+        [
+            "started 1",
+            "watchdog shutdown",
+            "stopped shutdown",
+            "finished 0"
+        ],
+        "{}",
+        r.dump()
+    );
+    let stopped = r.of("stopped");
+    assert_eq!(stopped[0]["forced"], false, "{}", r.dump());
+    assert_eq!(stopped[0]["trigger"], "watchdog");
+    assert!(r
+        .console()
+        .contains(&"guest: power button pressed, powering off".to_string()));
+    // Far sooner than the 30 s grace period.
+    let fired = r.of("watchdog")[0]["time_ms"].as_u64().unwrap();
+    assert!(stopped[0]["time_ms"].as_u64().unwrap() < fired + 10_000);
+    assert_eq!(r.code, Some(0));
+}
+
+#[test]
+fn shutdown_is_forced_after_the_grace_period() {
+    if !kvm_or_skip("shutdown_is_forced_after_the_grace_period") {
+        return;
+    }
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            action: Some("shutdown"),
+            grace: 2,
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut args = fast_guest("1");
+    args.extend(["--run-for", "40s", "--guest-ignore-shutdown"]);
+    let r = run(&m.path, &args, LIMIT);
+    assert_eq!(
+        r.story(),
+        [
+            "started 1",
+            "watchdog shutdown",
+            "stopped shutdown",
+            "finished 0"
+        ],
+        "{}",
+        r.dump()
+    );
+    let stopped = r.of("stopped");
+    assert_eq!(stopped[0]["forced"], true, "{}", r.dump());
+    assert!(r
+        .console()
+        .contains(&"guest: power button pressed, ignored".to_string()));
+    let fired = r.of("watchdog")[0]["time_ms"].as_u64().unwrap();
+    let stop = stopped[0]["time_ms"].as_u64().unwrap();
+    assert!(
+        (fired + 1900..fired + 4000).contains(&stop),
+        "forced {stop} ms, fired {fired} ms, grace 2 s"
+    );
+    assert_eq!(r.code, Some(0));
+}
+
+#[test]
+fn inject_nmi_reaches_the_guest() {
+    if !kvm_or_skip("inject_nmi_reaches_the_guest") {
+        return;
+    }
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            action: Some("inject-nmi"),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut args = fast_guest("1");
+    args.extend(["--run-for", "7s"]);
+    let r = run(&m.path, &args, LIMIT);
+    let story = r.story();
+    assert_eq!(story[0], "started 1", "{}", r.dump());
+    assert_eq!(story[1], "watchdog inject-nmi", "{}", r.dump());
+    assert_eq!(
+        &story[story.len() - 2..],
+        ["stopped runtime", "finished 0"],
+        "{}",
+        r.dump()
+    );
+    assert!(
+        r.console().contains(&"guest: NMI received".to_string()),
+        "{}",
+        r.dump()
+    );
+    // The VM kept running: a single boot.
+    assert_eq!(r.of("started").len(), 1);
+    assert_eq!(r.code, Some(0));
+}
+
+#[test]
+fn pause_freezes_the_vm_until_the_run_ends() {
+    if !kvm_or_skip("pause_freezes_the_vm_until_the_run_ends") {
+        return;
+    }
+    let m = manifest(
+        &Vm {
+            strategy: "Always",
+            action: Some("pause"),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let mut args = fast_guest("1");
+    args.extend(["--run-for", "7s"]);
+    let r = run(&m.path, &args, LIMIT);
+    assert_eq!(
+        r.story(),
+        [
+            "started 1",
+            "watchdog pause",
+            "stopped runtime",
+            "finished 0"
+        ],
+        "{}",
+        r.dump()
+    );
+    // Nothing from the guest once paused.
+    let paused_at = r.of("watchdog")[0]["time_ms"].as_u64().unwrap();
+    assert!(r
+        .of("console")
+        .iter()
+        .all(|e| e["time_ms"].as_u64().unwrap() <= paused_at + 100));
+    assert_eq!(r.code, Some(0));
+}
