@@ -222,7 +222,22 @@ pub fn validate_str(text: &str) -> Validation {
     let mut cx = Cx::default();
     let doc: Option<doc::VirtualMachine> = match serde_yaml_ng::from_str::<Value>(text) {
         Err(e) => {
-            cx.error(DOCUMENT_PATH, yaml_error(&e));
+            // A value YAML can hold but a `Value` cannot (an integer beyond 64
+            // bits) fails the whole document; find the field it is in.
+            let de = serde_yaml_ng::Deserializer::from_str(text);
+            match serde_path_to_error::deserialize::<_, doc::VirtualMachine>(de) {
+                Err(pe) if is_wide_integer(&e) && pe.path().to_string() != "." => {
+                    let path = pe.path().to_string();
+                    let inner = pe.into_inner().to_string();
+                    let message = inner
+                        .split_once(": ")
+                        .filter(|(head, _)| path.ends_with(head))
+                        .map_or(inner.as_str(), |(_, tail)| tail)
+                        .to_string();
+                    cx.error(&path, message);
+                }
+                _ => cx.error(DOCUMENT_PATH, yaml_error(&e)),
+            }
             None
         }
         Ok(Value::Mapping(m)) => match doc::VirtualMachine::deserialize_value(Value::Mapping(m)) {
@@ -259,6 +274,12 @@ pub fn validate_str(text: &str) -> Validation {
         warnings: cx.warnings,
         ignored: cx.ignored,
     }
+}
+
+/// An integer of more than 64 bits: valid YAML, but no `Value` holds it.
+fn is_wide_integer(e: &serde_yaml_ng::Error) -> bool {
+    let m = e.to_string();
+    m.contains("as u128") || m.contains("as i128")
 }
 
 fn yaml_error(e: &serde_yaml_ng::Error) -> String {
