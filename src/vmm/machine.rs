@@ -1,15 +1,62 @@
 //! The KVM machine: VM, vCPU, buses, PCI, serial ports and the built-in test guest.
 //!
-//! SKELETON: the API below is the contract between the machine and the runner.
-//! The machine engineer replaces the bodies (and this paragraph) with the real thing.
+//! A [`Machine`] is one KVM VM with one vCPU, guest RAM from address 0, the
+//! in-kernel irqchip (8259 PICs, IOAPIC, local APIC) and PIT, and these devices on
+//! two address-range buses ([`super::bus`]):
+//!
+//! | where | what |
+//! |---|---|
+//! | ports 0x3F8–0x3FF | COM1, 16550 (vm-superio): the console, one [`MachineEvent::ConsoleLine`] per line |
+//! | ports 0x2F8–0x2FF | COM2, 16550: bytes to/from [`MachineConfig::agent_serial`] (IRQ 3) |
+//! | ports 0xCF8–0xCFF | PCI configuration mechanism #1 ([`super::pci`]) |
+//! | port 0xCF9 (byte) | reset control: 0x06/0x0E → [`MachineEvent::GuestReset`] ([`super::control`]) |
+//! | ports 0x510–0x513 | paravirtual control: poweroff, power button, marks ([`super::control`]) |
+//! | PCI 00:00.0 | host bridge 8086:1237 |
+//! | PCI 00:04.0 | the i6300esb 8086:25ab; BAR0 (16 bytes) routed wherever the guest puts it |
+//!
+//! The vCPU runs on its own thread because `KVM_RUN` blocks; everything the owner
+//! does ([`Machine::pause`], [`Machine::reset`], [`Machine::inject_nmi`],
+//! [`Machine::stop`]) is a request the vCPU thread carries out: the owner records
+//! it, kicks the thread out of `KVM_RUN` with a real-time signal (whose handler sets
+//! `kvm_run.immediate_exit`, so a signal that lands just before `KVM_RUN` is not
+//! lost) and, where the call promises it, waits for the thread to confirm.
+//!
+//! The machine does not poll the watchdog and does not carry out its actions: the
+//! owner's event loop keeps the device's deadline on a timerfd (re-armed when
+//! [`MachineConfig::esb_rearm`] is signalled after each guest access) and calls the
+//! methods here.
+//!
+//! When the guest powers off (0x510 ← 0x01), asks for a reset (0xCF9), triple
+//! faults, or the vCPU fails, the vCPU thread reports it and parks: the owner calls
+//! [`Machine::reset`] to boot again or [`Machine::stop`].
 
-use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use i6300esb::adapters::timer::MonotonicClock;
 use i6300esb::{EventCounters, I6300Esb};
-use vmm_sys_util::eventfd::EventFd;
+use kvm_bindings::{
+    kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_config, kvm_pit_state2, kvm_regs,
+    kvm_segment, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, KVM_MP_STATE_RUNNABLE,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::bus::{Bus, SharedDevice};
+use super::control::{HaltRequest, PvControl, ResetControl, PV_BASE, PV_PORTS};
+use super::guest::{self, GuestImage, MIN_MEMORY};
+use super::pci::{
+    devfn, EsbFunction, HostBridge, PciConfigIo, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORTS,
+};
+use super::serial::{AgentBridge, AgentPort, ConsolePort, LineSplitter, SerialPort, UART_REGS};
 
 /// The watchdog as the VMM shares it between the vCPU thread and the event loop.
 pub type SharedEsb = Arc<Mutex<I6300Esb<MonotonicClock, Arc<EventCounters>>>>;
@@ -45,67 +92,840 @@ pub struct MachineConfig {
 pub enum MachineEvent {
     /// One line the guest printed on COM1, without the newline.
     ConsoleLine(String),
-    /// The guest powered itself off.
+    /// The guest powered itself off. The vCPU is parked: [`Machine::reset`] boots
+    /// the guest again, [`Machine::stop`] releases the VM.
     GuestPoweroff,
-    /// The guest asked for a reset (port 0xCF9).
+    /// The guest asked for a reset (port 0xCF9, or a triple fault). The vCPU is
+    /// parked until the owner calls [`Machine::reset`] (or [`Machine::stop`]).
     GuestReset,
-    /// The vCPU thread hit an error; the vCPU is stopped.
+    /// The vCPU thread hit an error; the vCPU is stopped (parked).
     Error(String),
 }
 
 /// Errors of the machine.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
-    /// Not written yet.
-    #[error("not implemented")]
-    Unimplemented,
+    /// Opening /dev/kvm or a KVM ioctl failed.
+    #[error("kvm {what}: {source}")]
+    Kvm {
+        /// The operation.
+        what: &'static str,
+        /// The kernel's error.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// The guest program could not be built.
+    #[error("guest program: {0}")]
+    Guest(#[from] guest::GuestError),
+    /// An eventfd, thread or socket could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// A device could not be placed on a bus.
+    #[error("bus: {0}")]
+    Bus(#[from] super::bus::BusError),
+    /// `start` was called twice.
+    #[error("the machine is already started")]
+    AlreadyStarted,
+    /// The machine was stopped.
+    #[error("the machine is stopped")]
+    Stopped,
+    /// The vCPU thread did not confirm a request in time.
+    #[error("the vCPU did not {0} in time")]
+    Timeout(&'static str),
+    /// The vCPU thread could not carry out a reset.
+    #[error("reset failed: {0}")]
+    Reset(String),
 }
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
+    move |source| MachineError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> MachineError {
+    move |source| MachineError::Io { what, source }
+}
+
+/// Events on their way to the owner, with an eventfd that is readable while any wait.
+pub struct EventQueue {
+    events: Mutex<Vec<MachineEvent>>,
+    fd: EventFd,
+}
+
+impl EventQueue {
+    /// An empty queue.
+    pub fn new() -> io::Result<Self> {
+        Ok(EventQueue {
+            events: Mutex::new(Vec::new()),
+            fd: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Queue `event` and make the eventfd readable.
+    pub fn push(&self, event: MachineEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        if let Err(e) = self.fd.write(1) {
+            log::error!("machine: cannot signal the event fd: {e}");
+        }
+    }
+
+    /// Take every queued event, in order.
+    pub fn drain(&self) -> Vec<MachineEvent> {
+        // Clear the eventfd first: a push racing with us signals it again.
+        let _ = self.fd.read();
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The eventfd.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Exit counts, for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    /// Port I/O exits.
+    pub pio: AtomicU64,
+    /// MMIO exits.
+    pub mmio: AtomicU64,
+    /// Other exits (signals, unexpected reasons).
+    pub other: AtomicU64,
+}
+
+/// The devices, shared by the vCPU thread and the owner.
+struct Devices {
+    pio: Bus,
+    mmio: Arc<Bus>,
+    pci: Arc<Mutex<PciConfigIo>>,
+    com1: Arc<Mutex<ConsolePort>>,
+    com2: Option<Arc<Mutex<AgentPort>>>,
+    esb: SharedEsb,
+    rearm: Option<Arc<EventFd>>,
+    events: Arc<EventQueue>,
+    halt: Arc<HaltRequest>,
+    button: Arc<AtomicBool>,
+    exits: Arc<ExitCounters>,
+    boots: Arc<AtomicU32>,
+    marks: Arc<Mutex<Vec<(u8, Instant)>>>,
+}
+
+/// What the owner asks of the vCPU thread.
+#[derive(Default)]
+struct Requests {
+    stop: bool,
+    pause: bool,
+    /// The guest stopped itself (poweroff, reset request, failure).
+    halted: bool,
+    /// The vCPU thread is parked (confirms pause).
+    parked: bool,
+    reset_requested: u64,
+    reset_done: u64,
+    reset_error: Option<String>,
+    nmi: u32,
+    exited: bool,
+}
+
+#[derive(Default)]
+struct Control {
+    req: Mutex<Requests>,
+    cond: Condvar,
+}
+
+impl Control {
+    fn lock(&self) -> MutexGuard<'_, Requests> {
+        self.req.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until `done` holds or `timeout` passes; true if it holds.
+    fn wait_for(&self, timeout: Duration, done: impl Fn(&Requests) -> bool) -> bool {
+        let give_up = Instant::now() + timeout;
+        let mut r = self.lock();
+        loop {
+            if done(&r) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return false;
+            }
+            r = self
+                .cond
+                .wait_timeout(r, give_up - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// KVM state captured right after creation, restored at every reset.
+struct InitialState {
+    irqchips: Vec<kvm_irqchip>,
+    pit: kvm_pit_state2,
+    lapic: kvm_lapic_state,
+    sregs: kvm_sregs,
+    events: kvm_vcpu_events,
+}
+
+/// Local APIC register offsets and values for virtual-wire mode: LINT0 takes the
+/// 8259's interrupts (ExtINT), LINT1 takes NMIs.
+const CR0_PE: u64 = 1 << 0;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x700;
+const APIC_MODE_NMI: u32 = 0x400;
+
+fn set_apic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        lapic.regs[offset + i] = *b as _;
+    }
+}
+
+/// Everything the vCPU thread owns.
+struct Vcpu {
+    fd: VcpuFd,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    image: GuestImage,
+    initial: InitialState,
+    devices: Arc<Devices>,
+    control: Arc<Control>,
+}
+
+// Where the kick signal handler finds this thread's `kvm_run.immediate_exit`.
+thread_local! {
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let _ = IMMEDIATE_EXIT.try_with(|p| {
+        let p = p.get();
+        if !p.is_null() {
+            // SAFETY: the pointer is set by this thread's vCPU loop to the
+            // `immediate_exit` byte of its mapped `kvm_run`, and cleared before the
+            // mapping goes away; a byte store is async-signal-safe.
+            unsafe { p.write_volatile(1) };
+        }
+    });
+}
+
+/// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> Result<libc::c_int, MachineError> {
+    static REGISTERED: OnceLock<Result<libc::c_int, i32>> = OnceLock::new();
+    let r = REGISTERED.get_or_init(|| {
+        let sig = SIGRTMIN() + 2;
+        register_signal_handler(sig, kick_handler)
+            .map(|()| sig)
+            .map_err(|e| e.errno())
+    });
+    r.map_err(|errno| MachineError::Io {
+        what: "register the vCPU kick signal",
+        source: io::Error::from_raw_os_error(errno),
+    })
+}
+
+impl Vcpu {
+    /// Put memory, devices and the CPU in their boot state.
+    fn load(&mut self) -> Result<(), MachineError> {
+        let d = &self.devices;
+        // Devices first, while the CPU is not running.
+        d.esb.lock().unwrap_or_else(|e| e.into_inner()).warm_reset();
+        d.pci.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        {
+            let mut com1 = d.com1.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(w) = com1.writer_mut() {
+                w.flush_line();
+            }
+            com1.reset();
+        }
+        if let Some(com2) = &d.com2 {
+            com2.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
+        d.button.store(false, Ordering::SeqCst);
+        d.halt.take();
+        if let Some(fd) = &d.rearm {
+            let _ = fd.write(1);
+        }
+
+        for (addr, bytes) in &self.image.blocks {
+            self.mem
+                .write_slice(bytes, GuestAddress(*addr))
+                .map_err(|e| MachineError::Memory(e.to_string()))?;
+        }
+
+        let init = &self.initial;
+        for chip in &init.irqchips {
+            self.vm
+                .set_irqchip(chip)
+                .map_err(kvm_err("restore the irqchip"))?;
+        }
+        self.vm
+            .set_pit2(&init.pit)
+            .map_err(kvm_err("restore the PIT"))?;
+        self.fd
+            .set_lapic(&init.lapic)
+            .map_err(kvm_err("set the local APIC"))?;
+        self.fd
+            .set_vcpu_events(&init.events)
+            .map_err(kvm_err("clear pending events"))?;
+        self.fd
+            .set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(kvm_err("set the MP state"))?;
+
+        let img = &self.image;
+        let mut sregs = init.sregs;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: img.code_selector,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = kvm_segment {
+            selector: img.data_selector,
+            type_: 0x3,
+            db: 1,
+            l: 0,
+            ..code
+        };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.gdt.base = img.gdt.0;
+        sregs.gdt.limit = img.gdt.1;
+        sregs.idt.base = img.idt.0;
+        sregs.idt.limit = img.idt.1;
+        // Long mode: protection, paging through the image's identity map, PAE.
+        sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
+        sregs.cr3 = img.cr3;
+        sregs.cr4 = CR4_PAE;
+        sregs.efer = EFER_LME | EFER_LMA;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(kvm_err("set segment registers"))?;
+        let regs = kvm_regs {
+            rip: img.entry,
+            rsp: img.stack_top,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(kvm_err("set registers"))?;
+        Ok(())
+    }
+
+    /// Carry out what the owner asked; false when the thread must end.
+    fn service(&mut self) -> bool {
+        let control = self.control.clone();
+        let mut r = control.lock();
+        loop {
+            if r.stop {
+                return false;
+            }
+            if r.reset_requested != r.reset_done {
+                let target = r.reset_requested;
+                drop(r);
+                let result = self.load();
+                r = control.lock();
+                r.reset_done = target;
+                match result {
+                    Ok(()) => {
+                        r.halted = false;
+                        r.reset_error = None;
+                        self.devices.boots.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        r.halted = true;
+                        r.reset_error = Some(e.to_string());
+                        self.devices
+                            .events
+                            .push(MachineEvent::Error(format!("reset: {e}")));
+                    }
+                }
+                control.cond.notify_all();
+                continue;
+            }
+            if r.nmi > 0 {
+                r.nmi = 0;
+                if let Err(e) = self.fd.nmi() {
+                    log::error!("machine: KVM_NMI failed: {e}");
+                }
+                continue;
+            }
+            if r.pause || r.halted {
+                if !r.parked {
+                    r.parked = true;
+                    control.cond.notify_all();
+                }
+                r = control.cond.wait(r).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            if r.parked {
+                r.parked = false;
+                control.cond.notify_all();
+            }
+            return true;
+        }
+    }
+
+    /// Report a failure and park.
+    fn fail(&self, msg: String) {
+        log::error!("machine: {msg}");
+        self.devices.events.push(MachineEvent::Error(msg));
+        self.devices.halt.raise();
+    }
+
+    fn run(mut self) {
+        let immediate_exit = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
+        IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+        while self.service() {
+            let d = self.devices.clone();
+            match self.fd.run() {
+                Ok(exit) => match exit {
+                    VcpuExit::IoIn(port, data) => {
+                        d.exits.pio.fetch_add(1, Ordering::Relaxed);
+                        d.pio.read(u64::from(port), data);
+                    }
+                    VcpuExit::IoOut(port, data) => {
+                        d.exits.pio.fetch_add(1, Ordering::Relaxed);
+                        d.pio.write(u64::from(port), data);
+                    }
+                    VcpuExit::MmioRead(addr, data) => {
+                        d.exits.mmio.fetch_add(1, Ordering::Relaxed);
+                        d.mmio.read(addr, data);
+                    }
+                    VcpuExit::MmioWrite(addr, data) => {
+                        d.exits.mmio.fetch_add(1, Ordering::Relaxed);
+                        d.mmio.write(addr, data);
+                    }
+                    VcpuExit::Intr => {
+                        d.exits.other.fetch_add(1, Ordering::Relaxed);
+                    }
+                    VcpuExit::Shutdown => {
+                        // A triple fault: a PC resets.
+                        d.exits.other.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("machine: the guest triple faulted");
+                        d.events.push(MachineEvent::GuestReset);
+                        d.halt.raise();
+                    }
+                    VcpuExit::Hlt => {
+                        d.exits.other.fetch_add(1, Ordering::Relaxed);
+                        self.fail("the vCPU halted outside the in-kernel irqchip".into());
+                    }
+                    other => {
+                        d.exits.other.fetch_add(1, Ordering::Relaxed);
+                        let msg = format!("unexpected vCPU exit: {other:?}");
+                        self.fail(msg);
+                    }
+                },
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    d.exits.other.fetch_add(1, Ordering::Relaxed);
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Err(e) => self.fail(format!("KVM_RUN: {e}")),
+            }
+            if d.halt.take() {
+                self.control.lock().halted = true;
+            }
+        }
+        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+        let mut r = self.control.lock();
+        r.exited = true;
+        self.control.cond.notify_all();
+    }
+}
+
+/// How long the owner waits for the vCPU thread to confirm a pause or reset.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A small KVM virtual machine with the i6300esb.
 pub struct Machine {
-    _esb: SharedEsb,
+    esb: SharedEsb,
+    devices: Arc<Devices>,
+    control: Arc<Control>,
+    vcpu: Option<Vcpu>,
+    thread: Option<JoinHandle<()>>,
+    agent: Option<AgentBridge>,
+    paused: bool,
+    stopped: bool,
+    // Keeps the VM alive as long as the machine (the vCPU thread holds a clone).
+    _vm: Arc<VmFd>,
 }
 
 impl Machine {
-    /// Create the VM; does not run it yet.
-    pub fn new(_cfg: MachineConfig, esb: SharedEsb) -> Result<Machine, MachineError> {
-        let _ = esb;
-        Err(MachineError::Unimplemented)
+    /// Create the VM with the built-in watchdog test guest; does not run it yet.
+    pub fn new(cfg: MachineConfig, esb: SharedEsb) -> Result<Machine, MachineError> {
+        let image = guest::watchdog_guest(&cfg.guest)?;
+        Machine::with_image(cfg, esb, image)
     }
+
+    /// Create the VM running `image` instead of the watchdog guest (`cfg.guest` is
+    /// not used), for example [`guest::kick_loop_guest`].
+    pub fn with_image(
+        cfg: MachineConfig,
+        esb: SharedEsb,
+        image: GuestImage,
+    ) -> Result<Machine, MachineError> {
+        if cfg.memory_bytes < MIN_MEMORY || cfg.memory_bytes > (1 << 32) - (1 << 28) {
+            return Err(MachineError::Memory(format!(
+                "{} bytes: the machine takes 1 MiB to 3.75 GiB",
+                cfg.memory_bytes
+            )));
+        }
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("create the irqchip"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("create the PIT"))?;
+
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), cfg.memory_bytes as usize)])
+                .map_err(|e| MachineError::Memory(e.to_string()))?;
+        let host = mem
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| MachineError::Memory(e.to_string()))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: cfg.memory_bytes,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is one anonymous mapping of `memory_bytes` that `mem`
+        // owns; `mem` lives in the vCPU state, next to the VM, until both are dropped.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
+
+        let fd = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("read supported CPUID"))?;
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+
+        let mut irqchips = Vec::new();
+        for chip_id in 0..3 {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut chip)
+                .map_err(kvm_err("read the irqchip"))?;
+            irqchips.push(chip);
+        }
+        let mut lapic = fd.get_lapic().map_err(kvm_err("read the local APIC"))?;
+        set_apic_reg(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+        set_apic_reg(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
+        let initial = InitialState {
+            irqchips,
+            pit: vm.get_pit2().map_err(kvm_err("read the PIT"))?,
+            lapic,
+            sregs: fd.get_sregs().map_err(kvm_err("read segment registers"))?,
+            events: fd.get_vcpu_events().map_err(kvm_err("read vCPU events"))?,
+        };
+
+        // Devices.
+        let events = Arc::new(EventQueue::new().map_err(io_err("create the event fd"))?);
+        let halt = Arc::new(HaltRequest::default());
+        let button = Arc::new(AtomicBool::new(false));
+        let rearm = cfg.esb_rearm.map(Arc::new);
+        let pio = Bus::new("pio");
+        let mmio = Arc::new(Bus::new("mmio"));
+
+        let irq = |gsi: u32| -> Result<EventFd, MachineError> {
+            let e = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an irq fd"))?;
+            vm.register_irqfd(&e, gsi)
+                .map_err(kvm_err("register an irq fd"))?;
+            Ok(e)
+        };
+        let com1 = Arc::new(Mutex::new(
+            SerialPort::new("com1", irq(4)?, LineSplitter::new(events.clone()))
+                .map_err(io_err("create COM1"))?,
+        ));
+        pio.insert(0x3f8, UART_REGS, com1.clone())?;
+        let (agent, com2) = match cfg.agent_serial {
+            Some(stream) => {
+                let (bridge, port) =
+                    AgentBridge::new(stream, irq(3)?).map_err(io_err("bridge COM2"))?;
+                pio.insert(0x2f8, UART_REGS, port.clone())?;
+                (Some(bridge), Some(port))
+            }
+            None => (None, None),
+        };
+
+        let reset_control: SharedDevice =
+            Arc::new(Mutex::new(ResetControl::new(events.clone(), halt.clone())));
+        let mut root = PciRoot::new(mmio.clone());
+        root.add(devfn(0, 0), Box::new(HostBridge::default()));
+        root.add(
+            devfn(4, 0),
+            Box::new(EsbFunction::new(esb.clone(), rearm.clone())),
+        );
+        let pci = Arc::new(Mutex::new(PciConfigIo::new(root, reset_control)));
+        pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, pci.clone())?;
+
+        let pv = PvControl::new(events.clone(), halt.clone(), button.clone());
+        let marks = pv.marks();
+        pio.insert(
+            u64::from(PV_BASE),
+            u64::from(PV_PORTS),
+            Arc::new(Mutex::new(pv)),
+        )?;
+
+        let devices = Arc::new(Devices {
+            pio,
+            mmio,
+            pci,
+            com1,
+            com2,
+            esb: esb.clone(),
+            rearm,
+            events,
+            halt,
+            button,
+            exits: Arc::new(ExitCounters::default()),
+            boots: Arc::new(AtomicU32::new(0)),
+            marks,
+        });
+        let control = Arc::new(Control::default());
+        let mut vcpu = Vcpu {
+            fd,
+            vm: vm.clone(),
+            mem,
+            image,
+            initial,
+            devices: devices.clone(),
+            control: control.clone(),
+        };
+        vcpu.load()?;
+        Ok(Machine {
+            esb,
+            devices,
+            control,
+            vcpu: Some(vcpu),
+            thread: None,
+            agent,
+            paused: false,
+            stopped: false,
+            _vm: vm,
+        })
+    }
+
     /// Start the vCPU thread: the guest boots.
     pub fn start(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::Unimplemented)
+        if self.stopped {
+            return Err(MachineError::Stopped);
+        }
+        let vcpu = self.vcpu.take().ok_or(MachineError::AlreadyStarted)?;
+        kick_signal()?;
+        self.devices.boots.store(1, Ordering::SeqCst);
+        let thread = std::thread::Builder::new()
+            .name("vmpulse-vcpu0".into())
+            .spawn(move || vcpu.run())
+            .map_err(io_err("spawn the vCPU thread"))?;
+        self.thread = Some(thread);
+        Ok(())
     }
+
     /// An eventfd that becomes readable whenever `drain_events` has something.
     pub fn event_fd(&self) -> RawFd {
-        -1
+        self.devices.events.fd()
     }
+
     /// Take every queued event, in order.
     pub fn drain_events(&mut self) -> Vec<MachineEvent> {
-        Vec::new()
+        self.devices.events.drain()
     }
-    /// Freeze the vCPU and the watchdog countdown.
+
+    /// Kick the vCPU thread out of `KVM_RUN`.
+    fn kick(&self) {
+        if let (Some(t), Ok(sig)) = (&self.thread, kick_signal()) {
+            if let Err(e) = t.kill(sig) {
+                log::debug!("machine: cannot signal the vCPU thread: {e}");
+            }
+        }
+    }
+
+    /// Freeze the vCPU and the watchdog countdown. Returns once the vCPU is parked.
     pub fn pause(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::Unimplemented)
+        if self.stopped {
+            return Err(MachineError::Stopped);
+        }
+        self.control.lock().pause = true;
+        if self.thread.is_some() {
+            self.kick();
+            if !self
+                .control
+                .wait_for(CONFIRM_TIMEOUT, |r| r.parked || r.exited)
+            {
+                return Err(MachineError::Timeout("pause"));
+            }
+        }
+        if !self.paused {
+            self.esb.lock().unwrap_or_else(|e| e.into_inner()).pause();
+            self.paused = true;
+        }
+        Ok(())
     }
+
     /// Undo pause.
     pub fn resume(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::Unimplemented)
+        if self.stopped {
+            return Err(MachineError::Stopped);
+        }
+        if self.paused {
+            self.esb.lock().unwrap_or_else(|e| e.into_inner()).resume();
+            self.paused = false;
+        }
+        self.control.lock().pause = false;
+        self.control.cond.notify_all();
+        Ok(())
     }
-    /// Warm reset of the whole VM; the guest boots again.
+
+    /// Whether [`Machine::pause`] is in effect.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Warm reset of the whole VM; the guest boots again. Returns once the vCPU
+    /// thread has reloaded the machine. A paused machine stays paused (its guest
+    /// boots on [`Machine::resume`]), as QEMU's `system_reset` leaves a stopped VM.
     pub fn reset(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::Unimplemented)
+        if self.stopped {
+            return Err(MachineError::Stopped);
+        }
+        if let Some(vcpu) = self.vcpu.as_mut() {
+            // Not started yet: reload in place.
+            return vcpu.load();
+        }
+        let target = {
+            let mut r = self.control.lock();
+            r.reset_requested += 1;
+            r.reset_requested
+        };
+        self.control.cond.notify_all();
+        self.kick();
+        if !self
+            .control
+            .wait_for(CONFIRM_TIMEOUT, |r| r.reset_done >= target || r.exited)
+        {
+            return Err(MachineError::Timeout("reset"));
+        }
+        let r = self.control.lock();
+        if r.reset_done < target {
+            return Err(MachineError::Stopped);
+        }
+        match &r.reset_error {
+            Some(e) => Err(MachineError::Reset(e.clone())),
+            None => Ok(()),
+        }
     }
-    /// A graceful shutdown request (ACPI power button).
-    pub fn power_button(&mut self) {}
-    /// Inject an NMI into the vCPU.
+
+    /// A graceful shutdown request (ACPI power button): the test guest sees it on
+    /// its next timer tick.
+    pub fn power_button(&mut self) {
+        self.devices.button.store(true, Ordering::SeqCst);
+    }
+
+    /// Inject an NMI into the vCPU (delivered once it runs, if paused).
     pub fn inject_nmi(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::Unimplemented)
+        if self.stopped {
+            return Err(MachineError::Stopped);
+        }
+        self.control.lock().nmi += 1;
+        self.control.cond.notify_all();
+        self.kick();
+        Ok(())
     }
+
     /// Stop the vCPU thread and release the VM. Idempotent.
-    pub fn stop(&mut self) {}
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.control.lock().stop = true;
+        self.control.cond.notify_all();
+        self.kick();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("machine: the vCPU thread panicked");
+            }
+        }
+        self.vcpu = None;
+        if let (Some(agent), Some(port)) = (self.agent.as_mut(), self.devices.com2.as_ref()) {
+            agent.stop(port);
+        }
+        self.agent = None;
+    }
+
     /// How many times the guest has been started.
     pub fn boot_count(&self) -> u32 {
-        0
+        self.devices.boots.load(Ordering::SeqCst)
+    }
+
+    /// Exit counts since creation.
+    pub fn exits(&self) -> Arc<ExitCounters> {
+        self.devices.exits.clone()
+    }
+
+    /// Accesses that no device claimed, on the port and MMIO buses.
+    pub fn unclaimed_accesses(&self) -> (u64, u64) {
+        (self.devices.pio.unclaimed(), self.devices.mmio.unclaimed())
+    }
+
+    /// Values the guest wrote to the mark port, with their arrival times.
+    pub fn marks(&self) -> Vec<(u8, Instant)> {
+        self.devices
+            .marks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The MMIO window currently routed to the watchdog's BAR0.
+    pub fn esb_route(&self) -> Option<(u64, u64)> {
+        self.devices
+            .pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .root()
+            .route(devfn(4, 0))
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

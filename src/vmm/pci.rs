@@ -1,0 +1,506 @@
+//! PCI bus 0 behind configuration mechanism #1, and the i6300esb on it.
+//!
+//! The guest writes a configuration address to the dword port at 0xCF8 (enable bit
+//! 31, bus 23:16, device 15:11, function 10:8, register 7:2) and then reads or
+//! writes 1, 2 or 4 bytes at 0xCFC–0xCFF. Functions nobody plugged in read as all
+//! ones. After every configuration write the function's memory window is looked up
+//! again and the MMIO bus follows it, so a guest that moves BAR0 (or turns memory
+//! decode off) moves (or removes) the route to the device.
+//!
+//! The byte port 0xCF9 in the middle of the address register is the chipset's reset
+//! control register on PC chipsets; [`PciConfigIo`] hands byte accesses there to a
+//! separate device given at construction.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::bus::{Bus, BusDevice, SharedDevice};
+use super::machine::SharedEsb;
+
+/// First port of configuration mechanism #1 (the address register).
+pub const PCI_CONFIG_PORT: u64 = 0xcf8;
+/// Ports the mechanism decodes: the address at 0xCF8–0xCFB, data at 0xCFC–0xCFF.
+pub const PCI_CONFIG_PORTS: u64 = 8;
+/// Offset of the data window inside those ports.
+const DATA_OFFSET: u64 = 4;
+/// Offset of the reset control byte (0xCF9) inside those ports.
+const RESET_CONTROL_OFFSET: u64 = 1;
+/// Bit 31 of the address: the access goes to configuration space.
+const ADDRESS_ENABLE: u32 = 1 << 31;
+/// Bits of the address register a guest can set (bits 30:24 and 1:0 are reserved).
+const ADDRESS_MASK: u32 = 0x80ff_fffc;
+/// Size of a function's configuration space.
+pub const CONFIG_SPACE_SIZE: usize = 256;
+
+/// Device/function number as the address register encodes it: device << 3 | function.
+pub fn devfn(device: u8, function: u8) -> u8 {
+    (device << 3) | (function & 7)
+}
+
+/// One PCI function: its configuration space and the memory window it decodes.
+pub trait PciFunction: Send {
+    /// Read `data.len()` bytes (1, 2 or 4) of configuration space at `offset`.
+    fn config_read(&mut self, offset: usize, data: &mut [u8]);
+    /// Write `data` to configuration space at `offset`.
+    fn config_write(&mut self, offset: usize, data: &[u8]);
+    /// The memory window `(base, size)` the function decodes now, if any.
+    fn mmio_window(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// The device serving that window.
+    fn mmio_device(&self) -> Option<SharedDevice> {
+        None
+    }
+}
+
+struct Slot {
+    function: Box<dyn PciFunction>,
+    route: Option<(u64, u64)>,
+}
+
+/// Bus 0: functions by device/function number, plus the MMIO routes they decode.
+pub struct PciRoot {
+    slots: BTreeMap<u8, Slot>,
+    mmio: Arc<Bus>,
+}
+
+impl PciRoot {
+    /// An empty bus 0 whose memory windows go on `mmio`.
+    pub fn new(mmio: Arc<Bus>) -> Self {
+        PciRoot {
+            slots: BTreeMap::new(),
+            mmio,
+        }
+    }
+
+    /// Plug `function` in at `devfn` (see [`devfn`]); replaces what was there.
+    pub fn add(&mut self, devfn: u8, function: Box<dyn PciFunction>) {
+        if let Some(old) = self.slots.remove(&devfn) {
+            if let Some((base, _)) = old.route {
+                self.mmio.remove(base);
+            }
+        }
+        self.slots.insert(
+            devfn,
+            Slot {
+                function,
+                route: None,
+            },
+        );
+        self.refresh(devfn);
+    }
+
+    /// Configuration read; absent functions read as all ones.
+    pub fn config_read(&mut self, devfn: u8, offset: usize, data: &mut [u8]) {
+        match self.slots.get_mut(&devfn) {
+            Some(slot) if offset + data.len() <= CONFIG_SPACE_SIZE => {
+                slot.function.config_read(offset, data)
+            }
+            _ => data.fill(0xff),
+        }
+    }
+
+    /// Configuration write; the function's MMIO route is re-evaluated afterwards.
+    pub fn config_write(&mut self, devfn: u8, offset: usize, data: &[u8]) {
+        match self.slots.get_mut(&devfn) {
+            Some(slot) if offset + data.len() <= CONFIG_SPACE_SIZE => {
+                slot.function.config_write(offset, data);
+                self.refresh(devfn);
+            }
+            _ => {}
+        }
+    }
+
+    /// Re-evaluate every function's MMIO route (after a device reset).
+    pub fn refresh_all(&mut self) {
+        let all: Vec<u8> = self.slots.keys().copied().collect();
+        for d in all {
+            self.refresh(d);
+        }
+    }
+
+    /// The MMIO window currently routed to the function at `devfn`.
+    pub fn route(&self, devfn: u8) -> Option<(u64, u64)> {
+        self.slots.get(&devfn).and_then(|s| s.route)
+    }
+
+    fn refresh(&mut self, devfn: u8) {
+        let Some(slot) = self.slots.get_mut(&devfn) else {
+            return;
+        };
+        let wanted = slot.function.mmio_window();
+        if wanted == slot.route {
+            return;
+        }
+        if let Some((base, _)) = slot.route.take() {
+            self.mmio.remove(base);
+        }
+        if let (Some((base, len)), Some(dev)) = (wanted, slot.function.mmio_device()) {
+            match self.mmio.insert(base, len, dev) {
+                Ok(()) => slot.route = Some((base, len)),
+                Err(e) => log::warn!("pci {devfn:#04x}: memory window not routed: {e}"),
+            }
+        }
+    }
+}
+
+/// The I/O ports of configuration mechanism #1 (0xCF8–0xCFF), in front of a [`PciRoot`].
+pub struct PciConfigIo {
+    address: u32,
+    root: PciRoot,
+    reset_control: SharedDevice,
+    odd_accesses: u64,
+}
+
+impl PciConfigIo {
+    /// Mechanism #1 for `root`; byte accesses to 0xCF9 go to `reset_control`.
+    pub fn new(root: PciRoot, reset_control: SharedDevice) -> Self {
+        PciConfigIo {
+            address: 0,
+            root,
+            reset_control,
+            odd_accesses: 0,
+        }
+    }
+
+    /// The bus behind the ports.
+    pub fn root(&mut self) -> &mut PciRoot {
+        &mut self.root
+    }
+
+    /// Power-on state of the address latch; MMIO routes re-evaluated.
+    pub fn reset(&mut self) {
+        self.address = 0;
+        self.root.refresh_all();
+    }
+
+    /// Accesses that were neither a dword to 0xCF8, a byte to 0xCF9, nor data.
+    pub fn odd_accesses(&self) -> u64 {
+        self.odd_accesses
+    }
+
+    /// The function and register the latched address selects, for a data access
+    /// at `offset` (4..8) of `len` bytes; `None` when nothing is addressed.
+    fn target(&self, offset: u64, len: usize) -> Option<(u8, usize)> {
+        if self.address & ADDRESS_ENABLE == 0 {
+            return None;
+        }
+        let bus = (self.address >> 16) & 0xff;
+        if bus != 0 {
+            return None;
+        }
+        let devfn = ((self.address >> 8) & 0xff) as u8;
+        let register = (self.address & 0xfc) as usize + (offset - DATA_OFFSET) as usize;
+        // An access must stay inside the 4-byte data window.
+        ((offset - DATA_OFFSET) as usize + len <= 4).then_some((devfn, register))
+    }
+}
+
+impl BusDevice for PciConfigIo {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (offset, data.len()) {
+            (0, 4) => data.copy_from_slice(&self.address.to_le_bytes()),
+            (RESET_CONTROL_OFFSET, 1) => self
+                .reset_control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read(0, data),
+            (DATA_OFFSET..=7, 1 | 2 | 4) => match self.target(offset, data.len()) {
+                Some((devfn, reg)) => self.root.config_read(devfn, reg, data),
+                None => data.fill(0xff),
+            },
+            _ => {
+                self.odd_accesses += 1;
+                data.fill(0xff);
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match (offset, data.len()) {
+            (0, 4) => {
+                let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                self.address = v & ADDRESS_MASK;
+            }
+            (RESET_CONTROL_OFFSET, 1) => self
+                .reset_control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(0, data),
+            (DATA_OFFSET..=7, 1 | 2 | 4) => {
+                if let Some((devfn, reg)) = self.target(offset, data.len()) {
+                    self.root.config_write(devfn, reg, data);
+                }
+            }
+            _ => self.odd_accesses += 1,
+        }
+    }
+}
+
+/// The host bridge at 00:00.0: an identity and nothing else (an i440FX's IDs).
+pub struct HostBridge {
+    config: [u8; CONFIG_SPACE_SIZE],
+}
+
+/// Vendor ID of the host bridge (Intel).
+pub const HOST_BRIDGE_VENDOR: u16 = 0x8086;
+/// Device ID of the host bridge (440FX).
+pub const HOST_BRIDGE_DEVICE: u16 = 0x1237;
+
+impl Default for HostBridge {
+    fn default() -> Self {
+        let mut config = [0u8; CONFIG_SPACE_SIZE];
+        config[0..2].copy_from_slice(&HOST_BRIDGE_VENDOR.to_le_bytes());
+        config[2..4].copy_from_slice(&HOST_BRIDGE_DEVICE.to_le_bytes());
+        // Revision 2; class 06 (bridge), subclass 00 (host), prog-if 00.
+        config[0x08] = 0x02;
+        config[0x0b] = 0x06;
+        HostBridge { config }
+    }
+}
+
+impl PciFunction for HostBridge {
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        data.copy_from_slice(&self.config[offset..offset + data.len()]);
+    }
+
+    fn config_write(&mut self, _offset: usize, _data: &[u8]) {
+        // Nothing in the bridge's header is writable here.
+    }
+}
+
+/// Signal the event loop that the guest touched the watchdog.
+fn rearm(fd: &Option<Arc<EventFd>>) {
+    if let Some(fd) = fd {
+        if let Err(e) = fd.write(1) {
+            log::debug!("i6300esb: cannot signal the re-arm eventfd: {e}");
+        }
+    }
+}
+
+/// BAR0 of the i6300esb on the MMIO bus.
+pub struct EsbBar0 {
+    esb: SharedEsb,
+    rearm: Option<Arc<EventFd>>,
+}
+
+impl BusDevice for EsbBar0 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.esb
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bar0_read(offset, data);
+        rearm(&self.rearm);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.esb
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bar0_write(offset, data);
+        rearm(&self.rearm);
+    }
+}
+
+/// The i6300esb as a PCI function: configuration space and BAR0 both go to the
+/// shared device, and the event loop hears of every access through `rearm`.
+pub struct EsbFunction {
+    esb: SharedEsb,
+    rearm: Option<Arc<EventFd>>,
+    bar0: Arc<Mutex<EsbBar0>>,
+}
+
+impl EsbFunction {
+    /// The function for `esb`, signalling `rearm` (value 1) after each guest access.
+    pub fn new(esb: SharedEsb, rearm: Option<Arc<EventFd>>) -> Self {
+        let bar0 = Arc::new(Mutex::new(EsbBar0 {
+            esb: esb.clone(),
+            rearm: rearm.clone(),
+        }));
+        EsbFunction { esb, rearm, bar0 }
+    }
+}
+
+impl PciFunction for EsbFunction {
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        self.esb
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config_read(offset, data);
+        rearm(&self.rearm);
+    }
+
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        self.esb
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config_write(offset, data);
+        rearm(&self.rearm);
+    }
+
+    fn mmio_window(&self) -> Option<(u64, u64)> {
+        self.esb
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bar0_region()
+    }
+
+    fn mmio_device(&self) -> Option<SharedDevice> {
+        Some(self.bar0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use i6300esb::adapters::timer::MonotonicClock;
+    use i6300esb::{EventCounters, I6300Esb, WatchdogAction};
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    struct Latch(u8);
+    impl BusDevice for Latch {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data[0] = self.0;
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0 = data[0];
+        }
+    }
+
+    const ESB_DEVFN: u8 = 4 << 3;
+
+    fn setup() -> (PciConfigIo, Arc<Bus>, SharedEsb, Arc<EventFd>) {
+        let mmio = Arc::new(Bus::new("mmio"));
+        let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
+            WatchdogAction::Reset,
+            MonotonicClock::new(),
+            Arc::new(EventCounters::default()),
+        )));
+        let fd = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let mut root = PciRoot::new(mmio.clone());
+        root.add(devfn(0, 0), Box::new(HostBridge::default()));
+        root.add(
+            devfn(4, 0),
+            Box::new(EsbFunction::new(esb.clone(), Some(fd.clone()))),
+        );
+        let io = PciConfigIo::new(root, Arc::new(Mutex::new(Latch(0))));
+        (io, mmio, esb, fd)
+    }
+
+    fn cfg_addr(io: &mut PciConfigIo, dev: u8, reg: u32) {
+        let a = ADDRESS_ENABLE | (u32::from(dev) << 11) | reg;
+        io.write(0, &a.to_le_bytes());
+    }
+
+    fn cfg_read32(io: &mut PciConfigIo, dev: u8, reg: u32) -> u32 {
+        cfg_addr(io, dev, reg);
+        let mut b = [0u8; 4];
+        io.read(4, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn enumeration_finds_bridge_and_watchdog_only() {
+        let (mut io, _, _, _) = setup();
+        assert_eq!(cfg_read32(&mut io, 0, 0), 0x1237_8086);
+        assert_eq!(cfg_read32(&mut io, 4, 0), 0x25ab_8086);
+        for dev in [1u8, 2, 3, 5, 31] {
+            assert_eq!(cfg_read32(&mut io, dev, 0), 0xffff_ffff, "device {dev}");
+        }
+        // Class code of the watchdog: 08 80 00 (other system peripheral).
+        assert_eq!(cfg_read32(&mut io, 4, 8) >> 8, 0x088000);
+        // Byte and word reads at every offset of the data window.
+        cfg_addr(&mut io, 4, 0);
+        let mut b = [0u8; 1];
+        io.read(7, &mut b);
+        assert_eq!(b, [0x25]);
+        let mut w = [0u8; 2];
+        io.read(6, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x25ab);
+        // A word at 0xCFF would straddle the window: not an access.
+        io.read(7, &mut w);
+        assert_eq!(w, [0xff, 0xff]);
+        // The address register reads back what was latched.
+        let mut a = [0u8; 4];
+        io.read(0, &mut a);
+        assert_eq!(u32::from_le_bytes(a), 0x8000_2000);
+        // Bus 1 has nothing; disabled addresses read all ones.
+        io.write(0, &(ADDRESS_ENABLE | (1 << 16)).to_le_bytes());
+        let mut d = [0u8; 4];
+        io.read(4, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        io.write(0, &0u32.to_le_bytes());
+        io.read(4, &mut d);
+        assert_eq!(d, [0xff; 4]);
+    }
+
+    #[test]
+    fn reset_control_byte_is_separate_from_the_address_register() {
+        let (mut io, _, _, _) = setup();
+        cfg_addr(&mut io, 4, 0x10);
+        io.write(1, &[0x06]);
+        let mut b = [0u8; 1];
+        io.read(1, &mut b);
+        assert_eq!(b, [0x06]);
+        let mut a = [0u8; 4];
+        io.read(0, &mut a);
+        assert_eq!(u32::from_le_bytes(a), 0x8000_2010);
+    }
+
+    #[test]
+    fn moving_bar0_moves_the_mmio_route() {
+        let (mut io, mmio, esb, fd) = setup();
+        // BAR0 programmed but memory decode off: no route.
+        cfg_addr(&mut io, 4, 0x10);
+        io.write(4, &0xfebf_0000u32.to_le_bytes());
+        assert_eq!(io.root().route(ESB_DEVFN), None);
+        assert!(mmio.resolve(0xfebf_000c).is_none());
+        assert_eq!(fd.read().unwrap(), 1);
+
+        // Memory decode on (word write to the command register).
+        cfg_addr(&mut io, 4, 0x04);
+        io.write(4, &0x0002u16.to_le_bytes());
+        assert_eq!(io.root().route(ESB_DEVFN), Some((0xfebf_0000, 16)));
+
+        // Unlock and write preload 1 through the bus: it lands in the device.
+        let preload1 = |esb: &SharedEsb| esb.lock().unwrap().state().watchdog.preload1;
+        mmio.write(0xfebf_000c, &0x80u16.to_le_bytes());
+        mmio.write(0xfebf_000c, &0x86u16.to_le_bytes());
+        mmio.write(0xfebf_0000, &0x400u32.to_le_bytes());
+        assert_eq!(preload1(&esb), 0x400);
+
+        // Move BAR0: the old address is unclaimed, the new one reaches the device.
+        cfg_addr(&mut io, 4, 0x10);
+        io.write(4, &0xfe00_1000u32.to_le_bytes());
+        assert_eq!(io.root().route(ESB_DEVFN), Some((0xfe00_1000, 16)));
+        let before = mmio.unclaimed();
+        mmio.write(0xfebf_000c, &0x80u16.to_le_bytes());
+        mmio.write(0xfebf_000c, &0x86u16.to_le_bytes());
+        mmio.write(0xfebf_0000, &0x123u32.to_le_bytes());
+        let mut v = [0u8; 4];
+        mmio.read(0xfebf_0000, &mut v);
+        assert_eq!(v, [0xff; 4]);
+        assert_eq!(mmio.unclaimed(), before + 4);
+        assert_eq!(preload1(&esb), 0x400);
+        mmio.write(0xfe00_100c, &0x80u16.to_le_bytes());
+        mmio.write(0xfe00_100c, &0x86u16.to_le_bytes());
+        mmio.write(0xfe00_1000, &0x123u32.to_le_bytes());
+        assert_eq!(preload1(&esb), 0x123);
+
+        // Memory decode off again: route gone.
+        cfg_addr(&mut io, 4, 0x04);
+        io.write(4, &0x0000u16.to_le_bytes());
+        assert_eq!(io.root().route(ESB_DEVFN), None);
+        assert!(mmio.resolve(0xfe00_1000).is_none());
+
+        // A warm reset of the device clears BAR0; refreshing drops any route.
+        cfg_addr(&mut io, 4, 0x04);
+        io.write(4, &0x0002u16.to_le_bytes());
+        assert!(io.root().route(ESB_DEVFN).is_some());
+        esb.lock().unwrap().warm_reset();
+        io.reset();
+        assert_eq!(io.root().route(ESB_DEVFN), None);
+    }
+}
