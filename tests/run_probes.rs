@@ -29,6 +29,25 @@ fn http_handler(port: u16) -> String {
 fn http_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    serve(listener);
+    port
+}
+
+/// The same server on 127.0.0.1 and ::1, one port number.
+fn http_server_both() -> u16 {
+    for _ in 0..20 {
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        if let Ok(v6) = TcpListener::bind(("::1", port)) {
+            serve(v4);
+            serve(v6);
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
+fn serve(listener: TcpListener) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
@@ -45,7 +64,6 @@ fn http_server() -> u16 {
                 s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
         }
     });
-    port
 }
 
 #[test]
@@ -175,4 +193,192 @@ fn readiness_http_success_makes_the_vm_ready() {
         ["stopped runtime", "finished 0"]
     );
     assert_eq!(r.code, Some(0));
+}
+
+#[test]
+fn readiness_needs_every_probe_host() {
+    if !kvm_or_skip("readiness_needs_every_probe_host") {
+        return;
+    }
+    let port = http_server_both();
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            extra: &probe_yaml("readinessProbe", &http_handler(port), 3),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let args = [
+        "--guest-timeout",
+        "5",
+        "--run-for",
+        "4s",
+        "--probe-host",
+        "127.0.0.1,::1",
+    ];
+    let mut live = spawn(&m.path, &args, LIMIT);
+    let ready = live.until(|e| e["type"] == "ready");
+    let r = live.finish();
+    assert_eq!(
+        ready.map(|e| e["ready"].clone()),
+        Some(true.into()),
+        "{}",
+        r.dump()
+    );
+    let ok = r
+        .of("probe")
+        .into_iter()
+        .find(|e| e["result"] == "success")
+        .cloned()
+        .unwrap_or_else(|| panic!("no successful probe: {}", r.dump()));
+    let address = ok["address"].as_str().unwrap();
+    assert!(address.contains(&format!("127.0.0.1:{port}")), "{address}");
+    assert!(address.contains(&format!("[::1]:{port}")), "{address}");
+
+    // Only 127.0.0.1 answers now: never ready, and the failures name ::1.
+    let v4_only = http_server();
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            extra: &probe_yaml("readinessProbe", &http_handler(v4_only), 3),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let r = run_util::run(&m.path, &args, LIMIT);
+    assert!(
+        r.of("ready").iter().all(|e| e["ready"] == false),
+        "{}",
+        r.dump()
+    );
+    let failure = r
+        .of("probe")
+        .into_iter()
+        .find(|e| e["result"] == "failure")
+        .cloned()
+        .unwrap_or_else(|| panic!("no failed probe: {}", r.dump()));
+    assert_eq!(
+        failure["address"],
+        format!("[::1]:{v4_only}"),
+        "{}",
+        r.dump()
+    );
+}
+
+const QEMU_GA: &str = "/usr/sbin/qemu-ga";
+
+#[test]
+fn readiness_exec_through_qemu_ga() {
+    if !kvm_or_skip("readiness_exec_through_qemu_ga") {
+        return;
+    }
+    assert!(
+        std::path::Path::new(QEMU_GA).exists(),
+        "{QEMU_GA} is missing: apt-get install -y qemu-guest-agent"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qga.sock");
+    let healthy = dir.path().join("healthy.txt");
+    std::fs::write(&healthy, "all good\n").unwrap();
+    let mut qga = std::process::Command::new(QEMU_GA)
+        .args(["-m", "unix-listen", "-p"])
+        .arg(&sock)
+        .arg("-t")
+        .arg(dir.path())
+        .arg("-f")
+        .arg(dir.path().join("qga.pid"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start qemu-ga");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < until, "qemu-ga did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let handler = format!(
+        "        exec:\n          command: [\"cat\", \"{}\"]\n",
+        healthy.display()
+    );
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            extra: &probe_yaml("readinessProbe", &handler, 3),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let args = [
+        "--guest-timeout",
+        "5",
+        "--run-for",
+        "5s",
+        "--guest-agent",
+        sock_arg.as_str(),
+    ];
+    let mut live = spawn(&m.path, &args, LIMIT);
+    let ready = live.until(|e| e["type"] == "ready");
+    let r = live.finish();
+    let _ = qga.kill();
+    let _ = qga.wait();
+    assert_eq!(
+        ready.map(|e| e["ready"].clone()),
+        Some(true.into()),
+        "{}",
+        r.dump()
+    );
+    let ok = r
+        .of("probe")
+        .into_iter()
+        .find(|e| e["result"] == "success")
+        .cloned()
+        .unwrap_or_else(|| panic!("no successful probe: {}", r.dump()));
+    assert_eq!(ok["probe"], "readiness");
+    assert_eq!(ok["exit_code"], 0, "{}", r.dump());
+    assert!(
+        ok["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("all good"),
+        "{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn agent_ping_over_com2_without_an_agent_fails_liveness() {
+    if !kvm_or_skip("agent_ping_over_com2_without_an_agent_fails_liveness") {
+        return;
+    }
+    // The built-in guest runs no agent on COM2: pings time out, liveness fails.
+    let handler = "        guestAgentPing: {}\n";
+    let m = manifest(
+        &Vm {
+            strategy: "Once",
+            extra: &probe_yaml("livenessProbe", handler, 2),
+            ..Vm::default()
+        }
+        .yaml(),
+    );
+    let r = run_util::run(
+        &m.path,
+        &["--guest-timeout", "5", "--run-for", "30s", "--agent-serial"],
+        LIMIT,
+    );
+    let story = r.story();
+    assert_eq!(
+        &story[story.len() - 3..],
+        ["liveness stop", "stopped liveness", "finished 0"],
+        "{}",
+        r.dump()
+    );
+    let failures = r
+        .of("probe")
+        .into_iter()
+        .filter(|e| e["result"] == "failure" && e["probe"] == "liveness")
+        .count();
+    assert_eq!(failures, 2, "{}", r.dump());
 }

@@ -52,8 +52,9 @@ fn poweroff_stops_the_vm_and_once_ends_the_run() {
         "{}",
         r.dump()
     );
-    // The guest hangs 1 s after boot; both stages then take 1 s each: the watchdog
-    // cannot have fired less than 2 s after the hang.
+    // The guest hangs 1 s after boot; with Linux's heartbeat of 1 s both stages together
+    // last about 1 s (preload 1 << 9 per stage at the 1 kHz prescaler): the watchdog
+    // fires about a second after the last kick (at most 0.5 s before the hang).
     let hang_ms = r
         .of("console")
         .iter()
@@ -62,7 +63,7 @@ fn poweroff_stops_the_vm_and_once_ends_the_run() {
         .unwrap();
     let fired_ms = wd[0]["time_ms"].as_u64().unwrap();
     assert!(
-        fired_ms >= hang_ms + 1500,
+        (hang_ms + 400..hang_ms + 3000).contains(&fired_ms),
         "fired {fired_ms} ms, hang {hang_ms} ms"
     );
 }

@@ -25,6 +25,9 @@
 //! probes a new schedule. A warm reset (watchdog or liveness `reset`, or the guest's own
 //! reboot) keeps the VM and the watchdog's timeout flag, and restarts the probes' schedule
 //! (`initialDelaySeconds` counts from every boot). A paused VM is not probed and not ready.
+//! After a liveness-triggered reset the probes resume only after the restart back-off
+//! (1 s, doubling, as for restarts; a fourth timerfd), so a probe that fails at once cannot
+//! reset the VM in a tight loop.
 
 use std::cell::RefCell;
 use std::io;
@@ -182,6 +185,7 @@ const TOKEN_PROBES: u32 = 2;
 const TOKEN_GRACE: u32 = 3;
 const TOKEN_BACKOFF: u32 = 4;
 const TOKEN_RUN_FOR: u32 = 5;
+const TOKEN_PROBE_RESUME: u32 = 6;
 
 /// Records which of the runner's fds became ready; the loop handles them after `run()`.
 struct ReadyFds {
@@ -206,6 +210,14 @@ impl ActionSink for ExpiryQueue {
 
 type Subscriber = Rc<RefCell<dyn MutEventSubscriber>>;
 type EsbTimer = WatchdogTimer<MonotonicClock, Arc<EventCounters>, ExpiryQueue>;
+
+/// The runner's own timers.
+struct Timers {
+    grace: Deadline,
+    backoff: Deadline,
+    run_for: Deadline,
+    probe_resume: Deadline,
+}
 
 /// A one-shot timerfd with its deadline remembered, so the loop never reads a timerfd that
 /// might have been disarmed (a read would block): a ready token whose deadline is not set
@@ -297,6 +309,15 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     grace: Deadline,
     backoff: Deadline,
     run_for: Deadline,
+    /// Resumes the probes after a liveness-triggered reset, after a back-off.
+    probe_resume: Deadline,
+    /// Back-off of liveness-triggered resets, so that a probe failing at once cannot
+    /// reset the VM in a tight loop.
+    liveness_backoff: Backoff,
+    last_liveness_reset: Option<Instant>,
+    /// The probes were (re)started outside their fd's readiness: process them before
+    /// blocking again.
+    probes_due: bool,
     vm: Option<Box<dyn Vm>>,
     vm_fd: Option<RawFd>,
     probes: Option<ProbeSet>,
@@ -380,27 +401,33 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             let grace = Deadline::new()?;
             let backoff = Deadline::new()?;
             let run_for = Deadline::new()?;
+            let probe_resume = Deadline::new()?;
             {
                 let mut ops = manager.event_ops(fds_id).map_err(em_err)?;
                 for (fd, token) in [
                     (grace.fd.as_raw_fd(), TOKEN_GRACE),
                     (backoff.fd.as_raw_fd(), TOKEN_BACKOFF),
                     (run_for.fd.as_raw_fd(), TOKEN_RUN_FOR),
+                    (probe_resume.fd.as_raw_fd(), TOKEN_PROBE_RESUME),
                 ] {
                     ops.add(Events::with_data_raw(fd, token, EventSet::IN))
                         .map_err(em_err)?;
                 }
             }
-            Ok((
-                esb, expiries, esb_timer, ready, manager, fds_id, grace, backoff, run_for,
-            ))
-        })();
-        let (esb, expiries, esb_timer, ready, manager, fds_id, grace, backoff, run_for) =
-            match parts {
-                Ok(p) => p,
-                Err(e) => return Err((out, e)),
+            let timers = Timers {
+                grace,
+                backoff,
+                run_for,
+                probe_resume,
             };
+            Ok((esb, expiries, esb_timer, ready, manager, fds_id, timers))
+        })();
+        let (esb, expiries, esb_timer, ready, manager, fds_id, timers) = match parts {
+            Ok(p) => p,
+            Err(e) => return Err((out, e)),
+        };
         let policy = RestartPolicy::new(cfg.strategy, cfg.max_restarts, Backoff::new(cfg.backoff));
+        let cfg_backoff = cfg.backoff;
         Ok(Runner {
             cfg,
             factory,
@@ -411,9 +438,13 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             expiries,
             esb,
             esb_timer,
-            grace,
-            backoff,
-            run_for,
+            grace: timers.grace,
+            backoff: timers.backoff,
+            run_for: timers.run_for,
+            probe_resume: timers.probe_resume,
+            liveness_backoff: Backoff::new(cfg_backoff),
+            last_liveness_reset: None,
+            probes_due: false,
             vm: None,
             vm_fd: None,
             probes: None,
@@ -436,6 +467,12 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             self.start_vm();
         }
         while self.ending.is_none() {
+            if std::mem::take(&mut self.probes_due) {
+                // Handled here, not where the probes were started, so that an action they
+                // trigger never recurses into the code that started them.
+                self.probe_events();
+                continue;
+            }
             if let Err(e) = self.manager.run() {
                 self.fatal(format!("event loop: {e}"));
                 break;
@@ -478,6 +515,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 TOKEN_GRACE if self.grace.take_if_due() => self.grace_expired(),
                 TOKEN_BACKOFF if self.backoff.take_if_due() => self.backoff_expired(),
                 TOKEN_RUN_FOR if self.run_for.take_if_due() => self.run_for_expired(),
+                TOKEN_PROBE_RESUME if self.probe_resume.take_if_due() => self.resume_probes(),
                 _ => {}
             }
         }
@@ -574,10 +612,8 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             self.watch(pfd, TOKEN_PROBES)?;
             self.probes_fd = Some(pfd);
             probes.vm_started();
-            // Report what starting produced (e.g. Ready without a readiness probe) now.
-            let events = probes.process();
             self.probes = Some(probes);
-            self.report_probe_events(events, true);
+            self.probes_due = true;
         }
         Ok(())
     }
@@ -606,6 +642,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             vm.stop();
         }
         self.grace.disarm();
+        self.probe_resume.disarm();
         // The device is powered off with the VM: no expiry may follow the stop.
         self.esb
             .lock()
@@ -665,7 +702,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                     self.out.emit(Event::Info {
                         message: "the guest asked for a reset".into(),
                     });
-                    self.warm_reset();
+                    self.warm_reset(None);
                 }
                 MachineEvent::Error(message) => {
                     self.out.error(format!("the VM failed: {message}"));
@@ -734,7 +771,15 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 trigger: Some(cause),
                 forced: None,
             }),
-            Decision::Reset => self.warm_reset(),
+            Decision::Reset if cause == Cause::Liveness => {
+                let lasted = self
+                    .last_liveness_reset
+                    .map_or(Duration::MAX, |t| t.elapsed());
+                let delay = self.liveness_backoff.next_delay(lasted);
+                self.last_liveness_reset = Some(Instant::now());
+                self.warm_reset(Some(delay));
+            }
+            Decision::Reset => self.warm_reset(None),
             Decision::Shutdown => {
                 if let Phase::ShuttingDown(_) = self.phase {
                     // Already asked; the grace period already runs.
@@ -788,7 +833,8 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         }
     }
 
-    fn warm_reset(&mut self) {
+    /// Warm-reset the VM; the probes restart at once, or after `probe_delay`.
+    fn warm_reset(&mut self, probe_delay: Option<Duration>) {
         let Some(vm) = self.vm.as_mut() else {
             return;
         };
@@ -802,15 +848,37 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         self.phase = Phase::Running;
         self.boots += 1;
         self.out.emit(Event::Started { boot: self.boots });
+        self.probe_resume.disarm();
         if let Some(probes) = self.probes.as_mut() {
             probes.vm_stopped();
             let events = probes.process();
             self.report_probe_events(events, false);
-            if let Some(probes) = self.probes.as_mut() {
-                probes.vm_started();
-                let events = probes.process();
-                self.report_probe_events(events, true);
+            match probe_delay {
+                None => self.resume_probes(),
+                Some(delay) => {
+                    self.out.emit(Event::Info {
+                        message: format!(
+                            "probes resume in {} ms (back-off of liveness resets)",
+                            delay.as_millis()
+                        ),
+                    });
+                    if let Err(e) = self.probe_resume.arm(delay) {
+                        self.out
+                            .error(format!("cannot arm the probe back-off timer: {e}"));
+                        self.resume_probes();
+                    }
+                }
             }
+        }
+    }
+
+    fn resume_probes(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if let Some(probes) = self.probes.as_mut() {
+            probes.vm_started();
+            self.probes_due = true;
         }
     }
 
@@ -1321,5 +1389,78 @@ mod tests {
             ]
         );
         assert_eq!(outcome.exit_code, 1);
+    }
+
+    fn refused_tcp_liveness() -> (ProbeKind, ProbeConfig) {
+        // A port nobody listens on: every attempt is refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        (
+            ProbeKind::Liveness,
+            ProbeConfig {
+                initial_delay: Duration::ZERO,
+                period: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                success_threshold: 1,
+                failure_threshold: 1,
+                handler: crate::probes::config::ProbeHandler::TcpSocket { port, host: None },
+            },
+        )
+    }
+
+    #[test]
+    fn liveness_failure_stops_the_vm_through_the_router() {
+        let mut cfg = config(RunStrategy::RerunOnFailure, WatchdogAction::Reset);
+        cfg.probes = vec![refused_tcp_liveness()];
+        cfg.max_restarts = Some(1);
+        let (outcome, events, log) = run_fake(cfg, Script::default());
+        let story: Vec<String> = kinds(&events)
+            .into_iter()
+            .filter(|k| !k.starts_with("Probe") && !k.starts_with("Ready"))
+            .collect();
+        assert_eq!(
+            story,
+            [
+                "started 1",
+                "Liveness { action: \"stop\", message: \"connect: Connection refused\" }",
+                "stopped liveness Some(Liveness) None",
+                "restart 1",
+                "started 2",
+                "Liveness { action: \"stop\", message: \"connect: Connection refused\" }",
+                "stopped liveness Some(Liveness) None",
+                "finished 0"
+            ]
+        );
+        assert_eq!(outcome.ending, Ending::MaxRestarts(1));
+        assert_eq!(log.created, 2);
+        let attempts = events
+            .iter()
+            .filter(|e| matches!(e, Event::Probe { probe, result, .. } if probe == "liveness" && result == "failure"))
+            .count();
+        assert_eq!(attempts, 2);
+    }
+
+    #[test]
+    fn liveness_resets_are_rate_limited_by_the_back_off() {
+        let mut cfg = config(RunStrategy::Once, WatchdogAction::Reset);
+        cfg.probes = vec![refused_tcp_liveness()];
+        cfg.liveness_action = LivenessAction::Reset;
+        cfg.backoff = Duration::from_millis(200);
+        cfg.run_for = Some(Duration::from_millis(1500));
+        let (outcome, events, log) = run_fake(cfg, Script::default());
+        assert_eq!(outcome.ending, Ending::RunFor);
+        // Resets at about 0, 0.2, 0.6 and 1.4 s: the probe fails at once after each.
+        let boots = events
+            .iter()
+            .filter(|e| matches!(e, Event::Started { .. }))
+            .count();
+        assert!((4..=6).contains(&boots), "{boots} boots: {events:?}");
+        assert_eq!(log.created, 1, "warm resets keep the VM");
+        assert!(!events.iter().any(
+            |e| matches!(e, Event::Stopped { reason, .. } if *reason == StopReason::Liveness)
+        ));
     }
 }
