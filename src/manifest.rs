@@ -590,6 +590,19 @@ impl Cx {
             ],
             doc::VmiSpec::KNOWN_UNUSED,
         );
+        let mut grace = Duration::from_secs(30);
+        let gp = join(P, "terminationGracePeriodSeconds");
+        if let Some(&g) = self.get(&gp, &v.termination_grace_period_seconds) {
+            match u64::try_from(g) {
+                Ok(g) => grace = Duration::from_secs(g),
+                Err(_) => self.error(
+                    &gp,
+                    format!("must be greater than or equal to 0, found {g}"),
+                ),
+            }
+        }
+        let domain = self.required(&join(P, "domain"), &v.domain);
+        let dom = domain.map(|d| self.domain(d));
         if let Some(volumes) = self.get(&join(P, "volumes"), &v.volumes) {
             for (i, vol) in volumes.iter().enumerate() {
                 let mut sources = 0;
@@ -605,19 +618,6 @@ impl Cx {
                 }
             }
         }
-        let mut grace = Duration::from_secs(30);
-        let gp = join(P, "terminationGracePeriodSeconds");
-        if let Some(&g) = self.get(&gp, &v.termination_grace_period_seconds) {
-            match u64::try_from(g) {
-                Ok(g) => grace = Duration::from_secs(g),
-                Err(_) => self.error(
-                    &gp,
-                    format!("must be greater than or equal to 0, found {g}"),
-                ),
-            }
-        }
-        let domain = self.required(&join(P, "domain"), &v.domain);
-        let dom = domain.map(|d| self.domain(d));
         let ports = dom.as_ref().map(|d| d.ports.clone()).unwrap_or_default();
         let liveness = self
             .get(&join(P, "livenessProbe"), &v.liveness_probe)
