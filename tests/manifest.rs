@@ -92,6 +92,22 @@ fn all_five_seed_examples_validate_through_the_binary() {
     }
 }
 
+#[test]
+fn every_example_manifest_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            n += 1;
+            let spec =
+                manifest::load(&path).unwrap_or_else(|p| panic!("{}: {p:#?}", path.display()));
+            assert!(!spec.name.is_empty());
+        }
+    }
+    eprintln!("{n} example manifests under {}", dir.display());
+}
+
 fn probe(
     delay: u64,
     period: u64,
