@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use i6300esb::adapters::timer::MonotonicClock;
-use i6300esb::{EventCounters, I6300Esb, WatchdogAction};
+use i6300esb::{Clock, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmpulse::vmm::guest::{kick_loop_guest, reset_request_guest, GuestImage};
 use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent, SharedEsb};
 
 fn kvm_present() -> bool {
@@ -45,10 +46,20 @@ struct Vm {
     rearm: EventFd,
     /// Every event seen, with its arrival time.
     log: Vec<(Instant, MachineEvent)>,
+    /// Events before this index were matched by an earlier wait.
+    cursor: usize,
 }
 
 impl Vm {
     fn new(guest: GuestOptions) -> Vm {
+        Vm::build(guest, None)
+    }
+
+    fn with_image(image: GuestImage) -> Vm {
+        Vm::build(opts(30, 1000, None), Some(image))
+    }
+
+    fn build(guest: GuestOptions, image: Option<GuestImage>) -> Vm {
         let esb = esb(WatchdogAction::Reset);
         let rearm = EventFd::new(EFD_NONBLOCK).unwrap();
         let cfg = MachineConfig {
@@ -57,13 +68,17 @@ impl Vm {
             esb_rearm: Some(rearm.try_clone().unwrap()),
             agent_serial: None,
         };
-        let mut m = Machine::new(cfg, esb.clone()).unwrap();
+        let mut m = match image {
+            Some(img) => Machine::with_image(cfg, esb.clone(), img).unwrap(),
+            None => Machine::new(cfg, esb.clone()).unwrap(),
+        };
         m.start().unwrap();
         Vm {
             m,
             esb,
             rearm,
             log: Vec::new(),
+            cursor: 0,
         }
     }
 
@@ -77,13 +92,14 @@ impl Vm {
             .collect()
     }
 
-    /// Collect events for up to `d`, returning early once `done` holds on one of
-    /// the new events. Returns the index in `log` of the matching event.
+    /// Collect events for up to `d`, returning early once `done` holds on an event
+    /// after the last one matched. Returns the index in `log` of the matching event.
     fn wait(&mut self, d: Duration, done: impl Fn(&MachineEvent) -> bool) -> Option<usize> {
         let give_up = Instant::now() + d;
-        let start = self.log.len();
         loop {
+            let start = self.cursor;
             if let Some(i) = self.log[start..].iter().position(|(_, e)| done(e)) {
+                self.cursor = start + i + 1;
                 return Some(start + i);
             }
             let now = Instant::now();
@@ -114,6 +130,23 @@ impl Vm {
             move |e| matches!(e, MachineEvent::ConsoleLine(l) if l.starts_with(&p)),
         )
     }
+
+    /// Match only events from now on.
+    fn mark(&mut self) -> usize {
+        self.cursor = self.log.len();
+        self.cursor
+    }
+
+    fn kicks(&self) -> Vec<String> {
+        self.console()
+            .into_iter()
+            .filter(|l| l.starts_with("guest: kick "))
+            .collect()
+    }
+
+    fn has(&self, e: &MachineEvent) -> bool {
+        self.log.iter().any(|(_, x)| x == e)
+    }
 }
 
 fn wait_readable(fd: RawFd, d: Duration) {
@@ -127,10 +160,37 @@ fn wait_readable(fd: RawFd, d: Duration) {
     unsafe { libc::poll(&mut p, 1, ms) };
 }
 
+/// Run a test body on its own thread and fail if it takes longer than this.
+const HARD_LIMIT: Duration = Duration::from_secs(60);
+
+fn hard_limit(body: fn()) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        body();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(HARD_LIMIT) {
+        Ok(()) => t.join().unwrap(),
+        // The body panicked: re-raise its panic here.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the test did not finish within {HARD_LIMIT:?}")
+        }
+    }
+}
+
 const BOOT: Duration = Duration::from_secs(10);
 
 #[test]
 fn boot_probe_arm_and_kick() {
+    hard_limit(boot_probe_arm_and_kick_body);
+}
+
+fn boot_probe_arm_and_kick_body() {
     if !kvm_present() {
         return;
     }
@@ -163,4 +223,324 @@ fn boot_probe_arm_and_kick() {
     assert!(vm.rearm.read().unwrap() > 0);
     vm.m.stop();
     vm.m.stop();
+}
+
+/// `Instant` at which the device clock read 0.
+fn clock_origin(esb: &SharedEsb) -> Instant {
+    let d = esb.lock().unwrap();
+    let now = Instant::now();
+    now - Duration::from_nanos(d.clock().now_ns())
+}
+
+/// A Linux heartbeat of 1 s on this device: preload 1 << 9 = 512 units of
+/// 983,040 ns in each of the two stages, 1.00663 s from the last kick to the action.
+const HEARTBEAT_1S_NS: u64 = 2 * 512 * 983_040;
+
+#[test]
+fn hang_fires_the_watchdog_and_reset_reports_it() {
+    hard_limit(hang_fires_the_watchdog_and_reset_reports_it_body);
+}
+
+fn hang_fires_the_watchdog_and_reset_reports_it_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::new(opts(1, 200, Some(1000)));
+    let origin = clock_origin(&vm.esb);
+    vm.expect_line(BOOT, "guest: watchdog armed, timeout=1 s");
+    let hung = vm.expect_line(Duration::from_secs(5), "guest: hanging (no more kicks)");
+    // Kicks at 200, 400, 600 and 800 ms of guest time; none at or after 1 s.
+    assert_eq!(
+        vm.kicks(),
+        [
+            "guest: kick 1",
+            "guest: kick 2",
+            "guest: kick 3",
+            "guest: kick 4"
+        ]
+    );
+    let last_kick = vm
+        .log
+        .iter()
+        .rev()
+        .find(|(_, e)| matches!(e, MachineEvent::ConsoleLine(l) if l == "guest: kick 4"))
+        .map(|(t, _)| *t)
+        .unwrap();
+    assert!(hung > last_kick);
+
+    // The test is the event loop: poll the device at its deadlines.
+    let give_up = Instant::now() + Duration::from_secs(6);
+    let fired: Expiry = loop {
+        let mut fired: Vec<Expiry> = Vec::new();
+        let wait = {
+            let mut d = vm.esb.lock().unwrap();
+            d.poll(&mut fired);
+            d.next_deadline()
+                .map(|t| Duration::from_nanos(t.saturating_sub(d.clock().now_ns())))
+        };
+        if let Some(e) = fired.pop() {
+            break e;
+        }
+        assert!(Instant::now() < give_up, "the watchdog never fired");
+        let wait = wait
+            .unwrap_or(Duration::from_millis(50))
+            .min(Duration::from_millis(50));
+        vm.wait(wait, |_| false);
+    };
+    assert_eq!(fired.action, WatchdogAction::Reset);
+    let kick_ns = (last_kick - origin).as_nanos() as u64;
+    let after_kick = fired.time_ns - kick_ns;
+    assert!(
+        (HEARTBEAT_1S_NS - 60_000_000..=HEARTBEAT_1S_NS + 5_000_000).contains(&after_kick),
+        "fired {after_kick} ns after the last kick line, expected about {HEARTBEAT_1S_NS} ns"
+    );
+    assert_eq!(vm.kicks().len(), 4, "no kick after the hang");
+    assert!(vm.esb.lock().unwrap().watchdog().timeout_flag());
+
+    // The action: a warm reset. The guest boots again and reads the flag.
+    vm.m.reset().unwrap();
+    assert_eq!(vm.m.boot_count(), 2);
+    let start = vm.mark();
+    vm.expect_line(BOOT, "guest: watchdog armed, timeout=1 s");
+    let second: Vec<String> = vm.log[start..]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            MachineEvent::ConsoleLine(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        second,
+        [
+            "guest: boot",
+            "guest: found i6300esb at 00:04.0 bar0=0xfebf0000",
+            "guest: bootstatus=0x20 (previous reset caused by the watchdog)",
+            "guest: watchdog armed, timeout=1 s",
+        ]
+    );
+    // Linux cleared the flag (0x0300) and the watchdog runs again.
+    let d = vm.esb.lock().unwrap();
+    assert!(!d.watchdog().timeout_flag());
+    assert!(d.next_deadline().is_some());
+}
+
+#[test]
+fn power_button_powers_the_guest_off_and_reset_boots_it_again() {
+    hard_limit(power_button_powers_the_guest_off_and_reset_boots_it_again_body);
+}
+
+fn power_button_powers_the_guest_off_and_reset_boots_it_again_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::new(opts(30, 100, None));
+    vm.expect_line(BOOT, "guest: kick 1");
+    vm.m.power_button();
+    vm.expect_line(
+        Duration::from_secs(5),
+        "guest: power button pressed, powering off",
+    );
+    vm.expect(Duration::from_secs(5), "GuestPoweroff", |e| {
+        *e == MachineEvent::GuestPoweroff
+    });
+    // Powered off: no more kicks.
+    let kicks = vm.kicks().len();
+    vm.wait(Duration::from_millis(400), |_| false);
+    assert_eq!(vm.kicks().len(), kicks);
+
+    vm.m.reset().unwrap();
+    assert_eq!(vm.m.boot_count(), 2);
+    let start = vm.mark();
+    vm.expect_line(BOOT, "guest: kick 1");
+    assert!(vm.log[start..]
+        .iter()
+        .any(|(_, e)| *e == MachineEvent::ConsoleLine("guest: bootstatus=0".into())));
+}
+
+#[test]
+fn power_button_ignored_when_the_guest_says_so() {
+    hard_limit(power_button_ignored_when_the_guest_says_so_body);
+}
+
+fn power_button_ignored_when_the_guest_says_so_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut o = opts(30, 100, None);
+    o.ignore_shutdown = true;
+    let mut vm = Vm::new(o);
+    vm.expect_line(BOOT, "guest: kick 1");
+    vm.m.power_button();
+    vm.expect_line(
+        Duration::from_secs(5),
+        "guest: power button pressed, ignored",
+    );
+    let kicks = vm.kicks().len();
+    vm.expect_line(
+        Duration::from_secs(5),
+        &format!("guest: kick {}", kicks + 2),
+    );
+    assert!(!vm.has(&MachineEvent::GuestPoweroff));
+    // Pressed once, reported once.
+    let presses = vm
+        .console()
+        .iter()
+        .filter(|l| l.starts_with("guest: power button"))
+        .count();
+    assert_eq!(presses, 1);
+}
+
+#[test]
+fn nmi_reaches_the_guest() {
+    hard_limit(nmi_reaches_the_guest_body);
+}
+
+fn nmi_reaches_the_guest_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::new(opts(30, 100, None));
+    vm.expect_line(BOOT, "guest: kick 1");
+    vm.m.inject_nmi().unwrap();
+    vm.expect_line(Duration::from_secs(5), "guest: NMI received");
+    let kicks = vm.kicks().len();
+    vm.expect_line(
+        Duration::from_secs(5),
+        &format!("guest: kick {}", kicks + 1),
+    );
+    let nmis = vm
+        .console()
+        .iter()
+        .filter(|l| *l == "guest: NMI received")
+        .count();
+    assert_eq!(nmis, 1);
+}
+
+#[test]
+fn pause_freezes_guest_and_watchdog_and_reset_works_while_paused() {
+    hard_limit(pause_freezes_guest_and_watchdog_and_reset_works_while_paused_body);
+}
+
+fn pause_freezes_guest_and_watchdog_and_reset_works_while_paused_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::new(opts(30, 100, None));
+    vm.expect_line(BOOT, "guest: kick 2");
+    vm.m.pause().unwrap();
+    assert!(vm.m.is_paused());
+    assert!(vm.esb.lock().unwrap().watchdog().is_paused());
+    // Whatever was printed before the pause took effect, then silence.
+    vm.wait(Duration::from_millis(50), |_| false);
+    let before = vm.console().len();
+    vm.wait(Duration::from_millis(600), |_| false);
+    assert_eq!(vm.console().len(), before, "the guest ran while paused");
+
+    // An NMI injected while paused is delivered after resume.
+    vm.m.inject_nmi().unwrap();
+    vm.wait(Duration::from_millis(100), |_| false);
+    assert_eq!(vm.console().len(), before);
+    vm.m.resume().unwrap();
+    assert!(!vm.esb.lock().unwrap().watchdog().is_paused());
+    let last = vm.kicks().len();
+    vm.expect_line(Duration::from_secs(5), "guest: NMI received");
+    vm.expect_line(Duration::from_secs(5), &format!("guest: kick {}", last + 1));
+
+    // Reset while paused: nothing runs until resume, then the guest boots.
+    vm.m.pause().unwrap();
+    vm.m.reset().unwrap();
+    assert_eq!(vm.m.boot_count(), 2);
+    vm.wait(Duration::from_millis(300), |_| false);
+    let start = vm.log.len();
+    vm.wait(Duration::from_millis(300), |_| false);
+    assert_eq!(vm.log.len(), start, "the guest ran while paused");
+    vm.m.resume().unwrap();
+    vm.expect_line(BOOT, "guest: boot");
+    vm.expect_line(BOOT, "guest: kick 1");
+}
+
+#[test]
+fn reset_control_port_reports_a_guest_reset() {
+    hard_limit(reset_control_port_reports_a_guest_reset_body);
+}
+
+fn reset_control_port_reports_a_guest_reset_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::with_image(reset_request_guest().unwrap());
+    vm.expect_line(BOOT, "guest: boot (reset request)");
+    vm.expect(BOOT, "GuestReset", |e| *e == MachineEvent::GuestReset);
+    // The vCPU is parked until the owner resets the machine.
+    vm.m.reset().unwrap();
+    let start = vm.mark();
+    vm.expect(BOOT, "second GuestReset", |e| {
+        *e == MachineEvent::GuestReset
+    });
+    assert_eq!(
+        vm.log[start].1,
+        MachineEvent::ConsoleLine("guest: boot (reset request)".into())
+    );
+    assert_eq!(vm.m.boot_count(), 2);
+}
+
+#[test]
+fn kick_loop_guest_counts_three_exits_per_kick() {
+    hard_limit(kick_loop_guest_counts_three_exits_per_kick_body);
+}
+
+fn kick_loop_guest_counts_three_exits_per_kick_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::with_image(kick_loop_guest(200).unwrap());
+    vm.expect(BOOT, "GuestPoweroff", |e| *e == MachineEvent::GuestPoweroff);
+    let marks = vm.m.marks();
+    assert_eq!(marks.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2]);
+    let exits = vm.m.exits();
+    // 200 kicks × 3 writes, plus nothing else on MMIO.
+    assert_eq!(exits.mmio.load(std::sync::atomic::Ordering::Relaxed), 600);
+    let d = vm.esb.lock().unwrap();
+    assert_eq!(EventCounters::get(&d.events().write_without_unlock), 0);
+    assert_eq!(vm.m.unclaimed_accesses(), (0, 0));
+}
+
+#[test]
+fn stop_is_prompt_and_idempotent_and_drop_stops() {
+    hard_limit(stop_is_prompt_and_idempotent_and_drop_stops_body);
+}
+
+fn stop_is_prompt_and_idempotent_and_drop_stops_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::new(opts(30, 100, None));
+    vm.expect_line(BOOT, "guest: kick 1");
+    let t = Instant::now();
+    vm.m.stop();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    vm.m.stop();
+    assert!(vm.m.reset().is_err());
+    assert!(vm.m.pause().is_err());
+    let vm2 = Vm::new(opts(30, 100, None));
+    drop(vm2);
+}
+
+#[test]
+fn too_little_memory_is_refused() {
+    hard_limit(too_little_memory_is_refused_body);
+}
+
+fn too_little_memory_is_refused_body() {
+    if !kvm_present() {
+        return;
+    }
+    let cfg = MachineConfig {
+        memory_bytes: 4096,
+        guest: opts(30, 1000, None),
+        esb_rearm: None,
+        agent_serial: None,
+    };
+    let err = Machine::new(cfg, esb(WatchdogAction::Reset)).err().unwrap();
+    assert!(err.to_string().contains("1 MiB"), "{err}");
 }

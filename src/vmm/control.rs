@@ -29,6 +29,8 @@ pub const RESET_CONTROL_PORT: u16 = 0xcf9;
 /// power cycle; both mean "reset the machine" here.
 const RESET_CPU: u8 = 0x04;
 const RESET_SYSTEM: u8 = 0x02;
+/// The value a guest writes for a hard reset.
+pub const RESET_HARD: u8 = RESET_CPU | RESET_SYSTEM;
 
 /// First port of the paravirtual control block.
 pub const PV_BASE: u16 = 0x510;

@@ -45,6 +45,7 @@ use iced_x86::BlockEncoderOptions;
 
 use super::control::{
     PV_CMD_POWEROFF, PV_COMMAND_PORT, PV_MARK_PORT, PV_STATUS_BUTTON, PV_STATUS_PORT,
+    RESET_CONTROL_PORT, RESET_HARD,
 };
 use super::machine::GuestOptions;
 
@@ -719,6 +720,27 @@ pub fn kick_loop_guest(kicks: u32) -> Result<GuestImage, GuestError> {
     asm.a.hlt()?;
     asm.a.jmp(stop)?;
     asm.subroutines()?;
+    f.handlers()?;
+    f.finish()
+}
+
+/// A guest that prints `guest: boot (reset request)` and asks the chipset for a
+/// reset through the reset control register (0xCF9 ← 0x06), as Linux's
+/// `reboot=pci` does.
+pub fn reset_request_guest() -> Result<GuestImage, GuestError> {
+    let mut f = Frame::new()?;
+    let boot = f.strings.add("guest: boot (reset request)\n");
+    f.asm.print(boot)?;
+    let a = &mut f.asm.a;
+    a.mov(dx, RESET_CONTROL_PORT as i32)?;
+    a.mov(al, RESET_HARD as i32)?;
+    a.out(dx, al)?;
+    let mut stop = a.create_label();
+    a.set_label(&mut stop)?;
+    a.cli()?;
+    a.hlt()?;
+    a.jmp(stop)?;
+    f.asm.subroutines()?;
     f.handlers()?;
     f.finish()
 }
