@@ -131,11 +131,7 @@ fn liveness_action_reset_reboots_in_place() {
         }
         .yaml(),
     );
-    let mut live = spawn(
-        &m.path,
-        &["--guest-timeout", "5", "--run-for", "30s"],
-        LIMIT,
-    );
+    let mut live = spawn(&m.path, &["--guest-timeout", "5", "--run-for", "6s"], LIMIT);
     let second = live.until(|e| e["type"] == "started" && e["boot"] == 2);
     drop(second);
     let r = live.finish();

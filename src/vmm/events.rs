@@ -12,7 +12,7 @@
 //! | `watchdog` | `action`, `device` (the watchdog's name from the manifest) |
 //! | `liveness` | `action` (`stop`, `reset`, `shutdown`), `message`: the liveness probe failed |
 //! | `stopped` | `reason` (`watchdog`, `liveness`, `guest`, `shutdown`, `runtime`, `error`), optional `trigger` (`watchdog`, `liveness`) and `forced` (shutdowns only) |
-//! | `restart` | `count` (1, 2, …), `delay_ms` (the back-off waited before it) |
+//! | `restart` | `count` (1, 2, …), `delay_ms` (the back-off before the new VM starts; emitted when the restart is decided) |
 //! | `probe` | `probe`, `result` (`success`/`failure`), `message`, `address`, for exec `exit_code` and `output` |
 //! | `ready` | `ready` (true/false), on every readiness transition |
 //! | `error` | `message` |
@@ -174,11 +174,12 @@ impl Event {
                 forced,
             } => {
                 let mut s = format!("VM stopped: {}", reason.name());
-                if let Some(t) = trigger {
-                    s.push_str(match t {
-                        Cause::Watchdog => " (asked by the watchdog)",
-                        Cause::Liveness => " (asked by the liveness probe)",
-                    });
+                match (reason, trigger) {
+                    (StopReason::Watchdog, Some(Cause::Watchdog))
+                    | (StopReason::Liveness, Some(Cause::Liveness))
+                    | (_, None) => {}
+                    (_, Some(Cause::Watchdog)) => s.push_str(" (asked by the watchdog)"),
+                    (_, Some(Cause::Liveness)) => s.push_str(" (asked by the liveness probe)"),
                 }
                 match forced {
                     Some(true) => s.push_str(", forced after the grace period"),
@@ -188,7 +189,7 @@ impl Event {
                 s
             }
             Event::Restart { count, delay_ms } => {
-                format!("restarting the VM (restart {count}, after {delay_ms} ms of back-off)")
+                format!("runStrategy restarts the VM in {delay_ms} ms (restart {count})")
             }
             Event::Probe {
                 probe,

@@ -14,10 +14,10 @@
 //! dispatches with full access to its state: machine events first, then watchdog expiries,
 //! then probe results, then timers. Watchdog expiries and liveness failures both go through
 //! [`router::route`](super::router::route), and stops through
-//! [`RestartPolicy`](super::strategy::RestartPolicy).
+//! [`RestartPolicy`].
 //!
 //! The machine sits behind the small [`Vm`] trait (implemented by
-//! [`Machine`](super::machine::Machine)), so the loop is tested here with a fake VM that
+//! [`Machine`]), so the loop is tested here with a fake VM that
 //! drives a real i6300esb model on a real timerfd, without KVM.
 //!
 //! Every start of the VM (first start and runStrategy restarts) is a new VM, as a new VMI
