@@ -830,6 +830,23 @@ fn stream_channel_closed_fails_every_attempt_without_hanging() {
 }
 
 #[test]
+fn stream_channel_to_the_real_agent() {
+    // The VMM hands over an already connected stream (e.g. the host end of COM2);
+    // a stream connected to qemu-ga's socket exercises the same path.
+    let dir = tempfile::tempdir().unwrap();
+    let q = Qga::start_in(dir.path(), &[]);
+    let stream = UnixStream::connect(&q.sock).unwrap();
+    let mut c = AgentClient::new(AgentChannel::Stream(stream));
+    let mut d = Driver::new();
+    let (o, _) = ping(&mut d, &mut c, 1, T5);
+    assert_eq!(o, AgentOutcome::Pong);
+    let (o, _) = exec(&mut d, &mut c, 2, &["echo", "serial"], T5);
+    assert_eq!(exited(&o), (Some(0), None, "serial\n"));
+    assert_eq!(c.stats().connects, 0, "a stream is never (re)connected");
+    assert_eq!(c.stats().syncs, 1);
+}
+
+#[test]
 fn cancel_reports_nothing_and_keeps_the_link_usable() {
     let dir = tempfile::tempdir().unwrap();
     let q = Qga::start_in(dir.path(), &[]);

@@ -82,6 +82,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The read chunk size.
 const READ_CHUNK: usize = 16 * 1024;
+/// Reads per [`AgentClient::on_ready`] call, so a flooding peer cannot hold the
+/// caller's loop; level-triggered readiness brings the client back for the rest.
+const READS_PER_CALL: usize = 64;
 /// The sync handshake's lexer-reset byte and reply delimiter.
 const SYNC_MARKER: u8 = 0xFF;
 
@@ -271,8 +274,9 @@ impl AgentClient {
         self.stats
     }
 
-    /// The fds the event loop must watch right now. The caller re-syncs its
-    /// registrations after every call into the client. After a connection is
+    /// The fds the event loop must watch right now, level-triggered (the client
+    /// reads at most 1 MiB per call and relies on being woken again for the rest).
+    /// The caller re-syncs its registrations after every call into the client. After a connection is
     /// lost, at least one call reports no fd before a new connection appears,
     /// so a reused fd number always shows up as a change.
     pub fn interests(&self) -> Vec<FdInterest> {
@@ -764,7 +768,7 @@ impl AgentClient {
 
     fn read_input(&mut self, now: Instant) {
         let mut chunk = [0u8; READ_CHUNK];
-        loop {
+        for _ in 0..READS_PER_CALL {
             let Some(c) = &mut self.conn else {
                 return;
             };
