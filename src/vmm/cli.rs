@@ -375,8 +375,15 @@ fn print_problems(path: &Path, problems: &[ManifestProblem]) {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{} MiB", bytes >> 20)
+/// A size as people write it: `64 MiB`, `1 GiB`, or bytes when not a whole MiB.
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// The notes shown before the run: ignored fields, memory, settings.
@@ -394,14 +401,15 @@ fn start_notes(spec: &VmSpec, memory: (u64, bool), s: &Settings) -> Vec<String> 
     }
     match (spec.memory_bytes, memory) {
         (Some(asked), (given, true)) => notes.push(format!(
-            "the manifest asks for {asked} bytes of memory; the test guest gets {} (clamped to {}..{})",
-            mib(given),
-            mib(MIN_MEMORY),
-            mib(MAX_MEMORY)
+            "the manifest asks for {} of memory; the test guest gets {} (clamped to {}..{})",
+            size(asked),
+            size(given),
+            size(MIN_MEMORY),
+            size(MAX_MEMORY)
         )),
         (None, (given, _)) => notes.push(format!(
             "the manifest asks for no memory; the test guest gets {}",
-            mib(given)
+            size(given)
         )),
         _ => {}
     }
@@ -627,6 +635,14 @@ mod tests {
             "--agent-serial",
         ];
         assert!(Wrap::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(size(1 << 30), "1 GiB");
+        assert_eq!(size(64 << 20), "64 MiB");
+        assert_eq!(size(3 << 29), "1536 MiB");
+        assert_eq!(size(1000), "1000 bytes");
     }
 
     #[test]

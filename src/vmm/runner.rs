@@ -929,6 +929,8 @@ mod tests {
         poweroff_at_boot: bool,
         /// Report a vCPU error right after booting.
         error_at_boot: bool,
+        /// Ask for a reset (port 0xCF9) at the first boot.
+        reset_at_first_boot: bool,
     }
 
     #[derive(Default)]
@@ -944,6 +946,7 @@ mod tests {
         rearm: EventFd,
         script: Script,
         log: Rc<RefCell<Log>>,
+        reset_asked: bool,
     }
 
     impl FakeVm {
@@ -975,6 +978,10 @@ mod tests {
             }
             if self.script.error_at_boot {
                 self.push(MachineEvent::Error("fake vCPU failure".into()));
+            }
+            if self.script.reset_at_first_boot && !self.reset_asked {
+                self.reset_asked = true;
+                self.push(MachineEvent::GuestReset);
             }
         }
     }
@@ -1044,6 +1051,7 @@ mod tests {
                 rearm,
                 script: self.script,
                 log: self.log.clone(),
+                reset_asked: false,
             }))
         }
     }
@@ -1103,6 +1111,7 @@ mod tests {
         ignore_shutdown: false,
         poweroff_at_boot: false,
         error_at_boot: false,
+        reset_at_first_boot: false,
     };
 
     #[test]
@@ -1462,5 +1471,27 @@ mod tests {
         assert!(!events.iter().any(
             |e| matches!(e, Event::Stopped { reason, .. } if *reason == StopReason::Liveness)
         ));
+    }
+
+    #[test]
+    fn a_guest_reset_request_reboots_in_place() {
+        let mut cfg = config(RunStrategy::Once, WatchdogAction::Poweroff);
+        cfg.run_for = Some(Duration::from_millis(100));
+        let script = Script {
+            reset_at_first_boot: true,
+            ..Script::default()
+        };
+        let (outcome, events, log) = run_fake(cfg, script);
+        assert_eq!(
+            kinds(&events),
+            [
+                "started 1",
+                "started 2",
+                "stopped runtime None None",
+                "finished 0"
+            ]
+        );
+        assert_eq!(log.calls, ["start", "reset", "stop"]);
+        assert_eq!(outcome.boots, 2);
     }
 }
