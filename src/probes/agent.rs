@@ -388,7 +388,7 @@ impl AgentClient {
             if let Some(f) = &mut self.inflight {
                 if f.owner == Some(id) {
                     f.owner = None;
-                    f.deadline = f.deadline.min(Instant::now() + ORPHAN_GRACE);
+                    f.deadline = Instant::now() + ORPHAN_GRACE;
                 }
             }
         }
@@ -506,7 +506,9 @@ impl AgentClient {
             if owns_inflight {
                 if let Some(f) = &mut self.inflight {
                     f.owner = None;
-                    f.deadline = f.deadline.min(now + ORPHAN_GRACE).max(now);
+                    // Wait a little for the reply (it usually is on its way)
+                    // before declaring the link out of sync.
+                    f.deadline = now + ORPHAN_GRACE;
                 }
             }
             log::debug!("guest agent: probe {} {message}", a.id);
@@ -1193,5 +1195,294 @@ mod tests {
         theirs.write_all(b"{\"return\": {}}\n").unwrap();
         c.on_ready(t0);
         assert_eq!(c.take_completions(), vec![(7, AgentOutcome::Pong)]);
+    }
+
+    // ----- a fake agent on a socketpair, driven in virtual time -----
+
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    struct Fake {
+        s: UnixStream,
+    }
+
+    impl Fake {
+        fn pair() -> (AgentClient, Fake) {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            theirs
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            (
+                AgentClient::new(AgentChannel::Stream(ours)),
+                Fake { s: theirs },
+            )
+        }
+        /// The next request the client wrote (a leading 0xFF is checked and dropped).
+        fn req(&mut self) -> Value {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while self.s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            if line.first() == Some(&SYNC_MARKER) {
+                line.remove(0);
+            }
+            serde_json::from_slice(&line).unwrap()
+        }
+        fn nothing_sent(&mut self) -> bool {
+            self.s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 64];
+            let r = matches!(self.s.read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            self.s.set_nonblocking(false).unwrap();
+            r
+        }
+        fn send(&mut self, bytes: &[u8]) {
+            self.s.write_all(bytes).unwrap();
+        }
+        /// Answers the pending sync request as qemu-ga does: the complaint
+        /// about the 0xFF byte, then the delimited reply.
+        fn sync_with_marker(&mut self) {
+            let r = self.req();
+            assert_eq!(r["execute"], "guest-sync-delimited");
+            let id = r["arguments"]["id"].as_i64().unwrap();
+            self.send(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error, stray '\\uFFFD'\"}}\n");
+            self.send(&[SYNC_MARKER]);
+            self.send(format!("{{\"return\": {id}}}\n").as_bytes());
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn ping_fails_exactly_at_its_deadline_and_the_late_reply_is_discarded() {
+        let (mut c, mut f) = Fake::pair();
+        let t0 = Instant::now();
+        c.start_ping(1, t0, t0 + ms(1000));
+        // Sync reply framed with 0xFF.
+        let r = f.req();
+        let id = r["arguments"]["id"].as_i64().unwrap();
+        f.send(&[SYNC_MARKER]);
+        f.send(format!("{{\"return\": {id}}}\n").as_bytes());
+        c.on_ready(t0 + ms(1));
+        assert_eq!(f.req()["execute"], "guest-ping");
+        assert_eq!(c.next_deadline(), Some(t0 + ms(1000)));
+        c.on_timer(t0 + ms(999));
+        assert!(c.take_completions().is_empty());
+        c.on_timer(t0 + ms(1000));
+        assert_eq!(
+            c.take_completions(),
+            vec![(
+                1,
+                AgentOutcome::Failed("timed out: no reply to guest-ping".into())
+            )]
+        );
+        // The request is orphaned for a grace period, then the link resyncs.
+        assert_eq!(c.next_deadline(), Some(t0 + ms(1000) + ORPHAN_GRACE));
+        c.on_timer(t0 + ms(1000) + ORPHAN_GRACE);
+        assert_eq!(c.stats().request_timeouts, 1);
+        assert_eq!(c.next_deadline(), None, "idle: no timer");
+        // The late reply arrives while out of sync: skipped, not taken as a reply.
+        f.send(b"{\"return\": {}}\n");
+        c.on_ready(t0 + ms(1300));
+        assert!(c.take_completions().is_empty());
+        // The next attempt starts with 0xFF + sync.
+        let t1 = t0 + ms(2000);
+        c.start_ping(1, t1, t1 + ms(1000));
+        f.sync_with_marker();
+        c.on_ready(t1);
+        assert_eq!(f.req()["execute"], "guest-ping");
+        f.send(b"{\"return\": {}}\n");
+        c.on_ready(t1);
+        assert_eq!(c.take_completions(), vec![(1, AgentOutcome::Pong)]);
+        assert_eq!(c.stats().syncs, 2);
+    }
+
+    #[test]
+    fn late_reply_within_the_grace_keeps_the_link_in_sync() {
+        let (mut c, mut f) = Fake::pair();
+        let t0 = Instant::now();
+        c.start_ping(1, t0, t0 + ms(100));
+        f.sync_with_marker();
+        c.on_ready(t0);
+        assert_eq!(f.req()["execute"], "guest-ping");
+        c.on_timer(t0 + ms(100));
+        assert_eq!(c.take_completions().len(), 1);
+        f.send(b"{\"return\": {}}\n");
+        c.on_ready(t0 + ms(150));
+        assert!(
+            c.take_completions().is_empty(),
+            "an orphan's reply completes nothing"
+        );
+        c.start_ping(2, t0 + ms(200), t0 + ms(300));
+        assert_eq!(f.req()["execute"], "guest-ping", "no resync needed");
+        f.send(b"{\"return\": {}}\n");
+        c.on_ready(t0 + ms(201));
+        assert_eq!(c.take_completions(), vec![(2, AgentOutcome::Pong)]);
+        assert_eq!(c.stats().syncs, 1);
+    }
+
+    #[test]
+    fn exec_polls_status_on_schedule_until_exited() {
+        let (mut c, mut f) = Fake::pair();
+        let t0 = Instant::now();
+        c.start_exec(
+            5,
+            &["sh".into(), "-c".into(), "x".into()],
+            t0,
+            t0 + ms(1000),
+        );
+        f.sync_with_marker();
+        c.on_ready(t0);
+        let r = f.req();
+        assert_eq!(
+            r,
+            json!({"execute": "guest-exec", "arguments": {"path": "sh", "arg": ["-c", "x"], "capture-output": true}})
+        );
+        f.send(b"{\"return\": {\"pid\": 4242}}\n");
+        c.on_ready(t0);
+        let mut t = t0;
+        for polls in 0..8 {
+            let due = t + poll_delay(polls);
+            assert_eq!(c.next_deadline(), Some(due), "poll {polls}");
+            assert!(f.nothing_sent());
+            c.on_timer(due);
+            assert_eq!(
+                f.req(),
+                json!({"execute": "guest-exec-status", "arguments": {"pid": 4242}})
+            );
+            f.send(b"{\"return\": {\"exited\": false}}\n");
+            c.on_ready(due);
+            t = due;
+        }
+        assert_eq!(poll_delay(7), ms(100));
+        c.on_timer(t + ms(100));
+        f.req();
+        f.send(b"{\"return\": {\"exitcode\": 0, \"out-data\": \"b2sK\", \"out-truncated\": false, \"exited\": true}}\n");
+        c.on_ready(t + ms(100));
+        assert_eq!(
+            c.take_completions(),
+            vec![(
+                5,
+                AgentOutcome::Exited {
+                    code: Some(0),
+                    signal: None,
+                    output: "ok\n".into()
+                }
+            )]
+        );
+        assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
+    fn stuck_exec_is_polled_in_the_background_and_released() {
+        let (mut c, mut f) = Fake::pair();
+        let t0 = Instant::now();
+        c.start_exec(5, &["sleep".into(), "9".into()], t0, t0 + ms(50));
+        f.sync_with_marker();
+        c.on_ready(t0);
+        f.req();
+        f.send(b"{\"return\": {\"pid\": 77}}\n");
+        c.on_ready(t0);
+        c.on_timer(t0 + ms(50));
+        assert_eq!(
+            c.take_completions(),
+            vec![(
+                5,
+                AgentOutcome::Failed("timed out: guest command still running (pid 77)".into())
+            )]
+        );
+        c.start_exec(5, &["true".into()], t0 + ms(60), t0 + ms(100));
+        assert_eq!(
+            c.take_completions(),
+            vec![(5, AgentOutcome::Failed(PREVIOUS_EXEC_RUNNING.into()))]
+        );
+        // Background check a second later (no other work in between).
+        let due = t0 + ms(50) + STUCK_POLL_EVERY;
+        assert_eq!(c.next_deadline(), Some(due));
+        c.on_timer(due);
+        assert_eq!(
+            f.req(),
+            json!({"execute": "guest-exec-status", "arguments": {"pid": 77}})
+        );
+        f.send(b"{\"return\": {\"exitcode\": 0, \"exited\": true}}\n");
+        c.on_ready(due);
+        assert!(
+            c.take_completions().is_empty(),
+            "background checks report nothing"
+        );
+        c.start_exec(5, &["true".into()], due, due + ms(100));
+        assert_eq!(f.req()["execute"], "guest-exec");
+    }
+
+    #[test]
+    fn agent_error_for_a_stuck_pid_forgets_it() {
+        let (mut c, mut f) = Fake::pair();
+        let t0 = Instant::now();
+        c.start_exec(5, &["sleep".into(), "9".into()], t0, t0 + ms(10));
+        f.sync_with_marker();
+        c.on_ready(t0);
+        f.req();
+        f.send(b"{\"return\": {\"pid\": 77}}\n");
+        c.on_ready(t0);
+        c.on_timer(t0 + ms(10));
+        c.take_completions();
+        let due = t0 + ms(10) + STUCK_POLL_EVERY;
+        c.on_timer(due);
+        f.req();
+        f.send(
+            b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"Invalid parameter 'pid'\"}}\n",
+        );
+        c.on_ready(due);
+        c.start_exec(5, &["true".into()], due, due + ms(100));
+        assert!(c.take_completions().is_empty());
+        assert_eq!(f.req()["execute"], "guest-exec");
+    }
+
+    #[test]
+    fn unsolicited_and_coalesced_garbage_resyncs_without_losing_the_reply() {
+        let (mut c, mut f) = Fake::pair();
+        let t0 = Instant::now();
+        c.start_ping(1, t0, t0 + ms(500));
+        f.sync_with_marker();
+        c.on_ready(t0);
+        f.req();
+        // The reply and an unexpected extra reply in one read.
+        f.send(b"{\"return\": {}}\n{\"return\": {}}\n");
+        c.on_ready(t0);
+        assert_eq!(c.take_completions(), vec![(1, AgentOutcome::Pong)]);
+        assert_eq!(c.stats().garbled, 1);
+        c.start_ping(2, t0, t0 + ms(500));
+        f.sync_with_marker();
+        c.on_ready(t0);
+        assert_eq!(f.req()["execute"], "guest-ping");
+    }
+
+    #[test]
+    fn absent_agent_reconnects_with_back_off() {
+        let dir = std::env::temp_dir().join(format!("vmpulse-agent-absent-{}", std::process::id()));
+        let mut c = AgentClient::new(AgentChannel::UnixSocket(dir.join("none.sock")));
+        let t0 = Instant::now();
+        let mut failed = 0;
+        // A ping every 10 ms for a second, each due in 30 ms.
+        for i in 0..100 {
+            let t = t0 + ms(10 * i);
+            c.on_timer(t);
+            c.start_ping(i, t, t + ms(30));
+            c.on_timer(t);
+            failed += c
+                .take_completions()
+                .iter()
+                .filter(
+                    |(_, o)| matches!(o, AgentOutcome::Failed(m) if m.contains("not reachable")),
+                )
+                .count();
+        }
+        c.on_timer(t0 + ms(1100));
+        failed += c.take_completions().len();
+        assert_eq!(failed, 100, "every attempt fails, none hangs");
+        // Connects at 0, 50, 150, 350, 750 ms (back-off 50 ms doubling).
+        assert_eq!(c.stats().connect_failures, 5, "{:?}", c.stats());
     }
 }
