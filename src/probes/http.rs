@@ -434,7 +434,11 @@ impl HttpCheck {
             result: None,
         };
         check.request();
-        check.on_ready();
+        // Poll at once only if the connection did not simply start (refused or
+        // established at once); otherwise wait for the socket.
+        if !matches!(&check.phase, Phase::Connecting(c) if c.in_progress()) {
+            check.on_ready();
+        }
         check
     }
 
@@ -498,7 +502,7 @@ impl HttpCheck {
     }
 
     fn step(&mut self) {
-        if let Phase::Connecting(c) = &self.phase {
+        if let Phase::Connecting(c) = &mut self.phase {
             match c.poll() {
                 Ok(false) => return,
                 Ok(true) => {}

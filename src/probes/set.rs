@@ -154,6 +154,12 @@ pub struct ProbeSet {
     pending: Vec<ProbeEvent>,
     /// Start lateness samples (scheduled → actual), when recording.
     lateness: Option<Vec<Duration>>,
+    /// What the timerfd is armed for (`None`: disarmed).
+    armed: Option<Instant>,
+    /// The timerfd fired since it was last set (it stays readable until reset).
+    fired: bool,
+    /// Buffer for `epoll_wait`.
+    ready_events: Vec<EpollEvent>,
 }
 
 impl fmt::Debug for ProbeSet {
@@ -296,6 +302,9 @@ impl ProbeSet {
             ready: false,
             pending: Vec::new(),
             lateness: None,
+            armed: None,
+            fired: false,
+            ready_events: vec![EpollEvent::default(); EVENTS_PER_ROUND],
         })
     }
 
@@ -392,7 +401,7 @@ impl ProbeSet {
         let mut events = std::mem::take(&mut self.pending);
         let now = Instant::now();
         let mut agent_ready = false;
-        let mut ready_events = vec![EpollEvent::default(); EVENTS_PER_ROUND];
+        let mut ready_events = std::mem::take(&mut self.ready_events);
         for _ in 0..ROUNDS {
             let n = match self.epoll.wait(0, &mut ready_events) {
                 Ok(n) => n,
@@ -404,7 +413,8 @@ impl ProbeSet {
             };
             for ev in &ready_events[..n] {
                 match ev.data() {
-                    TIMER_TOKEN => {}
+                    // Fired: it must be re-armed (which also clears it).
+                    TIMER_TOKEN => self.fired = true,
                     t if t & AGENT_TOKEN != 0 => agent_ready = true,
                     t => self.socket_ready(t, now, &mut events),
                 }
@@ -413,6 +423,7 @@ impl ProbeSet {
                 break;
             }
         }
+        self.ready_events = ready_events;
         if let Some(agent) = &mut self.agent {
             if agent_ready {
                 agent.on_ready(now);
@@ -805,15 +816,23 @@ impl ProbeSet {
         if let Some(d) = self.agent.as_ref().and_then(AgentClient::next_deadline) {
             next = Some(next.map_or(d, |n| n.min(d)));
         }
-        let result = if !self.pending.is_empty() {
-            self.timer.reset(Duration::from_nanos(1), None)
-        } else {
-            match next {
-                Some(t) => self
-                    .timer
-                    .reset(t.saturating_duration_since(now).max(MIN_ARM), None),
-                None => self.timer.clear(),
+        if !self.pending.is_empty() {
+            next = Some(now);
+        }
+        if !self.fired && next == self.armed && next.map_or(true, |t| t > now) {
+            // Already set that way (a syscall saved per call).
+            return;
+        }
+        self.armed = next;
+        self.fired = false;
+        let result = match next {
+            Some(t) if t <= now && !self.pending.is_empty() => {
+                self.timer.reset(Duration::from_nanos(1), None)
             }
+            Some(t) => self
+                .timer
+                .reset(t.saturating_duration_since(now).max(MIN_ARM), None),
+            None => self.timer.clear(),
         };
         if let Err(e) = result {
             log::warn!("probes: timerfd: {e}");

@@ -33,23 +33,27 @@ pub(crate) fn error_text(e: &io::Error) -> String {
 #[derive(Debug)]
 pub struct Connect {
     socket: Socket,
+    /// `connect(2)` returned EINPROGRESS and no readiness has been seen yet.
+    in_progress: bool,
 }
 
 impl Connect {
     /// Start connecting to `addr`. An immediate failure (no route, no socket) is
     /// returned as the error text.
     pub fn start(addr: SocketAddr) -> Result<Self, String> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        // Non-blocking from creation (socket2 adds SOCK_CLOEXEC): no fcntl calls.
+        let ty = Type::from(libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+        let socket = Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP))
             .map_err(|e| format!("socket: {}", error_text(&e)))?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| format!("socket: {}", error_text(&e)))?;
-        match socket.connect(&SockAddr::from(addr)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        let in_progress = match socket.connect(&SockAddr::from(addr)) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
             Err(e) => return Err(format!("connect: {}", error_text(&e))),
-        }
-        Ok(Connect { socket })
+        };
+        Ok(Connect {
+            socket,
+            in_progress,
+        })
     }
 
     /// The socket's fd (watch it for writability).
@@ -57,9 +61,16 @@ impl Connect {
         self.socket.as_raw_fd()
     }
 
+    /// Whether `connect(2)` is known to be still in progress: it returned
+    /// EINPROGRESS and [`Connect::poll`] has not been called since.
+    pub fn in_progress(&self) -> bool {
+        self.in_progress
+    }
+
     /// Whether the connection is established (`Ok(true)`), still in progress
     /// (`Ok(false)`) or failed (the error text). Safe to call spuriously.
-    pub fn poll(&self) -> Result<bool, String> {
+    pub fn poll(&mut self) -> Result<bool, String> {
+        self.in_progress = false;
         match self.socket.take_error() {
             Ok(Some(e)) => return Err(format!("connect: {}", error_text(&e))),
             Ok(None) => {}
@@ -90,11 +101,14 @@ impl TcpCheck {
     pub fn start(addr: SocketAddr) -> Self {
         match Connect::start(addr) {
             Ok(c) => {
+                let in_progress = c.in_progress();
                 let mut check = TcpCheck {
                     connect: Some(c),
                     result: None,
                 };
-                check.on_ready();
+                if !in_progress {
+                    check.on_ready();
+                }
                 check
             }
             Err(message) => TcpCheck {
@@ -112,7 +126,7 @@ impl TcpCheck {
     /// Make progress; returns the result once known (and keeps returning it).
     pub fn on_ready(&mut self) -> Option<&CheckResult> {
         if self.result.is_none() {
-            if let Some(c) = &self.connect {
+            if let Some(c) = &mut self.connect {
                 match c.poll() {
                     Ok(false) => {}
                     Ok(true) => self.result = Some(CheckResult::success("connected".into())),
