@@ -87,9 +87,13 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
             self.watchdog.events().ignored_config_access();
             return;
         }
-        let now = self.clock.now_ns();
-        if self.watchdog.config_read(now, offset, data) {
-            return;
+        // Only the watchdog's own registers need the time; header reads (most of
+        // config traffic) skip the clock.
+        if Watchdog::<E>::decodes_config(offset, data.len()) {
+            let now = self.clock.now_ns();
+            if self.watchdog.config_read(now, offset, data) {
+                return;
+            }
         }
         for (i, b) in data.iter_mut().enumerate() {
             // Device-specific space (0x40..) reads as zeros unless decoded above.
@@ -106,9 +110,11 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
             self.watchdog.events().ignored_config_access();
             return;
         }
-        let now = self.clock.now_ns();
-        if self.watchdog.config_write(now, offset, data) {
-            return;
+        if Watchdog::<E>::decodes_config(offset, data.len()) {
+            let now = self.clock.now_ns();
+            if self.watchdog.config_write(now, offset, data) {
+                return;
+            }
         }
         for (i, &b) in data.iter().enumerate() {
             // Bytes past the header have write mask 0 (QEMU 7.2, as measured).

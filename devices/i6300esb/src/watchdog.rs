@@ -308,6 +308,13 @@ impl<E: WatchdogEvents> Watchdog<E> {
         self.regs.countdown = Countdown::start(now_ns, d1, self.paused);
     }
 
+    /// Whether a configuration access of `len` bytes at `offset` reaches the
+    /// device-specific registers (a 16-bit access at 0x60 or an 8-bit one at 0x68).
+    /// Everything else belongs to the PCI header code and never needs the time.
+    pub fn decodes_config(offset: usize, len: usize) -> bool {
+        matches!((offset, len), (CFG_WDT_CONFIG, 2) | (CFG_WDT_LOCK, 1))
+    }
+
     /// A configuration-space read at the device-specific registers.
     ///
     /// Returns `true` if the access was a 16-bit read of 0x60 or an 8-bit read of
