@@ -592,6 +592,44 @@ fn agent_hung_then_resumed_resyncs_and_discards_stale_replies() {
 }
 
 #[test]
+fn partial_request_left_by_a_previous_client_is_reset_by_the_sync() {
+    // SPEC P-48: the agent's JSON lexer keeps a half request across reconnects;
+    // only the 0xFF reset lets the next client's commands through.
+    let dir = tempfile::tempdir().unwrap();
+    let q = Qga::start_in(dir.path(), &[]);
+    {
+        let mut other = UnixStream::connect(&q.sock).unwrap();
+        other.write_all(b"{\"execute\":\"guest-").unwrap();
+    }
+    let mut c = client_for(&q);
+    let mut d = Driver::new();
+    let (o, took) = ping(&mut d, &mut c, 1, T1);
+    assert_eq!(o, AgentOutcome::Pong);
+    assert!(took < T1);
+    let (o, _) = exec(&mut d, &mut c, 2, &["echo", "clean"], T1);
+    assert_eq!(exited(&o), (Some(0), None, "clean\n"));
+}
+
+#[test]
+fn background_child_holding_stdout_times_out() {
+    // SPEC P-41: with captured output the agent reports exited only once the
+    // pipes close, so a background child keeps the probe running past T.
+    let dir = tempfile::tempdir().unwrap();
+    let q = Qga::start_in(dir.path(), &[]);
+    let mut c = client_for(&q);
+    let mut d = Driver::new();
+    let (o, took) = exec(
+        &mut d,
+        &mut c,
+        1,
+        &["sh", "-c", "sleep 2 & exit 0"],
+        Duration::from_millis(700),
+    );
+    assert!(failed_msg(&o).contains("still running"), "{o:?}");
+    assert!(took >= Duration::from_millis(695), "{took:?}");
+}
+
+#[test]
 fn blocked_guest_ping_is_an_error_reply() {
     let dir = tempfile::tempdir().unwrap();
     let q = Qga::start_in(dir.path(), &["-b", "guest-ping,guest-exec"]);
@@ -808,6 +846,57 @@ fn fake_agent_closing_the_connection_fails_then_reconnects() {
     let (o, _) = ping(&mut d, &mut c, 1, T5);
     assert_eq!(o, AgentOutcome::Pong);
     assert_eq!(c.stats().connects, 2);
+    drop(c);
+    h.join().unwrap();
+}
+
+#[test]
+fn busy_agent_with_a_full_backlog_is_retried_until_the_deadline() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.sock");
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+    listener.listen(0).unwrap();
+    // Fill the backlog with clients nobody accepts yet.
+    let mut fillers = Vec::new();
+    loop {
+        let s = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        match s.connect(&SockAddr::unix(&path).unwrap()) {
+            Ok(()) => fillers.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filler connect: {e}"),
+        }
+        assert!(fillers.len() < 64, "backlog never filled");
+    }
+    let n_fillers = fillers.len();
+    let h = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        for _ in 0..n_fillers {
+            drop(listener.accept().unwrap());
+        }
+        let (s, _) = listener.accept().unwrap();
+        let mut s: UnixStream = std::os::fd::OwnedFd::from(s).into();
+        s.set_read_timeout(Some(T5)).unwrap();
+        let id = sync_id(&read_request(&mut s).unwrap());
+        s.write_all(&[0xFF]).unwrap();
+        s.write_all(format!("{{\"return\": {id}}}\n").as_bytes())
+            .unwrap();
+        let _ = read_request(&mut s).unwrap();
+        s.write_all(b"{\"return\": {}}\n").unwrap();
+        let mut sink = [0u8; 64];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let mut c = AgentClient::new(AgentChannel::UnixSocket(path));
+    let mut d = Driver::new();
+    let (o, took) = ping(&mut d, &mut c, 1, Duration::from_secs(2));
+    assert_eq!(o, AgentOutcome::Pong);
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    let s = c.stats();
+    assert!(s.connect_failures >= 1, "{s:?}");
+    assert_eq!(s.connects, 1, "{s:?}");
+    drop(fillers);
     drop(c);
     h.join().unwrap();
 }

@@ -80,6 +80,8 @@ const MAX_STUCK_EXECS: usize = 256;
 /// Reconnect back-off bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Retry delay when the agent's listen backlog is full.
+const BUSY_RETRY: Duration = Duration::from_millis(10);
 /// The read chunk size.
 const READ_CHUNK: usize = 16 * 1024;
 /// Reads per [`AgentClient::on_ready`] call, so a flooding peer cannot hold the
@@ -596,6 +598,14 @@ impl AgentClient {
                 self.synced = false;
                 self.after_marker = false;
                 log::debug!("guest agent: connected to {}", path.display());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The listen backlog is full: the agent (one client at a time) is
+                // still busy with a previous client. Retry soon; attempts wait
+                // until their deadline.
+                self.stats.connect_failures += 1;
+                self.last_error = format!("{}: agent busy (listen backlog full)", path.display());
+                self.retry_at = Some(now + BUSY_RETRY);
             }
             Err(e) => {
                 self.stats.connect_failures += 1;
