@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use i6300esb::adapters::timer::MonotonicClock;
 use i6300esb::{Clock, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmpulse::vmm::guest::{kick_loop_guest, reset_request_guest, GuestImage};
+use vmpulse::vmm::guest::{
+    kick_loop_guest, reset_request_guest, GuestImage, KICK_LOOP_SETUP_WRITES,
+};
 use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent, SharedEsb};
 
 fn kvm_present() -> bool {
@@ -498,10 +500,15 @@ fn kick_loop_guest_counts_three_exits_per_kick_body() {
     let marks = vm.m.marks();
     assert_eq!(marks.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2]);
     let exits = vm.m.exits();
-    // 200 kicks × 3 writes, plus nothing else on MMIO.
-    assert_eq!(exits.mmio.load(std::sync::atomic::Ordering::Relaxed), 600);
+    // Arming, then 200 kicks × 3 writes; nothing else on MMIO.
+    assert_eq!(
+        exits.mmio.load(std::sync::atomic::Ordering::Relaxed),
+        KICK_LOOP_SETUP_WRITES + 600
+    );
     let d = vm.esb.lock().unwrap();
     assert_eq!(EventCounters::get(&d.events().write_without_unlock), 0);
+    assert_eq!(EventCounters::get(&d.events().kick), 200);
+    assert!(d.watchdog().is_enabled());
     assert_eq!(vm.m.unclaimed_accesses(), (0, 0));
 }
 

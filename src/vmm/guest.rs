@@ -689,9 +689,13 @@ pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
     f.finish()
 }
 
-/// A benchmark guest: finds and maps the watchdog, writes a start mark to the
-/// paravirtual mark port, performs `kicks` Linux pings (3 MMIO writes each),
-/// writes an end mark, and powers off.
+/// MMIO writes the kick loop guest makes before its loop (arming the watchdog).
+pub const KICK_LOOP_SETUP_WRITES: u64 = 6;
+
+/// A benchmark guest: finds and maps the watchdog, arms it with the longest Linux
+/// heartbeat (2046 s, so it never fires), writes a start mark to the paravirtual
+/// mark port, performs `kicks` Linux pings (3 MMIO writes each), writes an end
+/// mark, and powers off.
 pub fn kick_loop_guest(kicks: u32) -> Result<GuestImage, GuestError> {
     let mut f = Frame::new()?;
     let boot = f.strings.add("guest: boot (kick loop)\n");
@@ -699,6 +703,17 @@ pub fn kick_loop_guest(kicks: u32) -> Result<GuestImage, GuestError> {
     f.find_esb()?;
     f.program_bar0()?;
     let asm = &mut f.asm;
+    let preload = (MAX_TIMEOUT_SECS << 9) as i32;
+    asm.cfg_select(CFG_WDT_CONFIG)?;
+    asm.a.mov(ax, WDT_CONFIG_LINUX)?;
+    asm.a.out(dx, ax)?;
+    asm.unlock()?;
+    asm.a.mov(dword_ptr(rbp + BAR_PRELOAD1), preload)?;
+    asm.unlock()?;
+    asm.a.mov(dword_ptr(rbp + BAR_PRELOAD2), preload)?;
+    asm.cfg_select(CFG_WDT_LOCK)?;
+    asm.a.mov(al, WDT_ENABLE)?;
+    asm.a.out(dx, al)?;
     let mut again = asm.a.create_label();
     asm.a.mov(dx, PV_MARK_PORT as i32)?;
     asm.a.mov(al, 1)?;
