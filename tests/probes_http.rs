@@ -454,3 +454,51 @@ mod tls {
         assert_eq!(a.message, "timed out after 1s (waiting for the response)");
     }
 }
+
+#[test]
+fn vhost_redirects_follow_the_url_host_not_the_host_header() {
+    let s = Server::http(V4, |head, _| {
+        if head.starts_with("GET /abs ") {
+            response("302 Found", "Location: http://app.example/login\r\n", "")
+        } else if head.starts_with("GET /rel ") {
+            response("302 Found", "Location: /login\r\n", "")
+        } else {
+            response("200 OK", "", "")
+        }
+    });
+    let handler = |path: &str| ProbeHandler::HttpGet {
+        path: path.into(),
+        port: s.port(),
+        host: None,
+        scheme: HttpScheme::Http,
+        headers: vec![("Host".into(), "app.example".into())],
+    };
+    // Absolute to the vhost name: another host for the probe, not followed.
+    let (a, _) = probe_once(handler("/abs"), 1000, &[V4]);
+    assert!(a.success, "{a:?}");
+    assert!(a.message.contains("another host"), "{}", a.message);
+    assert_eq!(s.requests().len(), 1);
+    // Relative: followed, and the Host header is kept.
+    let (a, _) = probe_once(handler("/rel"), 1000, &[V4]);
+    assert!(a.success, "{a:?}");
+    assert_eq!(a.message, "HTTP 200 OK");
+    let reqs = s.requests();
+    assert_eq!(reqs.len(), 3);
+    assert!(
+        reqs[2].starts_with("GET /login HTTP/1.1\r\nHost: app.example\r\n"),
+        "{}",
+        reqs[2]
+    );
+}
+
+#[test]
+fn redirect_without_location_is_a_warning_success() {
+    let s = Server::http(V4, |_, _| response("302 Found", "", ""));
+    let (a, _) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1000, &[V4]);
+    assert!(a.success, "{a:?}");
+    assert_eq!(
+        a.message,
+        "warning: HTTP 302 Found: probe terminated redirects"
+    );
+    assert_eq!(s.requests().len(), 1);
+}

@@ -734,4 +734,80 @@ mod tests {
         tr.complete(late, Outcome::Success);
         assert!(tr.next_start().unwrap() > late);
     }
+
+    /// A fuzz-like run: random configurations and outcomes driven through the
+    /// public API the way a fuzz target would, checking after every step that
+    /// attempts start on the grid or at the completion of an overrun, never
+    /// before the initial delay, and that invariants hold.
+    #[test]
+    fn random_operation_sequences_keep_the_invariants() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..500 {
+            let kind = if rand(2) == 0 {
+                ProbeKind::Liveness
+            } else {
+                ProbeKind::Readiness
+            };
+            let d = Duration::from_millis(rand(5000));
+            let p = Duration::from_millis(1 + rand(3000));
+            let t = Duration::from_millis(1 + rand(4000));
+            let st = 1 + rand(3) as u32;
+            let ft = 1 + rand(4) as u32;
+            let mut tr = Tracker::with_params(kind, d, p, t, st, ft);
+            tr.start();
+            let mut now = Duration::ZERO;
+            let mut last_completion = None;
+            for _ in 0..200 {
+                match rand(20) {
+                    0 => {
+                        tr.stop();
+                        assert_eq!(tr.next_start(), None);
+                        tr.start();
+                        now = Duration::ZERO;
+                        last_completion = None;
+                    }
+                    1 => {
+                        tr.hold();
+                        assert_eq!(tr.next_start(), None);
+                        tr.start();
+                        now = Duration::ZERO;
+                        last_completion = None;
+                    }
+                    _ => {}
+                }
+                let Some(next) = tr.next_start() else {
+                    assert!(tr.held() && kind == ProbeKind::Liveness && !tr.state());
+                    break;
+                };
+                assert!(next >= d, "start {next:?} before the delay {d:?}");
+                let on_grid = (next - d).as_nanos() % p.as_nanos() == 0;
+                assert!(
+                    on_grid || Some(next) == last_completion,
+                    "start {next:?} neither on the grid nor at a completion"
+                );
+                now = now.max(next);
+                let deadline = tr.begin(now).unwrap();
+                assert_eq!(deadline, now + t);
+                let took = Duration::from_millis(rand(t.as_millis() as u64 + 1));
+                let outcome = match rand(3) {
+                    0 => Outcome::Success,
+                    1 => Outcome::Failure,
+                    _ => Outcome::Error,
+                };
+                now += took;
+                let before = tr.state();
+                let transition = tr.complete(now, outcome);
+                // A transition is reported exactly when the published state changes.
+                assert_eq!(transition.is_some(), before != tr.state());
+                last_completion = Some(now);
+                tr.check_invariants().unwrap();
+            }
+        }
+    }
 }
