@@ -262,19 +262,17 @@ impl Asm {
     /// The subroutines: puts (ESI), print_dec (EAX), print_hex (EAX, ECX digits).
     fn subroutines(&mut self) -> Result<(), GuestError> {
         let a = &mut self.a;
-        // puts: write bytes at ESI to COM1 until a zero byte.
-        let mut next = a.create_label();
-        let mut done = a.create_label();
+        // puts: the zero-terminated string at RSI to COM1, as one string-I/O
+        // instruction (one exit per line instead of one per byte).
         a.set_label(&mut self.puts)?;
+        a.mov(rdi, rsi)?;
+        a.xor(eax, eax)?;
+        a.mov(rcx, -1i64)?;
+        a.repne().scasb()?;
+        a.not(rcx)?;
+        a.dec(rcx)?;
         a.mov(dx, COM1)?;
-        a.set_label(&mut next)?;
-        a.mov(al, byte_ptr(rsi))?;
-        a.test(al, al)?;
-        a.jz(done)?;
-        a.out(dx, al)?;
-        a.inc(rsi)?;
-        a.jmp(next)?;
-        a.set_label(&mut done)?;
+        a.rep().outsb()?;
         a.ret()?;
 
         // print_dec: EAX in decimal.

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use i6300esb::adapters::timer::MonotonicClock;
 use i6300esb::{EventCounters, I6300Esb};
 use kvm_bindings::{
-    kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_config, kvm_pit_state2, kvm_regs,
+    kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_run,
     kvm_segment, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, KVM_MP_STATE_RUNNABLE,
     KVM_PIT_SPEAKER_DUMMY,
 };
@@ -502,19 +502,28 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        let run: *mut kvm_run = self.fd.get_kvm_run();
         let immediate_exit = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
         while self.service() {
             let d = self.devices.clone();
             match self.fd.run() {
                 Ok(exit) => match exit {
+                    // String I/O (`rep insb`/`outsb`) arrives as `count` accesses in one
+                    // exit; each goes to the bus on its own.
                     VcpuExit::IoIn(port, data) => {
                         d.exits.pio.fetch_add(1, Ordering::Relaxed);
-                        d.pio.read(u64::from(port), data);
+                        let size = io_access_size(run, data.len());
+                        for chunk in data.chunks_mut(size) {
+                            d.pio.read(u64::from(port), chunk);
+                        }
                     }
                     VcpuExit::IoOut(port, data) => {
                         d.exits.pio.fetch_add(1, Ordering::Relaxed);
-                        d.pio.write(u64::from(port), data);
+                        let size = io_access_size(run, data.len());
+                        for chunk in data.chunks(size) {
+                            d.pio.write(u64::from(port), chunk);
+                        }
                     }
                     VcpuExit::MmioRead(addr, data) => {
                         d.exits.mmio.fetch_add(1, Ordering::Relaxed);
@@ -558,6 +567,20 @@ impl Vcpu {
         let mut r = self.control.lock();
         r.exited = true;
         self.control.cond.notify_all();
+    }
+}
+
+/// Width of one access of the current I/O exit (string I/O repeats it `count`
+/// times in the same data area).
+fn io_access_size(run: *const kvm_run, total: usize) -> usize {
+    // SAFETY: `run` is this thread's mapped `kvm_run`, alive as long as the vCPU fd
+    // the caller owns; after a KVM_EXIT_IO exit the kernel has filled the `io`
+    // member, and this reads one plain byte of it, apart from the data slice.
+    let size = usize::from(unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read() });
+    if (1..=4).contains(&size) && total % size == 0 {
+        size
+    } else {
+        total.max(1)
     }
 }
 
