@@ -112,6 +112,8 @@ struct Figures {
     cpu_per_op: Duration,
     ops: usize,
     failures: usize,
+    /// Failures that were timeouts (ProbeSet only).
+    timeouts: u64,
 }
 
 fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -172,6 +174,7 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
     let end = measure_from + PERIOD * rounds;
     let mut measuring = false;
     let (mut cpu0, mut ops, mut failures) = (Duration::ZERO, 0, 0);
+    let mut timeouts0 = 0;
     loop {
         let now = Instant::now();
         if now >= end {
@@ -180,6 +183,7 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         if !measuring && now >= measure_from {
             measuring = true;
             set.record_lateness(true);
+            timeouts0 = set.stats().timeouts;
             cpu0 = thread_cpu();
         }
         let wait = (end - now).as_millis().min(50) as i32 + 1;
@@ -204,6 +208,7 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         cpu_per_op: cpu / ops.max(1) as u32,
         ops,
         failures,
+        timeouts: set.stats().timeouts - timeouts0,
     }
 }
 
@@ -252,13 +257,14 @@ fn bare(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         cpu_per_op: cpu / total.max(1) as u32,
         ops: total,
         failures,
+        timeouts: 0,
     }
 }
 
 fn print(name: &str, f: &Figures) {
     println!(
-        "{name:<34} attempts {:>6}  failures {:>4}  lateness p50 {:>9.1?} p99 {:>9.1?} max {:>9.1?}  CPU/attempt {:>7.1?}",
-        f.ops, f.failures, f.p50, f.p99, f.max, f.cpu_per_op
+        "{name:<34} attempts {:>6}  failures {:>4} (timeouts {:>4})  lateness p50 {:>9.1?} p99 {:>9.1?} max {:>9.1?}  CPU/attempt {:>7.1?}",
+        f.ops, f.failures, f.timeouts, f.p50, f.p99, f.max, f.cpu_per_op
     );
 }
 

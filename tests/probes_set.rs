@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use probes_util::*;
 use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
-use vmpulse::probes::ProbeEvent;
+use vmpulse::probes::{ProbeEvent, ProbeStats};
 
 fn ms(x: u64) -> Duration {
     Duration::from_millis(x)
@@ -253,6 +253,44 @@ fn overrunning_attempts_start_at_completion() {
             "timed out after 500ms (waiting for the response)"
         );
     }
+    assert_eq!(
+        d.set.stats(),
+        ProbeStats {
+            attempts: 3,
+            successes: 0,
+            failures: 3,
+            timeouts: 3,
+            body_stalls: 0
+        }
+    );
+}
+
+#[test]
+fn a_body_stall_counts_as_a_failure_and_is_counted() {
+    let s = Server::start(
+        V6,
+        0,
+        Arc::new(|mut conn: TcpStream, _| {
+            let _ = read_head(&mut conn);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+            thread::sleep(ms(3000));
+        }),
+    );
+    let mut d = Driver::new(
+        vec![(
+            ProbeKind::Readiness,
+            config(http_get(s.port(), "/", HttpScheme::Http), 10_000, 300),
+        )],
+        env(&[V6]),
+    );
+    d.start_vm();
+    assert!(d.run_until(ms(2000), |ev| !ev.is_empty()));
+    let (t, a) = d.attempts().remove(0);
+    assert!(!a.success);
+    assert_eq!(a.message, "timed out after 300ms (reading the body)");
+    assert!(t >= ms(300) && t < ms(450), "{t:?}");
+    let st = d.set.stats();
+    assert_eq!((st.failures, st.timeouts, st.body_stalls), (1, 1, 1));
 }
 
 #[test]

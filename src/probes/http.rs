@@ -462,6 +462,17 @@ impl HttpCheck {
         self.result = Some(CheckResult::success(message));
     }
 
+    /// Whether the attempt is reading the body (headers received).
+    pub fn reading_body(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Exchange {
+                response: Some(_),
+                ..
+            }
+        )
+    }
+
     /// Connections opened so far (a redirect opens a new one).
     pub fn connections(&self) -> u32 {
         self.requests

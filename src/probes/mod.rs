@@ -17,7 +17,7 @@ mod set;
 pub mod tcp;
 pub mod tracker;
 
-pub use set::ProbeSet;
+pub use set::{ProbeSet, ProbeStats};
 
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;

@@ -117,6 +117,22 @@ struct Attempt {
     exec: Option<(Option<i32>, String)>,
 }
 
+/// Counters of a [`ProbeSet`] since it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Attempts completed.
+    pub attempts: u64,
+    /// Attempts that succeeded.
+    pub successes: u64,
+    /// Attempts that failed.
+    pub failures: u64,
+    /// Checks (one per address) that hit their deadline.
+    pub timeouts: u64,
+    /// HTTP checks whose body stalled after the headers until the deadline:
+    /// counted as failures, where the kubelet discards them (SPEC-probes 3.1).
+    pub body_stalls: u64,
+}
+
 /// One probe of the VM.
 #[derive(Debug)]
 struct Probe {
@@ -160,6 +176,7 @@ pub struct ProbeSet {
     fired: bool,
     /// Buffer for `epoll_wait`.
     ready_events: Vec<EpollEvent>,
+    stats: ProbeStats,
 }
 
 impl fmt::Debug for ProbeSet {
@@ -305,6 +322,7 @@ impl ProbeSet {
             armed: None,
             fired: false,
             ready_events: vec![EpollEvent::default(); EVENTS_PER_ROUND],
+            stats: ProbeStats::default(),
         })
     }
 
@@ -382,6 +400,11 @@ impl ProbeSet {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Counters since the set was made.
+    pub fn stats(&self) -> ProbeStats {
+        self.stats
     }
 
     /// Number of checks (sockets) in flight.
@@ -494,6 +517,10 @@ impl ProbeSet {
             } else if now >= attempt.deadline {
                 for sub in &mut attempt.subs {
                     if let Some(mut check) = sub.check.take() {
+                        self.stats.timeouts += 1;
+                        if matches!(&check, Check::Http(h) if h.reading_body()) {
+                            self.stats.body_stalls += 1;
+                        }
                         sub.result = Some(check.on_timeout(timeout));
                         self.tokens.remove(&sub.token);
                     }
@@ -686,6 +713,12 @@ impl ProbeSet {
             exit_code,
             output,
         }));
+        self.stats.attempts += 1;
+        if success {
+            self.stats.successes += 1;
+        } else {
+            self.stats.failures += 1;
+        }
         let outcome = if success {
             Outcome::Success
         } else {
