@@ -473,6 +473,12 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 self.probe_events();
                 continue;
             }
+            if !self.expiries.borrow().is_empty() {
+                // Polled outside a timerfd wake-up (re-arming after a reset, a pause or a
+                // stop): handle it now rather than at the next unrelated event.
+                self.dispatch();
+                continue;
+            }
             if let Err(e) = self.manager.run() {
                 self.fatal(format!("event loop: {e}"));
                 break;
@@ -582,16 +588,17 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         } else {
             (None, None)
         };
-        let mut vm = self
+        let vm = self
             .factory
             .create(self.esb.clone(), rearm, vm_serial)
             .map_err(|e| format!("cannot create the VM: {e}"))?;
         let fd = vm.event_fd();
         self.watch(fd, TOKEN_MACHINE)?;
         self.vm_fd = Some(fd);
+        // Owned by the runner before it can fail, so a failure unregisters its fd first.
+        let vm = self.vm.insert(vm);
         vm.start()
             .map_err(|e| format!("cannot start the VM: {e}"))?;
-        self.vm = Some(vm);
         self.phase = Phase::Running;
         self.run_started = Instant::now();
         self.boots += 1;
@@ -931,6 +938,8 @@ mod tests {
         error_at_boot: bool,
         /// Ask for a reset (port 0xCF9) at the first boot.
         reset_at_first_boot: bool,
+        /// `start` fails.
+        fail_start: bool,
     }
 
     #[derive(Default)]
@@ -989,6 +998,9 @@ mod tests {
     impl Vm for FakeVm {
         fn start(&mut self) -> Result<(), String> {
             self.log.borrow_mut().calls.push("start");
+            if self.script.fail_start {
+                return Err("KVM_RUN refused".into());
+            }
             self.boot();
             Ok(())
         }
@@ -1112,6 +1124,7 @@ mod tests {
         poweroff_at_boot: false,
         error_at_boot: false,
         reset_at_first_boot: false,
+        fail_start: false,
     };
 
     #[test]
@@ -1493,5 +1506,20 @@ mod tests {
         );
         assert_eq!(log.calls, ["start", "reset", "stop"]);
         assert_eq!(outcome.boots, 2);
+    }
+
+    #[test]
+    fn a_vm_that_cannot_start_is_stopped_and_ends_the_run() {
+        let script = Script {
+            fail_start: true,
+            ..Script::default()
+        };
+        let (outcome, events, log) =
+            run_fake(config(RunStrategy::Always, WatchdogAction::Reset), script);
+        assert_eq!(kinds(&events), ["error", "finished 1"]);
+        assert!(
+            matches!(outcome.ending, Ending::Fatal(ref m) if m == "cannot start the VM: KVM_RUN refused")
+        );
+        assert_eq!(log.calls, ["start", "stop"]);
     }
 }
