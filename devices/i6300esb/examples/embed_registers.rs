@@ -96,7 +96,7 @@ fn main() {
     f.config_write(0x68, &[0x02]);
     let stage = 512 * 983_040;
     let mut fired = Vec::new();
-    assert_eq!(f.on_timer(&mut fired), Some(1_000 + stage));
+    assert_eq!(f.on_timer(&mut fired), Some(1_000 + 2 * stage));
 
     // One nanosecond short of two stages: nothing. At the deadline: the action.
     clock.set(1_000 + 2 * stage - 1);

@@ -210,6 +210,9 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
 
     /// Rebuild a device from a saved state, validated first. The countdown resumes
     /// with the time it had left, measured on `clock` from now.
+    ///
+    /// Subsystem IDs are configuration, not state: the device comes back with
+    /// QEMU's; chain [`Self::with_subsystem_ids`] to present others.
     pub fn restore(state: &I6300EsbState, clock: C, events: E) -> Result<Self, StateError> {
         state.validate()?;
         let now = clock.now_ns();

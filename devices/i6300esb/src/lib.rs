@@ -28,8 +28,9 @@
 //! dev.bar0_write(0x04, &(1u32 << 9).to_le_bytes());
 //! dev.config_write(0x68, &[0x02]);
 //!
-//! // Each stage lasts 512 units of 983,040 ns.
-//! assert_eq!(dev.next_deadline(), Some(503_316_480));
+//! // Each stage lasts 512 units of 983,040 ns; the host's next deadline is the
+//! // expiry at the end of stage 2.
+//! assert_eq!(dev.next_deadline(), Some(2 * 503_316_480));
 //! let mut fired: Vec<Expiry> = Vec::new();
 //! clock.set(2 * 503_316_480);
 //! dev.poll(&mut fired);
@@ -42,6 +43,10 @@
 //!
 //! A VMM that owns its PCI header code embeds [`Watchdog`] alone; see the
 //! `embed_registers` example in this crate for a wrapper of that kind.
+//!
+//! Optional adapters, each behind a cargo feature: `vm-device` (BAR0 as a
+//! vm-device `MutDeviceMmio`) and `event-manager` (a timerfd-driven
+//! `MutEventSubscriber`, plus a monotonic host clock); see [`adapters`].
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

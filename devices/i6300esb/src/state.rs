@@ -90,7 +90,8 @@ pub struct WatchdogState {
     pub timed_out: bool,
     /// The countdown is frozen because the VM is paused.
     pub paused: bool,
-    /// Expiries the host has not collected yet.
+    /// Expiries the host has not collected yet. After a restore they are due at
+    /// once and carry the restore time.
     pub pending: Vec<WatchdogAction>,
 }
 

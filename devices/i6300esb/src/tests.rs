@@ -607,7 +607,10 @@ fn case_34_linux_style_arm_fires_exactly() {
     r.kick();
     r.enable();
     let t0 = r.now();
-    assert_eq!(r.dev.next_deadline(), Some(t0 + 98_304_000));
+    // The host is asked to come back at the expiry, not at the silent stage change.
+    assert_eq!(r.dev.next_deadline(), Some(t0 + 196_608_000));
+    r.at(t0 + 98_303_999);
+    assert_eq!(r.dev.watchdog().stage(), Stage::One);
     r.at(t0 + 98_304_000);
     assert_eq!(r.dev.watchdog().stage(), Stage::Two);
     assert_eq!(count(&r.ev.stage1_expired), 1);
@@ -717,7 +720,7 @@ fn case_40_prescaler_change_applies_at_the_next_stage() {
     r.enable();
     let t0 = r.now();
     r.cw16(0x60, 0x0007);
-    assert_eq!(r.dev.next_deadline(), Some(t0 + 98_304_000));
+    assert_eq!(r.dev.next_deadline(), Some(t0 + 98_400_000));
     r.fires_exactly_at(t0 + 98_400_000);
     assert_eq!(98_400_000, 100 * UNIT_1K + 100 * UNIT_1M);
 }
@@ -963,12 +966,15 @@ fn case_54_output_disabled_free_run_never_fires() {
     let cycle = 20 * UNIT_1K;
     assert_eq!(10_000 * MS - 508 * cycle, 12_313_600);
     assert_eq!(r.dev.watchdog().stage(), Stage::Two);
-    assert_eq!(r.dev.next_deadline(), Some(t0 + 509 * cycle));
+    assert_eq!(
+        r.dev.next_deadline(),
+        None,
+        "a silent loop never wakes the host"
+    );
     // Enabling the output makes the next stage-2 end fire (QEMU's loop checks it).
     r.cw16(0x60, 0x0003);
-    let next = r.dev.next_deadline().unwrap();
-    assert_eq!(r.dev.watchdog().stage(), Stage::Two);
-    r.fires_exactly_at(next);
+    assert_eq!(r.dev.next_deadline(), Some(t0 + 509 * cycle));
+    r.fires_exactly_at(t0 + 509 * cycle);
 }
 
 #[test]
@@ -984,9 +990,11 @@ fn case_54_zero_length_free_run_loop_is_silent_but_alive() {
     r.u();
     r.mw32(0x04, 10);
     let t = r.now();
-    assert_eq!(r.dev.next_deadline(), Some(t + 10 * UNIT_1K));
+    assert_eq!(r.dev.watchdog().remaining_ns(t), Some(10 * UNIT_1K));
+    assert_eq!(r.dev.watchdog().stage(), Stage::Two);
     // ...and output enabled, it fires at the end of that stage 2.
     r.cw16(0x60, 0x0003);
+    assert_eq!(r.dev.next_deadline(), Some(t + 10 * UNIT_1K));
     r.fires_exactly_at(t + 10 * UNIT_1K);
 
     // With zero preloads, enabling the output fires at once.
@@ -1605,6 +1613,55 @@ fn clock_at_the_end_of_time_never_hangs() {
     clock.advance(u64::MAX);
     let mut fired: Vec<Expiry> = Vec::new();
     assert_eq!(d.poll(&mut fired), 0);
-    assert_eq!(d.next_deadline(), Some(u64::MAX));
+    assert_eq!(
+        d.next_deadline(),
+        None,
+        "output disabled: nothing to wake for"
+    );
+    assert_eq!(d.watchdog().remaining_ns(u64::MAX), Some(0));
     assert_eq!(d.state().validate(), Ok(()));
+    // With the output on, the saturated stage never ends rather than looping.
+    d.config_write(0x60, &0x0003u16.to_le_bytes());
+    assert_eq!(d.next_deadline(), Some(u64::MAX));
+    assert_eq!(d.poll(&mut fired), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Host protection (the README's threat model)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn silent_fast_free_run_loop_never_wakes_the_host() {
+    // Output disabled, free-running, 1 unit per stage at 1 MHz: a 1.92 us loop.
+    let mut r = Rig::new();
+    r.cw16(0x60, 0x0024);
+    r.setpv(1, 1);
+    r.cw8(0x68, 0x06);
+    assert_eq!(r.dev.next_deadline(), None);
+    // A whole hour later one poll catches up in constant time.
+    r.silent_for(3_600_000 * MS);
+    assert!(count(&r.ev.stage1_expired) <= 2);
+    assert_eq!(r.dev.next_deadline(), None);
+    // The loop kept its phase: enabling the output fires at the next 1.92 us edge.
+    let t = r.now();
+    r.cw16(0x60, 0x0004);
+    let next = r.dev.next_deadline().unwrap();
+    assert!(next > t && next <= t + 2 * UNIT_1M);
+    assert_eq!((next - (t - 3_600_000 * MS)) % (2 * UNIT_1M), 0);
+    r.fires_exactly_at(next);
+}
+
+#[test]
+fn kick_storm_keeps_one_deadline_and_never_fires() {
+    let mut r = Rig::new();
+    r.setpv(1, 1);
+    r.enable();
+    for _ in 0..100_000 {
+        r.kick();
+        r.clock.advance(UNIT_1K);
+        r.dev.poll(&mut r.fired);
+    }
+    assert!(r.fired.is_empty());
+    assert_eq!(count(&r.ev.kick), 100_000);
+    assert_eq!(r.dev.next_deadline(), Some(r.now() - UNIT_1K + 2 * UNIT_1K));
 }

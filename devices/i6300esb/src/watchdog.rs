@@ -212,12 +212,30 @@ impl<E: WatchdogEvents> Watchdog<E> {
         self.regs.stage
     }
 
-    /// When the host must call [`Watchdog::poll`] next: the end of the running stage,
-    /// or a past time if expiries are already waiting. `None` when nothing is due.
+    /// When the host must call [`Watchdog::poll`] next: the time of the next
+    /// expiry as programmed now, or a past time if expiries are already waiting.
+    /// `None` when no expiry can happen without a guest access first.
+    ///
+    /// Stage changes nobody can see (the end of stage 1, a silent free-running
+    /// cycle with the output disabled) are not deadlines: they are caught up
+    /// exactly, from their own times, by the next access or poll. So the host
+    /// wakes once per expiry, never per stage, and a guest cannot make it wake
+    /// every 960 ns with a silent 1 MHz free-running loop. A guest access may move
+    /// the answer (a kick, a preload or WDTCR write): ask again after each one.
     pub fn next_deadline(&self) -> Option<u64> {
-        match self.pending.front() {
-            Some(expiry) => Some(expiry.time_ns),
-            None => self.regs.countdown.deadline(),
+        if let Some(expiry) = self.pending.front() {
+            return Some(expiry.time_ns);
+        }
+        let end = self.regs.countdown.deadline()?;
+        if !self.regs.reboot_enabled {
+            // Output disabled: stage 2 will end without an action.
+            return None;
+        }
+        match self.regs.stage {
+            // Stage 2 will take PV2 and the prescaler as they are now, unless a
+            // guest access changes them first (and then the host asks again).
+            Stage::One => Some(end.saturating_add(self.regs.stage_ns(Stage::Two))),
+            Stage::Two => Some(end),
         }
     }
 

@@ -153,7 +153,7 @@ mod tests {
 
         // 1 MHz prescaler, 5000 units per stage: 4.8 ms each, 9.6 ms in all.
         const STAGE_NS: u64 = 5000 * 32 * 30;
-        let (before, after, stage1_end) = {
+        let (before, after, expiry_at) = {
             let mut d = dev.lock().unwrap();
             d.config_write(0x60, &0x0004u16.to_le_bytes());
             unlock(&mut d);
@@ -167,7 +167,8 @@ mod tests {
             let after = d.clock().now_ns();
             (before, after, d.next_deadline().unwrap())
         };
-        let enabled_at = stage1_end - STAGE_NS;
+        // The deadline is the projected expiry, two stages after the enable.
+        let enabled_at = expiry_at - 2 * STAGE_NS;
         assert!(before <= enabled_at && enabled_at <= after);
         rearm.write(1).unwrap();
 
@@ -182,6 +183,7 @@ mod tests {
             "the watchdog fired once through the timerfd"
         );
         assert_eq!(fired[0].action, WatchdogAction::InjectNmi);
+        assert_eq!(fired[0].time_ns, expiry_at);
         assert_eq!(fired[0].time_ns - enabled_at, 2 * STAGE_NS);
         // The timerfd never fires early: the expiry was delivered after its time.
         assert!(dev.lock().unwrap().clock().now_ns() >= fired[0].time_ns);
