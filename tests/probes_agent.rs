@@ -630,6 +630,70 @@ fn background_child_holding_stdout_times_out() {
 }
 
 #[test]
+fn exec_output_is_bounded_and_oversized_replies_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Qga::start_in(dir.path(), &[]);
+    let mut c = client_for(&q);
+    let mut d = Driver::new();
+    // 5000 bytes of output: the reply fits, the excerpt keeps 1 KiB.
+    let (o, _) = exec(
+        &mut d,
+        &mut c,
+        1,
+        &["sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x"],
+        T5,
+    );
+    assert_eq!(exited(&o), (Some(0), None, "x".repeat(1024).as_str()));
+    // 100 000 bytes: the base64 reply line exceeds the 64 KiB cap.
+    let (o, took) = exec(
+        &mut d,
+        &mut c,
+        1,
+        &["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"],
+        T5,
+    );
+    assert!(failed_msg(&o).contains("longer than 65536"), "{o:?}");
+    assert!(took < T1, "{took:?}");
+    // The rest of that reply is skipped by the resync; the link works again.
+    let (o, _) = exec(&mut d, &mut c, 1, &["echo", "small"], T1);
+    assert_eq!(exited(&o), (Some(0), None, "small\n"));
+    assert_eq!(c.stats().syncs, 2);
+    assert_eq!(c.stats().connects, 1);
+}
+
+#[test]
+fn hung_agent_fails_each_probe_at_its_own_deadline() {
+    // SPEC P-55: two probes on one hung agent; neither waits past its deadline.
+    let dir = tempfile::tempdir().unwrap();
+    let q = Qga::start_in(dir.path(), &[]);
+    let mut c = client_for(&q);
+    let mut d = Driver::new();
+    assert_eq!(ping(&mut d, &mut c, 1, T1).0, AgentOutcome::Pong);
+    q.signal("STOP");
+    let t0 = Instant::now();
+    c.start_ping(1, t0, t0 + Duration::from_millis(600));
+    c.start_exec(2, &args(&["true"]), t0, t0 + Duration::from_millis(300));
+    let got = d.run(&mut c, 2, Duration::from_secs(3));
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0, 2);
+    assert!(failed_msg(&got[0].1).contains("timed out"));
+    let at = got[0].2 - t0;
+    assert!(
+        at >= Duration::from_millis(295) && at < Duration::from_millis(500),
+        "{at:?}"
+    );
+    assert_eq!(got[1].0, 1);
+    assert!(failed_msg(&got[1].1).contains("timed out"));
+    let at = got[1].2 - t0;
+    assert!(
+        at >= Duration::from_millis(595) && at < Duration::from_millis(800),
+        "{at:?}"
+    );
+    q.signal("CONT");
+    assert_eq!(ping(&mut d, &mut c, 1, T1).0, AgentOutcome::Pong);
+}
+
+#[test]
 fn blocked_guest_ping_is_an_error_reply() {
     let dir = tempfile::tempdir().unwrap();
     let q = Qga::start_in(dir.path(), &["-b", "guest-ping,guest-exec"]);
