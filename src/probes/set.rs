@@ -150,6 +150,43 @@ struct Probe {
 /// published on every change, including those caused by [`ProbeSet::vm_started`]
 /// and [`ProbeSet::vm_stopped`] (delivered by the next [`ProbeSet::process`]; the
 /// fd becomes readable at once).
+///
+/// ```
+/// use std::net::TcpListener;
+/// use std::time::{Duration, Instant};
+/// use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+/// use vmpulse::probes::config::{ProbeConfig, ProbeHandler, ProbeKind};
+/// use vmpulse::probes::{ProbeEnv, ProbeEvent, ProbeSet};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let config = ProbeConfig {
+///     initial_delay: Duration::ZERO,
+///     period: Duration::from_secs(10),
+///     timeout: Duration::from_secs(1),
+///     success_threshold: 1,
+///     failure_threshold: 3,
+///     handler: ProbeHandler::TcpSocket { port: listener.local_addr()?.port(), host: None },
+/// };
+/// let env = ProbeEnv { vm_addresses: vec!["127.0.0.1".parse()?], agent: None };
+/// let mut probes = ProbeSet::new(vec![(ProbeKind::Readiness, config)], env)?;
+///
+/// // The runner's loop: watch probes.fd(), call process() when it is readable.
+/// let epoll = Epoll::new()?;
+/// epoll.ctl(ControlOperation::Add, probes.fd(), EpollEvent::new(EventSet::IN, 0))?;
+/// probes.vm_started();
+/// let until = Instant::now() + Duration::from_secs(5);
+/// let mut ready = false;
+/// while !ready && Instant::now() < until {
+///     let mut ev = [EpollEvent::default(); 1];
+///     if epoll.wait(100, &mut ev)? > 0 {
+///         ready = probes.process().contains(&ProbeEvent::Ready(true));
+///     }
+/// }
+/// assert!(ready && probes.ready());
+/// # Ok(())
+/// # }
+/// ```
 pub struct ProbeSet {
     probes: Vec<Probe>,
     epoll: Epoll,
