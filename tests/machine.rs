@@ -3,7 +3,9 @@
 //! Every test is bounded: waits have deadlines, and a failed wait fails the test
 //! with the console seen so far.
 
+use std::io::{Read, Write};
 use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +14,8 @@ use i6300esb::adapters::timer::MonotonicClock;
 use i6300esb::{Clock, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmpulse::vmm::guest::{
-    kick_loop_guest, reset_request_guest, GuestImage, KICK_LOOP_SETUP_WRITES,
+    com2_echo_guest, kick_loop_guest, reset_request_guest, stray_access_guest, GuestImage,
+    KICK_LOOP_SETUP_WRITES,
 };
 use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent, SharedEsb};
 
@@ -54,21 +57,21 @@ struct Vm {
 
 impl Vm {
     fn new(guest: GuestOptions) -> Vm {
-        Vm::build(guest, None)
+        Vm::build(guest, None, None)
     }
 
     fn with_image(image: GuestImage) -> Vm {
-        Vm::build(opts(30, 1000, None), Some(image))
+        Vm::build(opts(30, 1000, None), Some(image), None)
     }
 
-    fn build(guest: GuestOptions, image: Option<GuestImage>) -> Vm {
+    fn build(guest: GuestOptions, image: Option<GuestImage>, agent: Option<UnixStream>) -> Vm {
         let esb = esb(WatchdogAction::Reset);
         let rearm = EventFd::new(EFD_NONBLOCK).unwrap();
         let cfg = MachineConfig {
             memory_bytes: 2 << 20,
             guest,
             esb_rearm: Some(rearm.try_clone().unwrap()),
-            agent_serial: None,
+            agent_serial: agent,
         };
         let mut m = match image {
             Some(img) => Machine::with_image(cfg, esb.clone(), img).unwrap(),
@@ -550,4 +553,55 @@ fn too_little_memory_is_refused_body() {
     };
     let err = Machine::new(cfg, esb(WatchdogAction::Reset)).err().unwrap();
     assert!(err.to_string().contains("1 MiB"), "{err}");
+}
+
+#[test]
+fn com2_carries_agent_bytes_both_ways() {
+    hard_limit(com2_carries_agent_bytes_both_ways_body);
+}
+
+fn com2_carries_agent_bytes_both_ways_body() {
+    if !kvm_present() {
+        return;
+    }
+    let (host, mut agent) = UnixStream::pair().unwrap();
+    let mut vm = Vm::build(
+        opts(30, 1000, None),
+        Some(com2_echo_guest().unwrap()),
+        Some(host),
+    );
+    vm.expect_line(BOOT, "guest: boot (COM2 echo)");
+    // More than the 64-byte receive FIFO, so the bridge must hold some back.
+    let msg: Vec<u8> = b"{\"execute\":\"guest-ping\"}\n".repeat(4);
+    agent.write_all(&msg).unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut back = vec![0u8; msg.len()];
+    agent.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+    vm.m.stop();
+    // The bridge closed its end of the socket.
+    let mut rest = Vec::new();
+    assert_eq!(agent.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn stray_accesses_read_all_ones_and_are_counted() {
+    hard_limit(stray_accesses_read_all_ones_and_are_counted_body);
+}
+
+fn stray_accesses_read_all_ones_and_are_counted_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::with_image(stray_access_guest().unwrap());
+    vm.expect(BOOT, "GuestPoweroff", |e| *e == MachineEvent::GuestPoweroff);
+    assert_eq!(
+        vm.console(),
+        ["guest: port 0x99=0xff", "guest: mmio 0xfeb00000=0xffffffff"]
+    );
+    // Three port accesses and two MMIO accesses that nobody decodes.
+    assert_eq!(vm.m.unclaimed_accesses(), (3, 2));
+    assert_eq!(vm.m.boot_count(), 1);
 }

@@ -758,6 +758,75 @@ pub fn reset_request_guest() -> Result<GuestImage, GuestError> {
     f.finish()
 }
 
+/// A guest that echoes COM2: on every timer tick it moves whatever the UART has
+/// received back to its transmitter (polling the line status register), so bytes
+/// the host writes to the agent socket come back on it.
+pub fn com2_echo_guest() -> Result<GuestImage, GuestError> {
+    const COM2: i32 = 0x2f8;
+    const LSR: i32 = 5;
+    const LSR_DATA_READY: i32 = 0x01;
+    let mut f = Frame::new()?;
+    let boot = f.strings.add("guest: boot (COM2 echo)\n");
+    f.asm.print(boot)?;
+    f.start_timer()?;
+    let a = &mut f.asm.a;
+    let mut idle = a.create_label();
+    let mut drain = a.create_label();
+    a.sti()?;
+    a.set_label(&mut idle)?;
+    a.hlt()?;
+    a.set_label(&mut drain)?;
+    a.mov(dx, COM2 + LSR)?;
+    a.in_(al, dx)?;
+    a.test(al, LSR_DATA_READY)?;
+    a.jz(idle)?;
+    a.mov(dx, COM2)?;
+    a.in_(al, dx)?;
+    a.out(dx, al)?;
+    a.jmp(drain)?;
+    f.asm.subroutines()?;
+    f.handlers()?;
+    f.finish()
+}
+
+/// A guest that touches what nobody decodes, reports what it read
+/// (`guest: port 0x99=0x..`, `guest: mmio 0xfeb00000=0x........`) and powers off.
+pub fn stray_access_guest() -> Result<GuestImage, GuestError> {
+    const STRAY_PORT: i32 = 0x99;
+    const STRAY_MMIO: i32 = 0xfeb0_0000u32 as i32;
+    let mut f = Frame::new()?;
+    let port = f.strings.add("guest: port 0x99=0x");
+    let mmio = f.strings.add("guest: mmio 0xfeb00000=0x");
+    let nl = f.strings.add("\n");
+    let asm = &mut f.asm;
+    asm.a.mov(dx, STRAY_PORT)?;
+    asm.a.in_(al, dx)?;
+    asm.a.mov(al, 0x55)?;
+    asm.a.out(dx, al)?;
+    asm.a.in_(al, dx)?;
+    asm.a.movzx(ebx, al)?;
+    asm.print(port)?;
+    asm.a.mov(eax, ebx)?;
+    asm.a.mov(ecx, 2)?;
+    asm.a.call(asm.print_hex)?;
+    asm.print(nl)?;
+    asm.a.mov(ebp, STRAY_MMIO)?;
+    asm.a.mov(dword_ptr(rbp), 0x1234_5678)?;
+    asm.a.mov(ebx, dword_ptr(rbp))?;
+    asm.print(mmio)?;
+    asm.a.mov(eax, ebx)?;
+    asm.a.mov(ecx, 8)?;
+    asm.a.call(asm.print_hex)?;
+    asm.print(nl)?;
+    asm.a.mov(dx, PV_COMMAND_PORT as i32)?;
+    asm.a.mov(al, PV_CMD_POWEROFF as i32)?;
+    asm.a.out(dx, al)?;
+    asm.a.hlt()?;
+    asm.subroutines()?;
+    f.handlers()?;
+    f.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
