@@ -229,5 +229,16 @@ fn probes_example_ready_then_liveness_stops_the_vm() {
         .filter(|e| e["probe"] == "liveness" && e["result"] == "failure")
         .count();
     assert!(liveness_failures >= 3, "{}", r.dump());
+    // Attempts that completed with the fatal one are reported before the stop, none after.
+    let stopped = r
+        .events
+        .iter()
+        .position(|e| e["type"] == "stopped")
+        .unwrap();
+    assert!(
+        r.events[stopped..].iter().all(|e| e["type"] != "probe"),
+        "{}",
+        r.dump()
+    );
     assert_eq!(r.code, Some(0));
 }

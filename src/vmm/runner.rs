@@ -743,7 +743,10 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         self.report_probe_events(events, true);
     }
 
+    /// Report probe events; with `act`, carry out a liveness failure once the whole batch
+    /// is reported (its other attempts completed before the action).
     fn report_probe_events(&mut self, events: Vec<ProbeEvent>, act: bool) {
+        let mut failed = false;
         for event in events {
             match event {
                 ProbeEvent::Attempt(a) => self.out.emit(Event::Probe {
@@ -761,11 +764,12 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                         action: liveness_action_name(action).to_string(),
                         message,
                     });
-                    if act && self.vm.is_some() {
-                        self.carry_out(Trigger::Liveness(action));
-                    }
+                    failed = true;
                 }
             }
+        }
+        if failed && act && self.vm.is_some() {
+            self.carry_out(Trigger::Liveness(self.cfg.liveness_action));
         }
     }
 
@@ -1436,7 +1440,10 @@ mod tests {
     #[test]
     fn liveness_failure_stops_the_vm_through_the_router() {
         let mut cfg = config(RunStrategy::RerunOnFailure, WatchdogAction::Reset);
-        cfg.probes = vec![refused_tcp_liveness()];
+        // A readiness probe on the same refused port completes in the same round.
+        let (_, mut readiness) = refused_tcp_liveness();
+        readiness.failure_threshold = 3;
+        cfg.probes = vec![refused_tcp_liveness(), (ProbeKind::Readiness, readiness)];
         cfg.max_restarts = Some(1);
         let (outcome, events, log) = run_fake(cfg, Script::default());
         let story: Vec<String> = kinds(&events)
@@ -1458,6 +1465,12 @@ mod tests {
         );
         assert_eq!(outcome.ending, Ending::MaxRestarts(1));
         assert_eq!(log.created, 2);
+        // No attempt is reported after the stop it caused.
+        let stop = events
+            .iter()
+            .position(|e| matches!(e, Event::Stopped { .. }))
+            .unwrap();
+        assert!(!matches!(events[stop + 1], Event::Probe { .. }));
         let attempts = events
             .iter()
             .filter(|e| matches!(e, Event::Probe { probe, result, .. } if probe == "liveness" && result == "failure"))
