@@ -49,7 +49,7 @@ use super::events::{stdout_printer, Event, EventSink, Format};
 use super::machine::{GuestOptions, Machine, MachineConfig, SharedEsb};
 use super::runner::{self, AgentSpec, RunConfig, Vm, VmFactory};
 use crate::manifest::{self, ManifestProblem, VmSpec};
-use crate::probes::config::ProbeKind;
+use crate::probes::config::{ProbeHandler, ProbeKind};
 
 /// Smallest guest memory given to the test guest.
 pub const MIN_MEMORY: u64 = 2 << 20;
@@ -475,6 +475,19 @@ pub fn run(args: RunArgs) -> ExitCode {
         (None, true) => AgentSpec::Com2,
         (None, false) => AgentSpec::None,
     };
+    let needs_agent = probes.iter().any(|(_, p)| {
+        matches!(
+            p.handler,
+            ProbeHandler::Exec { .. } | ProbeHandler::GuestAgentPing
+        )
+    });
+    if needs_agent && agent == AgentSpec::None {
+        printer.emit(Event::Info {
+            message: "exec and guestAgentPing probes need the guest agent (--guest-agent PATH or \
+                      --agent-serial); without it they fail"
+                .into(),
+        });
+    }
     let cfg = RunConfig {
         vm_name: spec.name.clone(),
         strategy: spec.run_strategy,
