@@ -29,7 +29,7 @@
 //! | 0x4000 | strings |
 //! | 0x5000 | page tables: PML4, PDPT, 4 page directories (to 0xAFFF) |
 //! | 0x10000 | code |
-//! | 0x80000 | top of the stack |
+//! | 0x70000–0x80000 | the stack (zeroed at every boot), growing down from 0x80000 |
 //!
 //! Console lines (COM1), in order: `guest: boot`, `guest: found i6300esb at
 //! 00:04.0 bar0=0xfebf0000`, `guest: bootstatus=0` or `guest: bootstatus=0x20
@@ -37,6 +37,11 @@
 //! then `guest: kick N` lines, `guest: hanging (no more kicks)`, and on events
 //! `guest: power button pressed, powering off` / `..., ignored` and
 //! `guest: NMI received`.
+//!
+//! Smaller guests for tests and benchmarks share the same frame:
+//! [`kick_loop_guest`] (N Linux pings between two marks, then poweroff),
+//! [`reset_request_guest`] (0xCF9 ← 0x06), [`com2_echo_guest`] (echoes COM2) and
+//! [`stray_access_guest`] (reads what nobody decodes).
 
 use std::time::Duration;
 
@@ -71,6 +76,8 @@ const PD_BASE: u64 = 0x7000;
 const PD_COUNT: u64 = 4;
 const CODE_BASE: u64 = 0x1_0000;
 const STACK_TOP: u64 = 0x8_0000;
+/// The stack, zeroed at every boot.
+const STACK_SIZE: u64 = 0x1_0000;
 /// Lowest guest memory size the image fits in.
 pub const MIN_MEMORY: u64 = 1 << 20;
 
@@ -542,6 +549,7 @@ impl Frame {
                 (VARS_BASE, vec![0u8; VARS_SIZE]),
                 (STRINGS_BASE, self.strings.bytes),
                 (PML4_BASE, page_tables()),
+                (STACK_TOP - STACK_SIZE, vec![0u8; STACK_SIZE as usize]),
                 (CODE_BASE, r.inner.code_buffer),
             ],
             entry: CODE_BASE,
@@ -847,7 +855,7 @@ mod tests {
         assert!(code.len() < 2048, "code is {} bytes", code.len());
         let strings = &img.blocks.iter().find(|b| b.0 == STRINGS_BASE).unwrap().1;
         assert!(strings.len() < 0x1000);
-        assert!(CODE_BASE + code.len() as u64 <= STACK_TOP);
+        assert!(CODE_BASE + code.len() as u64 <= STACK_TOP - STACK_SIZE);
         let idt = &img.blocks.iter().find(|b| b.0 == IDT_BASE).unwrap().1;
         assert_eq!(idt.len(), 4096);
         // Vector 2 points into the code, as an interrupt gate through selector 0x08.

@@ -56,7 +56,10 @@ use super::guest::{self, GuestImage, MIN_MEMORY};
 use super::pci::{
     devfn, EsbFunction, HostBridge, PciConfigIo, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORTS,
 };
-use super::serial::{AgentBridge, AgentPort, ConsolePort, LineSplitter, SerialPort, UART_REGS};
+use super::serial::{
+    AgentBridge, AgentPort, ConsolePort, LineSplitter, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE,
+    COM2_IRQ, UART_REGS,
+};
 
 /// The watchdog as the VMM shares it between the vCPU thread and the event loop.
 pub type SharedEsb = Arc<Mutex<I6300Esb<MonotonicClock, Arc<EventCounters>>>>;
@@ -106,12 +109,12 @@ pub enum MachineEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
     /// Opening /dev/kvm or a KVM ioctl failed.
-    #[error("kvm {what}: {source}")]
+    #[error("kvm {what}: {err}")]
     Kvm {
         /// The operation.
         what: &'static str,
         /// The kernel's error.
-        source: kvm_ioctls::Error,
+        err: kvm_ioctls::Error,
     },
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
@@ -120,12 +123,12 @@ pub enum MachineError {
     #[error("guest program: {0}")]
     Guest(#[from] guest::GuestError),
     /// An eventfd, thread or socket could not be set up.
-    #[error("{what}: {source}")]
+    #[error("{what}: {err}")]
     Io {
         /// The operation.
         what: &'static str,
         /// The error.
-        source: io::Error,
+        err: io::Error,
     },
     /// A device could not be placed on a bus.
     #[error("bus: {0}")]
@@ -145,11 +148,11 @@ pub enum MachineError {
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
-    move |source| MachineError::Kvm { what, source }
+    move |err| MachineError::Kvm { what, err }
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> MachineError {
-    move |source| MachineError::Io { what, source }
+    move |err| MachineError::Io { what, err }
 }
 
 /// Events on their way to the owner, with an eventfd that is readable while any wait.
@@ -334,7 +337,7 @@ fn kick_signal() -> Result<libc::c_int, MachineError> {
     });
     r.map_err(|errno| MachineError::Io {
         what: "register the vCPU kick signal",
-        source: io::Error::from_raw_os_error(errno),
+        err: io::Error::from_raw_os_error(errno),
     })
 }
 
@@ -692,15 +695,15 @@ impl Machine {
             Ok(e)
         };
         let com1 = Arc::new(Mutex::new(
-            SerialPort::new("com1", irq(4)?, LineSplitter::new(events.clone()))
+            SerialPort::new("com1", irq(COM1_IRQ)?, LineSplitter::new(events.clone()))
                 .map_err(io_err("create COM1"))?,
         ));
-        pio.insert(0x3f8, UART_REGS, com1.clone())?;
+        pio.insert(COM1_BASE, UART_REGS, com1.clone())?;
         let (agent, com2) = match cfg.agent_serial {
             Some(stream) => {
                 let (bridge, port) =
-                    AgentBridge::new(stream, irq(3)?).map_err(io_err("bridge COM2"))?;
-                pio.insert(0x2f8, UART_REGS, port.clone())?;
+                    AgentBridge::new(stream, irq(COM2_IRQ)?).map_err(io_err("bridge COM2"))?;
+                pio.insert(COM2_BASE, UART_REGS, port.clone())?;
                 (Some(bridge), Some(port))
             }
             None => (None, None),

@@ -19,6 +19,14 @@ use vmm_sys_util::eventfd::EventFd;
 use super::bus::BusDevice;
 use super::machine::{EventQueue, MachineEvent};
 
+/// COM1's first port.
+pub const COM1_BASE: u64 = 0x3f8;
+/// COM1's ISA interrupt line.
+pub const COM1_IRQ: u32 = 4;
+/// COM2's first port.
+pub const COM2_BASE: u64 = 0x2f8;
+/// COM2's ISA interrupt line.
+pub const COM2_IRQ: u32 = 3;
 /// Number of registers a 16550 decodes.
 pub const UART_REGS: u64 = 8;
 /// A console line longer than this is cut into pieces.
