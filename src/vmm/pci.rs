@@ -437,6 +437,31 @@ mod tests {
     }
 
     #[test]
+    fn odd_accesses_to_the_ports_are_counted_not_obeyed() {
+        let (mut io, _, esb, _) = setup();
+        cfg_addr(&mut io, 4, 0x10);
+        // Byte and word writes to the address register do not change it.
+        io.write(0, &[0x00]);
+        io.write(2, &[0x00, 0x00]);
+        io.write(0, &[0x00, 0x00]);
+        let mut a = [0u8; 4];
+        io.read(0, &mut a);
+        assert_eq!(u32::from_le_bytes(a), 0x8000_2010);
+        // A word read of the address register reads all ones.
+        let mut w = [0u8; 2];
+        io.read(0, &mut w);
+        assert_eq!(w, [0xff, 0xff]);
+        // A 3-byte access to the data window is not a PCI access.
+        io.write(4, &[1, 2, 3]);
+        assert_eq!(esb.lock().unwrap().bar0_address(), None);
+        assert_eq!(io.odd_accesses(), 5);
+        // Reserved address bits are dropped.
+        io.write(0, &0xff00_2013u32.to_le_bytes());
+        io.read(0, &mut a);
+        assert_eq!(u32::from_le_bytes(a), 0x8000_2010);
+    }
+
+    #[test]
     fn reset_control_byte_is_separate_from_the_address_register() {
         let (mut io, _, _, _) = setup();
         cfg_addr(&mut io, 4, 0x10);
