@@ -155,10 +155,14 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> MachineError {
     move |err| MachineError::Io { what, err }
 }
 
+/// Console lines held for an owner that does not drain; more are dropped (counted).
+pub const MAX_QUEUED_LINES: usize = 16 * 1024;
+
 /// Events on their way to the owner, with an eventfd that is readable while any wait.
 pub struct EventQueue {
     events: Mutex<Vec<MachineEvent>>,
     fd: EventFd,
+    dropped_lines: AtomicU64,
 }
 
 impl EventQueue {
@@ -167,18 +171,34 @@ impl EventQueue {
         Ok(EventQueue {
             events: Mutex::new(Vec::new()),
             fd: EventFd::new(EFD_NONBLOCK)?,
+            dropped_lines: AtomicU64::new(0),
         })
     }
 
-    /// Queue `event` and make the eventfd readable.
+    /// Queue `event` and make the eventfd readable. Console lines beyond
+    /// [`MAX_QUEUED_LINES`] undrained events are dropped and counted, so a guest
+    /// that floods its console cannot grow the queue without bound; other events
+    /// are always kept.
     pub fn push(&self, event: MachineEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event);
+        {
+            let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= MAX_QUEUED_LINES && matches!(event, MachineEvent::ConsoleLine(_)) {
+                let n = self.dropped_lines.fetch_add(1, Ordering::Relaxed);
+                if n % 10_000 == 0 {
+                    log::warn!("machine: console lines not drained; {} dropped", n + 1);
+                }
+                return;
+            }
+            q.push(event);
+        }
         if let Err(e) = self.fd.write(1) {
             log::error!("machine: cannot signal the event fd: {e}");
         }
+    }
+
+    /// Console lines dropped because the queue was full.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped_lines.load(Ordering::Relaxed)
     }
 
     /// Take every queued event, in order.
@@ -930,6 +950,11 @@ impl Machine {
         (self.devices.pio.unclaimed(), self.devices.mmio.unclaimed())
     }
 
+    /// Console lines dropped because the owner did not drain events.
+    pub fn dropped_console_lines(&self) -> u64 {
+        self.devices.events.dropped_lines()
+    }
+
     /// Values the guest wrote to the mark port, with their arrival times.
     pub fn marks(&self) -> Vec<(u8, Instant)> {
         self.devices
@@ -953,5 +978,39 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_queue_signals_keeps_order_and_bounds_console_lines() {
+        let q = EventQueue::new().unwrap();
+        let mut buf = [0u8; 8];
+        // SAFETY: reading 8 bytes from a non-blocking eventfd into a local buffer.
+        let readable = |q: &EventQueue, buf: &mut [u8; 8]| unsafe {
+            libc::read(q.fd(), buf.as_mut_ptr().cast(), 8) == 8
+        };
+        assert!(!readable(&q, &mut buf));
+        q.push(MachineEvent::ConsoleLine("a".into()));
+        q.push(MachineEvent::GuestReset);
+        assert_eq!(
+            q.drain(),
+            vec![
+                MachineEvent::ConsoleLine("a".into()),
+                MachineEvent::GuestReset
+            ]
+        );
+        assert!(!readable(&q, &mut buf), "drain clears the eventfd");
+        for i in 0..MAX_QUEUED_LINES + 10 {
+            q.push(MachineEvent::ConsoleLine(i.to_string()));
+        }
+        q.push(MachineEvent::GuestPoweroff);
+        let all = q.drain();
+        assert_eq!(all.len(), MAX_QUEUED_LINES + 1);
+        assert_eq!(all.last(), Some(&MachineEvent::GuestPoweroff));
+        assert_eq!(q.dropped_lines(), 10);
     }
 }
