@@ -114,6 +114,8 @@ struct Figures {
     failures: usize,
     /// Failures that were timeouts (ProbeSet only).
     timeouts: u64,
+    /// Loop wake-ups (`process` calls) per attempt (ProbeSet only).
+    wakeups_per_op: f64,
 }
 
 fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -175,6 +177,7 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
     let mut measuring = false;
     let (mut cpu0, mut ops, mut failures) = (Duration::ZERO, 0, 0);
     let mut timeouts0 = 0;
+    let mut calls = 0u64;
     loop {
         let now = Instant::now();
         if now >= end {
@@ -189,6 +192,9 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         let wait = (end - now).as_millis().min(50) as i32 + 1;
         if epoll.wait(wait, &mut ev).unwrap_or(0) == 0 {
             continue;
+        }
+        if measuring {
+            calls += 1;
         }
         for e in set.process() {
             if let ProbeEvent::Attempt(a) = e {
@@ -209,6 +215,7 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         ops,
         failures,
         timeouts: set.stats().timeouts - timeouts0,
+        wakeups_per_op: calls as f64 / ops.max(1) as f64,
     }
 }
 
@@ -258,12 +265,18 @@ fn bare(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         ops: total,
         failures,
         timeouts: 0,
+        wakeups_per_op: 0.0,
     }
 }
 
 fn print(name: &str, f: &Figures) {
+    let wakeups = if f.wakeups_per_op > 0.0 {
+        format!("  wake-ups/attempt {:.2}", f.wakeups_per_op)
+    } else {
+        String::new()
+    };
     println!(
-        "{name:<34} attempts {:>6}  failures {:>4} (timeouts {:>4})  lateness p50 {:>9.1?} p99 {:>9.1?} max {:>9.1?}  CPU/attempt {:>7.1?}",
+        "{name:<34} attempts {:>6}  failures {:>4} (timeouts {:>4})  lateness p50 {:>9.1?} p99 {:>9.1?} max {:>9.1?}  CPU/attempt {:>7.1?}{wakeups}",
         f.ops, f.failures, f.timeouts, f.p50, f.p99, f.max, f.cpu_per_op
     );
 }

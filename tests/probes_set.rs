@@ -256,6 +256,7 @@ fn overrunning_attempts_start_at_completion() {
     assert_eq!(
         d.set.stats(),
         ProbeStats {
+            started: 3,
             attempts: 3,
             successes: 0,
             failures: 3,

@@ -120,6 +120,8 @@ struct Attempt {
 /// Counters of a [`ProbeSet`] since it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeStats {
+    /// Attempts started.
+    pub started: u64,
     /// Attempts completed.
     pub attempts: u64,
     /// Attempts that succeeded.
@@ -460,6 +462,42 @@ impl ProbeSet {
     pub fn process(&mut self) -> Vec<ProbeEvent> {
         let mut events = std::mem::take(&mut self.pending);
         let now = Instant::now();
+        for pass in 0..2 {
+            let agent_ready = self.drain_epoll(now, &mut events);
+            if let Some(agent) = &mut self.agent {
+                if agent_ready {
+                    agent.on_ready(now);
+                }
+                if agent.next_deadline().is_some_and(|d| d <= now) {
+                    agent.on_timer(now);
+                }
+            }
+            self.agent_completions(now, &mut events);
+            let started = self.stats.started;
+            while let Some(Reverse((when, i))) = self.wakeups.peek().copied() {
+                if when > now {
+                    break;
+                }
+                self.wakeups.pop();
+                self.wake(i, now, &mut events);
+            }
+            self.agent_completions(now, &mut events);
+            // Connections to nearby peers (loopback, a local bridge) often
+            // complete during connect(2) itself: one more pass over the epoll
+            // picks them up without another round trip through the runner.
+            if pass == 0 && self.stats.started == started {
+                break;
+            }
+        }
+        self.sync_agent_fds();
+        self.pending.append(&mut events);
+        let events = std::mem::take(&mut self.pending);
+        self.arm_timer();
+        events
+    }
+
+    /// Handle the ready fds of the inner epoll; returns whether an agent fd was ready.
+    fn drain_epoll(&mut self, now: Instant, events: &mut Vec<ProbeEvent>) -> bool {
         let mut agent_ready = false;
         let mut ready_events = std::mem::take(&mut self.ready_events);
         for _ in 0..ROUNDS {
@@ -476,7 +514,7 @@ impl ProbeSet {
                     // Fired: it must be re-armed (which also clears it).
                     TIMER_TOKEN => self.fired = true,
                     t if t & AGENT_TOKEN != 0 => agent_ready = true,
-                    t => self.socket_ready(t, now, &mut events),
+                    t => self.socket_ready(t, now, events),
                 }
             }
             if n < ready_events.len() {
@@ -484,28 +522,7 @@ impl ProbeSet {
             }
         }
         self.ready_events = ready_events;
-        if let Some(agent) = &mut self.agent {
-            if agent_ready {
-                agent.on_ready(now);
-            }
-            if agent.next_deadline().is_some_and(|d| d <= now) {
-                agent.on_timer(now);
-            }
-        }
-        self.agent_completions(now, &mut events);
-        while let Some(Reverse((when, i))) = self.wakeups.peek().copied() {
-            if when > now {
-                break;
-            }
-            self.wakeups.pop();
-            self.wake(i, now, &mut events);
-        }
-        self.agent_completions(now, &mut events);
-        self.sync_agent_fds();
-        self.pending.append(&mut events);
-        let events = std::mem::take(&mut self.pending);
-        self.arm_timer();
-        events
+        agent_ready
     }
 
     /// Elapsed time since the VM started.
@@ -578,6 +595,7 @@ impl ProbeSet {
         let Some(deadline) = self.probes[i].tracker.begin(elapsed) else {
             return;
         };
+        self.stats.started += 1;
         if let (Some(lateness), Some(scheduled)) = (&mut self.lateness, scheduled) {
             lateness.push(elapsed.saturating_sub(scheduled));
         }

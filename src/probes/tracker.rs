@@ -228,7 +228,12 @@ impl Tracker {
         }
         let since = (t - self.initial_delay).as_nanos();
         let p = self.period.as_nanos();
-        let k = since / p + 1;
+        // 64-bit division when it fits (584 years of nanoseconds): u128
+        // division is a slow library call.
+        let k = match (u64::try_from(since), u64::try_from(p)) {
+            (Ok(a), Ok(b)) => u128::from(a / b) + 1,
+            _ => since / p + 1,
+        };
         self.initial_delay
             .saturating_add(duration_from_nanos(k.saturating_mul(p)))
     }
