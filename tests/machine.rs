@@ -77,6 +77,7 @@ impl Vm {
             Some(img) => Machine::with_image(cfg, esb.clone(), img).unwrap(),
             None => Machine::new(cfg, esb.clone()).unwrap(),
         };
+        m.esb_access_log().start();
         m.start().unwrap();
         Vm {
             m,
@@ -606,4 +607,68 @@ fn stray_accesses_read_all_ones_and_are_counted_body() {
     // Three port accesses and two MMIO accesses that nobody decodes.
     assert_eq!(vm.m.unclaimed_accesses(), (3, 2));
     assert_eq!(vm.m.boot_count(), 1);
+}
+
+/// The probe of the Linux driver as recorded in a reference trace (QEMU 7.2, Linux
+/// 6.1, heartbeat 30): from the write to 0x60 to the enable at 0x68, without times.
+fn linux_probe_from_trace() -> Vec<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/traces/01-basic-poweroff.trace");
+    let text = std::fs::read_to_string(path).unwrap();
+    let accesses: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest.to_string()))
+        .collect();
+    let start = accesses
+        .iter()
+        .position(|l| l == "cfg w 0x60 2 0x0003")
+        .unwrap();
+    let end = accesses
+        .iter()
+        .position(|l| l == "cfg w 0x68 1 0x02")
+        .unwrap();
+    accesses[start..=end].to_vec()
+}
+
+#[test]
+fn guest_probe_matches_the_linux_trace() {
+    hard_limit(guest_probe_matches_the_linux_trace_body);
+}
+
+fn guest_probe_matches_the_linux_trace_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::new(opts(30, 200, None));
+    vm.expect_line(BOOT, "guest: kick 1");
+    let log = vm.m.esb_access_log().take();
+    let start = log.iter().position(|l| l == "cfg w 0x60 2 0x0003").unwrap();
+    let end = log.iter().position(|l| l == "cfg w 0x68 1 0x02").unwrap();
+    let reference = linux_probe_from_trace();
+    assert_eq!(reference.len(), 22);
+    assert_eq!(log[start..=end], reference[..]);
+    // Before the probe, firmware's part: find the device, size and place BAR0,
+    // turn memory decode on.
+    assert_eq!(
+        log[..start],
+        [
+            "cfg r 0x00 4 0x25ab8086",
+            "cfg w 0x10 4 0xffffffff",
+            "cfg r 0x10 4 0xfffffff0",
+            "cfg w 0x10 4 0xfebf0000",
+            "cfg r 0x04 2 0x0000",
+            "cfg w 0x04 2 0x0002",
+            "cfg r 0x10 4 0xfebf0000",
+        ]
+    );
+    // After it, the daemon: one Linux ping per kick.
+    assert_eq!(
+        log[end + 1..end + 4],
+        [
+            "mmio w 0x0c 2 0x0080",
+            "mmio w 0x0c 2 0x0086",
+            "mmio w 0x0c 2 0x0100"
+        ]
+    );
 }

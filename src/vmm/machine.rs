@@ -54,7 +54,8 @@ use super::bus::{Bus, SharedDevice};
 use super::control::{HaltRequest, PvControl, ResetControl, PV_BASE, PV_PORTS};
 use super::guest::{self, GuestImage, MIN_MEMORY};
 use super::pci::{
-    devfn, EsbFunction, HostBridge, PciConfigIo, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORTS,
+    devfn, AccessLog, EsbFunction, HostBridge, PciConfigIo, PciRoot, PCI_CONFIG_PORT,
+    PCI_CONFIG_PORTS,
 };
 use super::serial::{
     AgentBridge, AgentPort, ConsolePort, LineSplitter, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE,
@@ -240,6 +241,7 @@ struct Devices {
     exits: Arc<ExitCounters>,
     boots: Arc<AtomicU32>,
     marks: Arc<Mutex<Vec<(u8, Instant)>>>,
+    esb_log: AccessLog,
 }
 
 /// What the owner asks of the vCPU thread.
@@ -607,6 +609,9 @@ fn io_access_size(run: *const kvm_run, total: usize) -> usize {
     }
 }
 
+/// The i6300esb's PCI device number on bus 0 (QEMU's `pc` machine puts it at 00:04.0).
+pub const ESB_SLOT: u8 = 4;
+
 /// How long the owner waits for the vCPU thread to confirm a pause or reset.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -733,10 +738,9 @@ impl Machine {
             Arc::new(Mutex::new(ResetControl::new(events.clone(), halt.clone())));
         let mut root = PciRoot::new(mmio.clone());
         root.add(devfn(0, 0), Box::new(HostBridge::default()));
-        root.add(
-            devfn(4, 0),
-            Box::new(EsbFunction::new(esb.clone(), rearm.clone())),
-        );
+        let esb_function = EsbFunction::new(esb.clone(), rearm.clone());
+        let esb_log = esb_function.access_log();
+        root.add(devfn(ESB_SLOT, 0), Box::new(esb_function));
         let pci = Arc::new(Mutex::new(PciConfigIo::new(root, reset_control)));
         pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, pci.clone())?;
 
@@ -762,6 +766,7 @@ impl Machine {
             exits: Arc::new(ExitCounters::default()),
             boots: Arc::new(AtomicU32::new(0)),
             marks,
+            esb_log,
         });
         let control = Arc::new(Control::default());
         let mut vcpu = Vcpu {
@@ -971,7 +976,13 @@ impl Machine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .root()
-            .route(devfn(4, 0))
+            .route(devfn(ESB_SLOT, 0))
+    }
+
+    /// The record of the guest's accesses to the watchdog (start it before
+    /// [`Machine::start`] to see the whole boot).
+    pub fn esb_access_log(&self) -> AccessLog {
+        self.devices.esb_log.clone()
     }
 }
 

@@ -12,6 +12,7 @@
 //! separate device given at construction.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -271,6 +272,48 @@ impl PciFunction for HostBridge {
     }
 }
 
+/// A record of the guest's accesses to the watchdog, in the reference trace
+/// format without times (`cfg w 0x60 2 0x0003`, `mmio r 0x0c 2 0x0000`; see the
+/// traces' FORMAT.md), for checking a guest against a recorded Linux run.
+/// Off until [`AccessLog::start`]; while off it costs one atomic load per access.
+#[derive(Clone, Default)]
+pub struct AccessLog {
+    on: Arc<AtomicBool>,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl AccessLog {
+    /// Start recording (from an empty log).
+    pub fn start(&self) {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.on.store(true, Ordering::SeqCst);
+    }
+
+    /// Stop recording and take what was recorded.
+    pub fn take(&self) -> Vec<String> {
+        self.on.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Record one access (`space` is `cfg` or `mmio`; `data` as the guest saw it).
+    fn record(&self, space: &str, write: bool, offset: u64, data: &[u8]) {
+        if !self.on.load(Ordering::Relaxed) {
+            return;
+        }
+        let value = data
+            .iter()
+            .rev()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        let op = if write { 'w' } else { 'r' };
+        let line = format!("{space} {op} {offset:#04x} {} 0x{value}", data.len());
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
+    }
+}
+
 /// Signal the event loop that the guest touched the watchdog.
 fn rearm(fd: &Option<Arc<EventFd>>) {
     if let Some(fd) = fd {
@@ -284,6 +327,7 @@ fn rearm(fd: &Option<Arc<EventFd>>) {
 pub struct EsbBar0 {
     esb: SharedEsb,
     rearm: Option<Arc<EventFd>>,
+    log: AccessLog,
 }
 
 impl BusDevice for EsbBar0 {
@@ -292,6 +336,7 @@ impl BusDevice for EsbBar0 {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .bar0_read(offset, data);
+        self.log.record("mmio", false, offset, data);
         rearm(&self.rearm);
     }
 
@@ -300,6 +345,7 @@ impl BusDevice for EsbBar0 {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .bar0_write(offset, data);
+        self.log.record("mmio", true, offset, data);
         rearm(&self.rearm);
     }
 }
@@ -310,16 +356,29 @@ pub struct EsbFunction {
     esb: SharedEsb,
     rearm: Option<Arc<EventFd>>,
     bar0: Arc<Mutex<EsbBar0>>,
+    log: AccessLog,
 }
 
 impl EsbFunction {
     /// The function for `esb`, signalling `rearm` (value 1) after each guest access.
     pub fn new(esb: SharedEsb, rearm: Option<Arc<EventFd>>) -> Self {
+        let log = AccessLog::default();
         let bar0 = Arc::new(Mutex::new(EsbBar0 {
             esb: esb.clone(),
             rearm: rearm.clone(),
+            log: log.clone(),
         }));
-        EsbFunction { esb, rearm, bar0 }
+        EsbFunction {
+            esb,
+            rearm,
+            bar0,
+            log,
+        }
+    }
+
+    /// The record of guest accesses to this function (off until started).
+    pub fn access_log(&self) -> AccessLog {
+        self.log.clone()
     }
 }
 
@@ -329,6 +388,7 @@ impl PciFunction for EsbFunction {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .config_read(offset, data);
+        self.log.record("cfg", false, offset as u64, data);
         rearm(&self.rearm);
     }
 
@@ -337,6 +397,7 @@ impl PciFunction for EsbFunction {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .config_write(offset, data);
+        self.log.record("cfg", true, offset as u64, data);
         rearm(&self.rearm);
     }
 
@@ -459,6 +520,44 @@ mod tests {
         io.write(0, &0xff00_2013u32.to_le_bytes());
         io.read(0, &mut a);
         assert_eq!(u32::from_le_bytes(a), 0x8000_2010);
+    }
+
+    #[test]
+    fn access_log_uses_the_trace_format() {
+        let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
+            WatchdogAction::Reset,
+            MonotonicClock::new(),
+            Arc::new(EventCounters::default()),
+        )));
+        let mut f = EsbFunction::new(esb, None);
+        let log = f.access_log();
+        f.config_write(0x60, &0x0003u16.to_le_bytes());
+        log.start();
+        f.config_write(0x60, &0x0003u16.to_le_bytes());
+        let mut b = [0u8; 1];
+        f.config_read(0x68, &mut b);
+        let mut d = [0u8; 4];
+        f.config_read(0x00, &mut d);
+        f.config_write(0x10, &0xfebf_0000u32.to_le_bytes());
+        f.config_write(0x04, &0x0002u16.to_le_bytes());
+        let bar = f.mmio_device().unwrap();
+        bar.lock().unwrap().write(0x0c, &0x0080u16.to_le_bytes());
+        let mut w = [0u8; 2];
+        bar.lock().unwrap().read(0x0c, &mut w);
+        assert_eq!(
+            log.take(),
+            [
+                "cfg w 0x60 2 0x0003",
+                "cfg r 0x68 1 0x00",
+                "cfg r 0x00 4 0x25ab8086",
+                "cfg w 0x10 4 0xfebf0000",
+                "cfg w 0x04 2 0x0002",
+                "mmio w 0x0c 2 0x0080",
+                "mmio r 0x0c 2 0x0000",
+            ]
+        );
+        f.config_read(0x68, &mut b);
+        assert!(log.take().is_empty(), "off after take");
     }
 
     #[test]
