@@ -256,7 +256,7 @@ fn stalled_server_fails_at_the_timeout() {
         "timed out after 700ms (waiting for the response)"
     );
     assert!(t >= Duration::from_millis(700), "{t:?}");
-    assert!(t < Duration::from_millis(900), "{t:?}");
+    assert!(t < Duration::from_millis(1000), "{t:?}");
 }
 
 #[test]
