@@ -14,8 +14,8 @@ use i6300esb::adapters::timer::MonotonicClock;
 use i6300esb::{Clock, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmpulse::vmm::guest::{
-    com2_echo_guest, kick_loop_guest, reset_request_guest, stray_access_guest, GuestImage,
-    KICK_LOOP_SETUP_WRITES,
+    com2_echo_guest, halt_guest, kick_loop_guest, reset_request_guest, stray_access_guest,
+    GuestImage, KICK_LOOP_SETUP_WRITES,
 };
 use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent, SharedEsb};
 
@@ -671,4 +671,28 @@ fn guest_probe_matches_the_linux_trace_body() {
             "mmio w 0x0c 2 0x0100"
         ]
     );
+}
+
+#[test]
+fn a_guest_halted_with_interrupts_off_can_be_woken_reset_and_stopped() {
+    hard_limit(a_guest_halted_with_interrupts_off_can_be_woken_reset_and_stopped_body);
+}
+
+fn a_guest_halted_with_interrupts_off_can_be_woken_reset_and_stopped_body() {
+    if !kvm_present() {
+        return;
+    }
+    let mut vm = Vm::with_image(halt_guest().unwrap());
+    vm.expect_line(BOOT, "guest: boot (halt)");
+    // Only an NMI gets through `cli; hlt`.
+    vm.m.inject_nmi().unwrap();
+    vm.expect_line(BOOT, "guest: NMI received");
+    vm.m.pause().unwrap();
+    vm.m.resume().unwrap();
+    vm.m.reset().unwrap();
+    vm.expect_line(BOOT, "guest: boot (halt)");
+    assert_eq!(vm.m.boot_count(), 2);
+    let t = Instant::now();
+    vm.m.stop();
+    assert!(t.elapsed() < Duration::from_secs(2));
 }

@@ -40,8 +40,9 @@
 //!
 //! Smaller guests for tests and benchmarks share the same frame:
 //! [`kick_loop_guest`] (N Linux pings between two marks, then poweroff),
-//! [`reset_request_guest`] (0xCF9 ← 0x06), [`com2_echo_guest`] (echoes COM2) and
-//! [`stray_access_guest`] (reads what nobody decodes).
+//! [`reset_request_guest`] (0xCF9 ← 0x06), [`com2_echo_guest`] (echoes COM2),
+//! [`stray_access_guest`] (reads what nobody decodes) and [`halt_guest`]
+//! (`cli; hlt`, woken only by NMIs).
 
 use std::time::Duration;
 
@@ -761,6 +762,29 @@ pub fn reset_request_guest() -> Result<GuestImage, GuestError> {
     a.cli()?;
     a.hlt()?;
     a.jmp(stop)?;
+    f.asm.subroutines()?;
+    f.handlers()?;
+    f.finish()
+}
+
+/// A guest that prints `guest: boot (halt)` and stops with interrupts off
+/// (`cli; hlt`): only an NMI, a reset or the end of the VM moves it.
+pub fn halt_guest() -> Result<GuestImage, GuestError> {
+    let mut f = Frame::new()?;
+    let boot = f.strings.add("guest: boot (halt)\n");
+    let nmi = f.strings.add("guest: NMI received\n");
+    f.asm.print(boot)?;
+    let a = &mut f.asm.a;
+    let mut wait = a.create_label();
+    a.cli()?;
+    a.set_label(&mut wait)?;
+    a.hlt()?;
+    a.cmp(dword_ptr(VAR_NMI), 0)?;
+    a.je(wait)?;
+    a.mov(dword_ptr(VAR_NMI), 0)?;
+    f.asm.print(nmi)?;
+    let a = &mut f.asm.a;
+    a.jmp(wait)?;
     f.asm.subroutines()?;
     f.handlers()?;
     f.finish()
