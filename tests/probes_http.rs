@@ -502,3 +502,54 @@ fn redirect_without_location_is_a_warning_success() {
     );
     assert_eq!(s.requests().len(), 1);
 }
+
+#[test]
+fn hostile_responses_fail_cleanly() {
+    // Headers that never end.
+    let s = Server::start(
+        V4,
+        0,
+        Arc::new(|mut conn: TcpStream, _| {
+            let _ = read_head(&mut conn);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nX-Long: ");
+            let _ = conn.write_all(&vec![b'a'; 64 * 1024]);
+            thread::sleep(Duration::from_secs(2));
+        }),
+    );
+    let (a, t) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1500, &[V4]);
+    assert!(!a.success);
+    assert_eq!(a.message, "response headers longer than 16384 bytes");
+    assert!(t < Duration::from_millis(1000), "{t:?}");
+
+    // An endless stream of interim responses: fails at the deadline.
+    let s = Server::start(
+        V4,
+        0,
+        Arc::new(|mut conn: TcpStream, _| {
+            let _ = read_head(&mut conn);
+            let until = std::time::Instant::now() + Duration::from_secs(2);
+            while std::time::Instant::now() < until {
+                if conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        }),
+    );
+    let (a, t) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 400, &[V4]);
+    assert!(!a.success);
+    assert_eq!(
+        a.message,
+        "timed out after 400ms (waiting for the response)"
+    );
+    assert!(t >= Duration::from_millis(400), "{t:?}");
+
+    // Non-UTF-8 bytes in header values and the reason phrase.
+    let s = Server::http(V4, |_, _| {
+        b"HTTP/1.1 200 \xff\xfe\r\nX-Bin: \x80\x81\r\nContent-Length: 0\r\n\r\n".to_vec()
+    });
+    let (a, _) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1000, &[V4]);
+    // Obsolete text is accepted (as by Go); the non-UTF-8 reason is dropped.
+    assert!(a.success, "{a:?}");
+    assert_eq!(a.message, "HTTP 200");
+}

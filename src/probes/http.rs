@@ -630,6 +630,8 @@ impl HttpCheck {
     /// Decide on a complete response: result or redirect.
     fn finish(&mut self, r: Response) -> Result<(), String> {
         let status = r.status;
+        // "302 Found", or "302" when the reason phrase is empty or not UTF-8.
+        let line = format!("{status} {}", r.reason).trim_end().to_string();
         let redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
         if redirect {
             if let Some(location) = &r.location {
@@ -646,8 +648,7 @@ impl HttpCheck {
                     }
                     _ => {
                         self.succeed(format!(
-                            "warning: HTTP {status} {}: redirect to another host not followed (Location: {location})",
-                            r.reason
+                            "warning: HTTP {line}: redirect to another host not followed (Location: {location})"
                         ));
                         return Ok(());
                     }
@@ -655,11 +656,8 @@ impl HttpCheck {
             }
         }
         match status {
-            200..=299 => self.succeed(format!("HTTP {status} {}", r.reason)),
-            300..=399 => self.succeed(format!(
-                "warning: HTTP {status} {}: probe terminated redirects",
-                r.reason
-            )),
+            200..=299 => self.succeed(format!("HTTP {line}")),
+            300..=399 => self.succeed(format!("warning: HTTP {line}: probe terminated redirects")),
             _ => return Err(format!("HTTP probe failed with statuscode: {status}")),
         }
         Ok(())
