@@ -301,17 +301,26 @@ struct InitialState {
     events: kvm_vcpu_events,
 }
 
-/// Local APIC register offsets and values for virtual-wire mode: LINT0 takes the
-/// 8259's interrupts (ExtINT), LINT1 takes NMIs.
+/// CR0: protected mode.
 const CR0_PE: u64 = 1 << 0;
+/// CR0: extension type (always 1 on anything newer than a 386).
 const CR0_ET: u64 = 1 << 4;
+/// CR0: paging.
 const CR0_PG: u64 = 1 << 31;
+/// CR4: physical address extension (required by long mode).
 const CR4_PAE: u64 = 1 << 5;
+/// EFER: long mode enabled.
 const EFER_LME: u64 = 1 << 8;
+/// EFER: long mode active.
 const EFER_LMA: u64 = 1 << 10;
+/// Local APIC LVT LINT0 register: in virtual-wire mode it takes the 8259's
+/// interrupts (ExtINT), which is how the in-kernel PIT reaches the guest.
 const APIC_LVT0: usize = 0x350;
+/// Local APIC LVT LINT1 register: NMIs.
 const APIC_LVT1: usize = 0x360;
+/// LVT delivery mode ExtINT (unmasked).
 const APIC_MODE_EXTINT: u32 = 0x700;
+/// LVT delivery mode NMI (unmasked).
 const APIC_MODE_NMI: u32 = 0x400;
 
 fn set_apic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
