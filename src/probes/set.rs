@@ -315,6 +315,13 @@ impl ProbeSet {
             EpollEvent::new(EventSet::IN, TIMER_TOKEN),
         )?;
         let has_readiness = probes.iter().any(|(k, _)| *k == ProbeKind::Readiness);
+        // Only probes that go through the agent need a connection to it.
+        let needs_agent = probes.iter().any(|(_, c)| {
+            matches!(
+                c.handler,
+                ProbeHandler::Exec { .. } | ProbeHandler::GuestAgentPing
+            )
+        });
         let probes = probes
             .into_iter()
             .map(|(kind, config)| {
@@ -348,7 +355,7 @@ impl ProbeSet {
             probes,
             epoll,
             timer,
-            agent: env.agent.map(AgentClient::new),
+            agent: env.agent.filter(|_| needs_agent).map(AgentClient::new),
             agent_fds: HashMap::new(),
             tokens: HashMap::new(),
             next_token: 1,
