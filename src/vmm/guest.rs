@@ -776,14 +776,18 @@ pub fn halt_guest() -> Result<GuestImage, GuestError> {
     f.asm.print(boot)?;
     let a = &mut f.asm.a;
     let mut wait = a.create_label();
+    let mut sleep = a.create_label();
     a.cli()?;
     a.set_label(&mut wait)?;
-    a.hlt()?;
     a.cmp(dword_ptr(VAR_NMI), 0)?;
-    a.je(wait)?;
+    a.je(sleep)?;
     a.mov(dword_ptr(VAR_NMI), 0)?;
     f.asm.print(nmi)?;
     let a = &mut f.asm.a;
+    a.jmp(wait)?;
+    // An NMI between the check and `hlt` is reported at the next one.
+    a.set_label(&mut sleep)?;
+    a.hlt()?;
     a.jmp(wait)?;
     f.asm.subroutines()?;
     f.handlers()?;

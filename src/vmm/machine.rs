@@ -523,8 +523,21 @@ impl Vcpu {
             if r.parked {
                 r.parked = false;
                 control.cond.notify_all();
+                drop(r);
+                self.restart_pit();
             }
             return true;
+        }
+    }
+
+    /// After a pause: reload the PIT with its own state, which restarts the current
+    /// period and drops the ticks the in-kernel PIT kept for re-injection while the
+    /// vCPU was parked, so the guest's clock stands still during a pause (as QEMU's
+    /// does) instead of catching up in a burst.
+    fn restart_pit(&self) {
+        let reload = self.vm.get_pit2().and_then(|pit| self.vm.set_pit2(&pit));
+        if let Err(e) = reload {
+            log::warn!("machine: cannot reload the PIT after a pause: {e}");
         }
     }
 
