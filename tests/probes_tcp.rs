@@ -113,3 +113,32 @@ fn multi_address_one_refusing_fails_and_is_named() {
     );
     drop(l4);
 }
+
+#[test]
+fn unanswered_syn_fails_at_the_timeout() {
+    // A listener whose accept queue is full drops further SYNs, like a black hole.
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(V4, 0).into()).unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue (never accepted); keep the clients open.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        if let Ok(c) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            clients.push(c);
+        }
+    }
+    assert!(!clients.is_empty());
+    let (a, t) = probe_once(tcp(addr.port()), 500, &[V4]);
+    if a.success {
+        eprintln!("SKIP: this kernel answered a SYN with a full accept queue");
+        return;
+    }
+    assert_eq!(a.message, "connect: timed out after 500ms");
+    assert!(
+        t >= Duration::from_millis(500) && t < Duration::from_millis(800),
+        "{t:?}"
+    );
+    drop(sock);
+}
