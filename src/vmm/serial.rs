@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -109,9 +110,31 @@ pub struct AgentWriter {
     dropped: Arc<AtomicU64>,
 }
 
+impl AgentWriter {
+    /// One non-blocking send that never raises SIGPIPE. (`O_NONBLOCK` would be
+    /// shared with the blocking reader's clone of the socket; a per-call flag is not.)
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes for the duration of the call
+        // and the descriptor is the socket this writer owns.
+        let n = unsafe {
+            libc::send(
+                self.stream.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
 impl Write for AgentWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.stream.write(buf) {
+        match self.send(buf) {
             Ok(n) => {
                 if n < buf.len() {
                     self.dropped
@@ -259,7 +282,6 @@ impl AgentBridge {
     ) -> io::Result<(AgentBridge, Arc<Mutex<AgentPort>>)> {
         let dropped = Arc::new(AtomicU64::new(0));
         let out = stream.try_clone()?;
-        out.set_nonblocking(true)?;
         let port = Arc::new(Mutex::new(SerialPort::new(
             "com2",
             irq,
@@ -269,7 +291,6 @@ impl AgentBridge {
             },
         )?));
         let mut input = stream.try_clone()?;
-        input.set_nonblocking(false)?;
         let feed = port.clone();
         let thread = std::thread::Builder::new()
             .name("vmpulse-com2".into())
@@ -391,6 +412,24 @@ mod tests {
             }
         }
         assert_eq!(&received, b"{\"return\": {}}\n");
+        bridge.stop(&port);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_never_blocks_the_guest() {
+        let (host, peer) = UnixStream::pair().unwrap();
+        let (mut bridge, port) =
+            AgentBridge::new(host, EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+        // Far more than a socket buffer holds; every write returns.
+        for _ in 0..(1 << 20) {
+            port.lock().unwrap().write(THR, b"x");
+        }
+        assert!(bridge.dropped.load(Ordering::Relaxed) > 0);
+        // A closed peer: writes fail quietly (no SIGPIPE), counted as dropped.
+        drop(peer);
+        let before = bridge.dropped.load(Ordering::Relaxed);
+        port.lock().unwrap().write(THR, b"y");
+        assert_eq!(bridge.dropped.load(Ordering::Relaxed), before + 1);
         bridge.stop(&port);
     }
 }
