@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -114,21 +113,8 @@ impl AgentWriter {
     /// One non-blocking send that never raises SIGPIPE. (`O_NONBLOCK` would be
     /// shared with the blocking reader's clone of the socket; a per-call flag is not.)
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for `buf.len()` bytes for the duration of the call
-        // and the descriptor is the socket this writer owns.
-        let n = unsafe {
-            libc::send(
-                self.stream.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        socket2::SockRef::from(&self.stream)
+            .send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
 }
 
