@@ -29,6 +29,46 @@
 //! When the guest powers off (0x510 ← 0x01), asks for a reset (0xCF9), triple
 //! faults, or the vCPU fails, the vCPU thread reports it and parks: the owner calls
 //! [`Machine::reset`] to boot again or [`Machine::stop`].
+//!
+//! ```no_run
+//! use std::sync::{Arc, Mutex};
+//! use std::time::Duration;
+//! use i6300esb::{adapters::timer::MonotonicClock, EventCounters, I6300Esb, WatchdogAction};
+//! use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent};
+//!
+//! let esb = Arc::new(Mutex::new(I6300Esb::with_events(
+//!     WatchdogAction::Reset,
+//!     MonotonicClock::new(),
+//!     Arc::new(EventCounters::default()),
+//! )));
+//! let cfg = MachineConfig {
+//!     memory_bytes: 16 << 20,
+//!     guest: GuestOptions {
+//!         timeout_secs: 30,
+//!         kick_every: Duration::from_secs(1),
+//!         hang_after: None,
+//!         ignore_shutdown: false,
+//!     },
+//!     esb_rearm: None,
+//!     agent_serial: None,
+//! };
+//! let mut vm = Machine::new(cfg, esb)?;
+//! vm.start()?;
+//! // A real owner polls `vm.event_fd()` in its event loop.
+//! loop {
+//!     std::thread::sleep(Duration::from_millis(100));
+//!     for event in vm.drain_events() {
+//!         if let MachineEvent::ConsoleLine(line) = event {
+//!             println!("{line}");
+//!             if line == "guest: kick 1" {
+//!                 vm.stop();
+//!                 return Ok(());
+//!             }
+//!         }
+//!     }
+//! }
+//! # Ok::<(), vmpulse::vmm::machine::MachineError>(())
+//! ```
 
 use std::cell::Cell;
 use std::io;
