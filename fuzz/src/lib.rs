@@ -9,6 +9,8 @@
 pub mod driver;
 pub mod ops;
 pub mod seeds;
+pub mod texts;
+pub mod tracker;
 
 pub use driver::{run, Harness, Shadow};
 pub use ops::{decode, encode, FuzzInput, Op};
