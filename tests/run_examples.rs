@@ -3,7 +3,6 @@
 
 mod run_util;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use run_util::{kvm_or_skip, run, spawn};
-
-const LIMIT: Duration = Duration::from_secs(60);
+use run_util::{answer_ok, kvm_or_skip, run, spawn, LIMIT};
 
 fn example(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,21 +24,16 @@ fn watchdog_poweroff_example_restarts_once_and_ends() {
         return;
     }
     let r = run(&example("watchdog-poweroff.yaml"), &[], LIMIT);
-    assert_eq!(
-        r.story(),
-        [
-            "started 1",
-            "watchdog poweroff",
-            "stopped watchdog",
-            "restart 1",
-            "started 2",
-            "watchdog poweroff",
-            "stopped watchdog",
-            "finished 0"
-        ],
-        "{}",
-        r.dump()
-    );
+    r.assert_story(&[
+        "started 1",
+        "watchdog poweroff",
+        "stopped watchdog",
+        "restart 1",
+        "started 2",
+        "watchdog poweroff",
+        "stopped watchdog",
+        "finished 0",
+    ]);
     let console = r.console();
     assert!(
         console
@@ -67,19 +59,8 @@ fn watchdog_reset_example_reports_the_watchdog_on_the_next_boot() {
         return;
     }
     let r = run(&example("watchdog-reset.yaml"), &[], LIMIT);
-    let story = r.story();
-    assert_eq!(
-        &story[..3],
-        ["started 1", "watchdog reset", "started 2"],
-        "{}",
-        r.dump()
-    );
-    assert_eq!(
-        &story[story.len() - 2..],
-        ["stopped runtime", "finished 0"],
-        "{}",
-        r.dump()
-    );
+    r.assert_story_starts(&["started 1", "watchdog reset", "started 2"]);
+    r.assert_story_ends(&["stopped runtime", "finished 0"]);
     let statuses: Vec<String> = r
         .console()
         .into_iter()
@@ -100,17 +81,12 @@ fn watchdog_shutdown_example_graceful_then_forced() {
         return;
     }
     let r = run(&example("watchdog-shutdown.yaml"), &[], LIMIT);
-    assert_eq!(
-        r.story(),
-        [
-            "started 1",
-            "watchdog shutdown",
-            "stopped shutdown",
-            "finished 0"
-        ],
-        "{}",
-        r.dump()
-    );
+    r.assert_story(&[
+        "started 1",
+        "watchdog shutdown",
+        "stopped shutdown",
+        "finished 0",
+    ]);
     assert_eq!(r.of("stopped")[0]["forced"], false);
 
     let r = run(
@@ -119,21 +95,16 @@ fn watchdog_shutdown_example_graceful_then_forced() {
         LIMIT,
     );
     // Forced: a failure, so RerunOnFailure restarts once (max-restarts 1).
-    assert_eq!(
-        r.story(),
-        [
-            "started 1",
-            "watchdog shutdown",
-            "stopped shutdown",
-            "restart 1",
-            "started 2",
-            "watchdog shutdown",
-            "stopped shutdown",
-            "finished 0"
-        ],
-        "{}",
-        r.dump()
-    );
+    r.assert_story(&[
+        "started 1",
+        "watchdog shutdown",
+        "stopped shutdown",
+        "restart 1",
+        "started 2",
+        "watchdog shutdown",
+        "stopped shutdown",
+        "finished 0",
+    ]);
     assert!(r.of("stopped").iter().all(|e| e["forced"] == true));
 }
 
@@ -155,19 +126,8 @@ impl Server {
                 if flag.load(Ordering::SeqCst) {
                     break;
                 }
-                let Ok(mut s) = stream else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
+                let Ok(s) = stream else { continue };
+                answer_ok(s);
             }
             // The listener closes here.
         });
@@ -211,13 +171,7 @@ fn probes_example_ready_then_liveness_stops_the_vm() {
     assert!(ready.is_some(), "never ready: {:?}", live.events);
     server.stop();
     let r = live.finish();
-    let story = r.story();
-    assert_eq!(
-        &story[story.len() - 3..],
-        ["liveness stop", "stopped liveness", "finished 0"],
-        "{}",
-        r.dump()
-    );
+    r.assert_story_ends(&["liveness stop", "stopped liveness", "finished 0"]);
     let readiness_ok = r
         .of("probe")
         .into_iter()

@@ -3,17 +3,26 @@
 
 mod run_util;
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use run_util::{kvm_or_skip, manifest, spawn, Vm};
-
-const LIMIT: Duration = Duration::from_secs(60);
+use run_util::{answer_ok, kvm_or_skip, manifest, spawn, Manifest, Vm, LIMIT};
 
 fn probe_yaml(kind: &str, handler: &str, failure_threshold: u32) -> String {
     format!(
         "      {kind}:\n{handler}        initialDelaySeconds: 0\n        periodSeconds: 1\n        timeoutSeconds: 1\n        failureThreshold: {failure_threshold}\n"
+    )
+}
+
+/// The test guest's manifest (runStrategy Once) with one probe.
+fn probe_manifest(kind: &str, handler: &str, failure_threshold: u32) -> Manifest {
+    manifest(
+        &Vm {
+            strategy: "Once",
+            extra: &probe_yaml(kind, handler, failure_threshold),
+            ..Vm::default()
+        }
+        .yaml(),
     )
 }
 
@@ -50,18 +59,8 @@ fn http_server_both() -> u16 {
 fn serve(listener: TcpListener) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let Ok(s) = stream else { continue };
+            answer_ok(s);
         }
     });
 }
@@ -73,14 +72,7 @@ fn liveness_tcp_failure_stops_the_vm() {
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let m = manifest(
-        &Vm {
-            strategy: "Once",
-            extra: &probe_yaml("livenessProbe", &tcp_handler(port), 2),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
+    let m = probe_manifest("livenessProbe", &tcp_handler(port), 2);
     let mut live = spawn(
         &m.path,
         &["--guest-timeout", "5", "--run-for", "40s"],
@@ -94,14 +86,7 @@ fn liveness_tcp_failure_stops_the_vm() {
     // The service dies: connections are refused from now on.
     drop(listener);
     let r = live.finish();
-    let story = r.story();
-    let tail: Vec<&str> = story.iter().map(String::as_str).rev().take(3).collect();
-    assert_eq!(
-        tail,
-        ["finished 0", "stopped liveness", "liveness stop"],
-        "{}",
-        r.dump()
-    );
+    r.assert_story_ends(&["liveness stop", "stopped liveness", "finished 0"]);
     let failures: Vec<_> = r
         .of("probe")
         .into_iter()
@@ -150,29 +135,10 @@ fn readiness_http_success_makes_the_vm_ready() {
         return;
     }
     let port = http_server();
-    let m = manifest(
-        &Vm {
-            strategy: "Once",
-            extra: &probe_yaml("readinessProbe", &http_handler(port), 3),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
-    let mut live = spawn(&m.path, &["--guest-timeout", "5", "--run-for", "5s"], LIMIT);
-    let ready = live.until(|e| e["type"] == "ready");
-    let r = live.finish();
-    assert_eq!(
-        ready.map(|e| e["ready"].clone()),
-        Some(serde_json::Value::Bool(true)),
-        "{}",
-        r.dump()
-    );
-    let ok = r
-        .of("probe")
-        .into_iter()
-        .find(|e| e["result"] == "success")
-        .cloned()
-        .unwrap_or_else(|| panic!("no successful probe: {}", r.dump()));
+    let m = probe_manifest("readinessProbe", &http_handler(port), 3);
+    let r =
+        spawn(&m.path, &["--guest-timeout", "5", "--run-for", "5s"], LIMIT).finish_first_ready();
+    let ok = r.first_probe("success");
     assert_eq!(ok["probe"], "readiness");
     assert_eq!(ok["address"], format!("127.0.0.1:{port}"));
     // Not ready any more once the VM is stopped by --run-for.
@@ -197,14 +163,7 @@ fn readiness_needs_every_probe_host() {
         return;
     }
     let port = http_server_both();
-    let m = manifest(
-        &Vm {
-            strategy: "Once",
-            extra: &probe_yaml("readinessProbe", &http_handler(port), 3),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
+    let m = probe_manifest("readinessProbe", &http_handler(port), 3);
     let args = [
         "--guest-timeout",
         "5",
@@ -213,47 +172,22 @@ fn readiness_needs_every_probe_host() {
         "--probe-host",
         "127.0.0.1,::1",
     ];
-    let mut live = spawn(&m.path, &args, LIMIT);
-    let ready = live.until(|e| e["type"] == "ready");
-    let r = live.finish();
-    assert_eq!(
-        ready.map(|e| e["ready"].clone()),
-        Some(true.into()),
-        "{}",
-        r.dump()
-    );
-    let ok = r
-        .of("probe")
-        .into_iter()
-        .find(|e| e["result"] == "success")
-        .cloned()
-        .unwrap_or_else(|| panic!("no successful probe: {}", r.dump()));
+    let r = spawn(&m.path, &args, LIMIT).finish_first_ready();
+    let ok = r.first_probe("success");
     let address = ok["address"].as_str().unwrap();
     assert!(address.contains(&format!("127.0.0.1:{port}")), "{address}");
     assert!(address.contains(&format!("[::1]:{port}")), "{address}");
 
     // Only 127.0.0.1 answers now: never ready, and the failures name ::1.
     let v4_only = http_server();
-    let m = manifest(
-        &Vm {
-            strategy: "Once",
-            extra: &probe_yaml("readinessProbe", &http_handler(v4_only), 3),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
+    let m = probe_manifest("readinessProbe", &http_handler(v4_only), 3);
     let r = run_util::run(&m.path, &args, LIMIT);
     assert!(
         r.of("ready").iter().all(|e| e["ready"] == false),
         "{}",
         r.dump()
     );
-    let failure = r
-        .of("probe")
-        .into_iter()
-        .find(|e| e["result"] == "failure")
-        .cloned()
-        .unwrap_or_else(|| panic!("no failed probe: {}", r.dump()));
+    let failure = r.first_probe("failure");
     assert_eq!(
         failure["address"],
         format!("[::1]:{v4_only}"),
@@ -298,14 +232,7 @@ fn readiness_exec_through_qemu_ga() {
         "        exec:\n          command: [\"cat\", \"{}\"]\n",
         healthy.display()
     );
-    let m = manifest(
-        &Vm {
-            strategy: "Once",
-            extra: &probe_yaml("readinessProbe", &handler, 3),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
+    let m = probe_manifest("readinessProbe", &handler, 3);
     let sock_arg = sock.to_str().unwrap().to_string();
     let args = [
         "--guest-timeout",
@@ -315,23 +242,10 @@ fn readiness_exec_through_qemu_ga() {
         "--guest-agent",
         sock_arg.as_str(),
     ];
-    let mut live = spawn(&m.path, &args, LIMIT);
-    let ready = live.until(|e| e["type"] == "ready");
-    let r = live.finish();
+    let r = spawn(&m.path, &args, LIMIT).finish_first_ready();
     let _ = qga.kill();
     let _ = qga.wait();
-    assert_eq!(
-        ready.map(|e| e["ready"].clone()),
-        Some(true.into()),
-        "{}",
-        r.dump()
-    );
-    let ok = r
-        .of("probe")
-        .into_iter()
-        .find(|e| e["result"] == "success")
-        .cloned()
-        .unwrap_or_else(|| panic!("no successful probe: {}", r.dump()));
+    let ok = r.first_probe("success");
     assert_eq!(ok["probe"], "readiness");
     assert_eq!(ok["exit_code"], 0, "{}", r.dump());
     assert!(
@@ -351,26 +265,13 @@ fn agent_ping_over_com2_without_an_agent_fails_liveness() {
     }
     // The built-in guest runs no agent on COM2: pings time out, liveness fails.
     let handler = "        guestAgentPing: {}\n";
-    let m = manifest(
-        &Vm {
-            strategy: "Once",
-            extra: &probe_yaml("livenessProbe", handler, 2),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
+    let m = probe_manifest("livenessProbe", handler, 2);
     let r = run_util::run(
         &m.path,
         &["--guest-timeout", "5", "--run-for", "30s", "--agent-serial"],
         LIMIT,
     );
-    let story = r.story();
-    assert_eq!(
-        &story[story.len() - 3..],
-        ["liveness stop", "stopped liveness", "finished 0"],
-        "{}",
-        r.dump()
-    );
+    r.assert_story_ends(&["liveness stop", "stopped liveness", "finished 0"]);
     let failures = r
         .of("probe")
         .into_iter()

@@ -3,43 +3,27 @@
 
 mod run_util;
 
-use std::time::Duration;
-
-use run_util::{fast_guest, kvm_or_skip, manifest, run, Vm};
-
-const LIMIT: Duration = Duration::from_secs(60);
+use run_util::{kvm_or_skip, manifest, run, run_fast_guest, Vm, LIMIT};
 
 #[test]
 fn always_restarts_until_max_restarts() {
     if !kvm_or_skip("always_restarts_until_max_restarts") {
         return;
     }
-    let m = manifest(
-        &Vm {
-            strategy: "Always",
-            action: Some("poweroff"),
-            ..Vm::default()
-        }
-        .yaml(),
+    let r = run_fast_guest(
+        &Vm::with("Always", "poweroff"),
+        &["--max-restarts", "1", "--run-for", "50s"],
     );
-    let mut args = fast_guest("1");
-    args.extend(["--max-restarts", "1", "--run-for", "50s"]);
-    let r = run(&m.path, &args, LIMIT);
-    assert_eq!(
-        r.story(),
-        [
-            "started 1",
-            "watchdog poweroff",
-            "stopped watchdog",
-            "restart 1",
-            "started 2",
-            "watchdog poweroff",
-            "stopped watchdog",
-            "finished 0"
-        ],
-        "{}",
-        r.dump()
-    );
+    r.assert_story(&[
+        "started 1",
+        "watchdog poweroff",
+        "stopped watchdog",
+        "restart 1",
+        "started 2",
+        "watchdog poweroff",
+        "stopped watchdog",
+        "finished 0",
+    ]);
     assert_eq!(r.of("restart")[0]["delay_ms"], 200);
     // A restart is a new VM: the watchdog's timeout flag starts cleared.
     let statuses: Vec<String> = r
@@ -60,30 +44,17 @@ fn rerun_on_failure_restarts_after_a_watchdog_poweroff() {
     if !kvm_or_skip("rerun_on_failure_restarts_after_a_watchdog_poweroff") {
         return;
     }
-    let m = manifest(
-        &Vm {
-            strategy: "RerunOnFailure",
-            action: Some("poweroff"),
-            ..Vm::default()
-        }
-        .yaml(),
+    let r = run_fast_guest(
+        &Vm::with("RerunOnFailure", "poweroff"),
+        &["--max-restarts", "1", "--run-for", "50s"],
     );
-    let mut args = fast_guest("1");
-    args.extend(["--max-restarts", "1", "--run-for", "50s"]);
-    let r = run(&m.path, &args, LIMIT);
-    let story = r.story();
-    assert_eq!(
-        &story[..5],
-        [
-            "started 1",
-            "watchdog poweroff",
-            "stopped watchdog",
-            "restart 1",
-            "started 2"
-        ],
-        "{}",
-        r.dump()
-    );
+    r.assert_story_starts(&[
+        "started 1",
+        "watchdog poweroff",
+        "stopped watchdog",
+        "restart 1",
+        "started 2",
+    ]);
     assert_eq!(r.code, Some(0));
 }
 
@@ -93,17 +64,10 @@ fn once_and_manual_never_restart() {
         return;
     }
     for strategy in ["Once", "Manual"] {
-        let m = manifest(
-            &Vm {
-                strategy,
-                action: Some("poweroff"),
-                ..Vm::default()
-            }
-            .yaml(),
+        let r = run_fast_guest(
+            &Vm::with(strategy, "poweroff"),
+            &["--max-restarts", "3", "--run-for", "40s"],
         );
-        let mut args = fast_guest("1");
-        args.extend(["--max-restarts", "3", "--run-for", "40s"]);
-        let r = run(&m.path, &args, LIMIT);
         assert_eq!(
             r.story(),
             [
@@ -145,12 +109,7 @@ fn run_for_bounds_a_healthy_vm() {
         "4s",
     ];
     let r = run(&m.path, &args, LIMIT);
-    assert_eq!(
-        r.story(),
-        ["started 1", "stopped runtime", "finished 0"],
-        "{}",
-        r.dump()
-    );
+    r.assert_story(&["started 1", "stopped runtime", "finished 0"]);
     let stopped = r.of("stopped")[0]["time_ms"].as_u64().unwrap();
     assert!((4000..6000).contains(&stopped), "stopped at {stopped} ms");
     let kicks = r

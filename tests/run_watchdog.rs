@@ -3,39 +3,20 @@
 
 mod run_util;
 
-use std::time::Duration;
-
-use run_util::{fast_guest, kvm_or_skip, manifest, run, Vm};
-
-const LIMIT: Duration = Duration::from_secs(60);
+use run_util::{kvm_or_skip, run_fast_guest, Vm};
 
 #[test]
 fn poweroff_stops_the_vm_and_once_ends_the_run() {
     if !kvm_or_skip("poweroff_stops_the_vm_and_once_ends_the_run") {
         return;
     }
-    let m = manifest(
-        &Vm {
-            strategy: "Once",
-            action: Some("poweroff"),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
-    let mut args = fast_guest("1");
-    args.extend(["--run-for", "40s"]);
-    let r = run(&m.path, &args, LIMIT);
-    assert_eq!(
-        r.story(),
-        [
-            "started 1",
-            "watchdog poweroff",
-            "stopped watchdog",
-            "finished 0"
-        ],
-        "{}",
-        r.dump()
-    );
+    let r = run_fast_guest(&Vm::with("Once", "poweroff"), &["--run-for", "40s"]);
+    r.assert_story(&[
+        "started 1",
+        "watchdog poweroff",
+        "stopped watchdog",
+        "finished 0",
+    ]);
     assert_eq!(r.code, Some(0), "{}", r.dump());
     let wd = r.of("watchdog");
     assert_eq!(wd[0]["device"], "mywatchdog");
@@ -73,24 +54,8 @@ fn reset_reboots_and_the_second_boot_reports_the_watchdog() {
     if !kvm_or_skip("reset_reboots_and_the_second_boot_reports_the_watchdog") {
         return;
     }
-    let m = manifest(
-        &Vm {
-            strategy: "Always",
-            action: Some("reset"),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
-    let mut args = fast_guest("1");
-    args.extend(["--run-for", "10s"]);
-    let r = run(&m.path, &args, LIMIT);
-    let story = r.story();
-    assert_eq!(
-        &story[..3],
-        ["started 1", "watchdog reset", "started 2"],
-        "{}",
-        r.dump()
-    );
+    let r = run_fast_guest(&Vm::with("Always", "reset"), &["--run-for", "10s"]);
+    r.assert_story_starts(&["started 1", "watchdog reset", "started 2"]);
     let console = r.console();
     let first = console
         .iter()
@@ -109,30 +74,20 @@ fn shutdown_is_graceful_when_the_guest_honours_it() {
     if !kvm_or_skip("shutdown_is_graceful_when_the_guest_honours_it") {
         return;
     }
-    let m = manifest(
+    let r = run_fast_guest(
         &Vm {
-            strategy: "RerunOnFailure",
-            action: Some("shutdown"),
             grace: 30,
-            ..Vm::default()
-        }
-        .yaml(),
+            ..Vm::with("RerunOnFailure", "shutdown")
+        },
+        &["--run-for", "40s"],
     );
-    let mut args = fast_guest("1");
-    args.extend(["--run-for", "40s"]);
-    let r = run(&m.path, &args, LIMIT);
     // A clean shutdown is no failure: RerunOnFailure does not restart.
-    assert_eq!(
-        r.story(),
-        [
-            "started 1",
-            "watchdog shutdown",
-            "stopped shutdown",
-            "finished 0"
-        ],
-        "{}",
-        r.dump()
-    );
+    r.assert_story(&[
+        "started 1",
+        "watchdog shutdown",
+        "stopped shutdown",
+        "finished 0",
+    ]);
     let stopped = r.of("stopped");
     assert_eq!(stopped[0]["forced"], false, "{}", r.dump());
     assert_eq!(stopped[0]["trigger"], "watchdog");
@@ -150,29 +105,19 @@ fn shutdown_is_forced_after_the_grace_period() {
     if !kvm_or_skip("shutdown_is_forced_after_the_grace_period") {
         return;
     }
-    let m = manifest(
+    let r = run_fast_guest(
         &Vm {
-            strategy: "Once",
-            action: Some("shutdown"),
             grace: 2,
-            ..Vm::default()
-        }
-        .yaml(),
+            ..Vm::with("Once", "shutdown")
+        },
+        &["--run-for", "40s", "--guest-ignore-shutdown"],
     );
-    let mut args = fast_guest("1");
-    args.extend(["--run-for", "40s", "--guest-ignore-shutdown"]);
-    let r = run(&m.path, &args, LIMIT);
-    assert_eq!(
-        r.story(),
-        [
-            "started 1",
-            "watchdog shutdown",
-            "stopped shutdown",
-            "finished 0"
-        ],
-        "{}",
-        r.dump()
-    );
+    r.assert_story(&[
+        "started 1",
+        "watchdog shutdown",
+        "stopped shutdown",
+        "finished 0",
+    ]);
     let stopped = r.of("stopped");
     assert_eq!(stopped[0]["forced"], true, "{}", r.dump());
     assert!(r
@@ -192,26 +137,9 @@ fn inject_nmi_reaches_the_guest() {
     if !kvm_or_skip("inject_nmi_reaches_the_guest") {
         return;
     }
-    let m = manifest(
-        &Vm {
-            strategy: "Once",
-            action: Some("inject-nmi"),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
-    let mut args = fast_guest("1");
-    args.extend(["--run-for", "7s"]);
-    let r = run(&m.path, &args, LIMIT);
-    let story = r.story();
-    assert_eq!(story[0], "started 1", "{}", r.dump());
-    assert_eq!(story[1], "watchdog inject-nmi", "{}", r.dump());
-    assert_eq!(
-        &story[story.len() - 2..],
-        ["stopped runtime", "finished 0"],
-        "{}",
-        r.dump()
-    );
+    let r = run_fast_guest(&Vm::with("Once", "inject-nmi"), &["--run-for", "7s"]);
+    r.assert_story_starts(&["started 1", "watchdog inject-nmi"]);
+    r.assert_story_ends(&["stopped runtime", "finished 0"]);
     assert!(
         r.console().contains(&"guest: NMI received".to_string()),
         "{}",
@@ -227,28 +155,13 @@ fn pause_freezes_the_vm_until_the_run_ends() {
     if !kvm_or_skip("pause_freezes_the_vm_until_the_run_ends") {
         return;
     }
-    let m = manifest(
-        &Vm {
-            strategy: "Always",
-            action: Some("pause"),
-            ..Vm::default()
-        }
-        .yaml(),
-    );
-    let mut args = fast_guest("1");
-    args.extend(["--run-for", "7s"]);
-    let r = run(&m.path, &args, LIMIT);
-    assert_eq!(
-        r.story(),
-        [
-            "started 1",
-            "watchdog pause",
-            "stopped runtime",
-            "finished 0"
-        ],
-        "{}",
-        r.dump()
-    );
+    let r = run_fast_guest(&Vm::with("Always", "pause"), &["--run-for", "7s"]);
+    r.assert_story(&[
+        "started 1",
+        "watchdog pause",
+        "stopped runtime",
+        "finished 0",
+    ]);
     // Nothing from the guest once paused.
     let paused_at = r.of("watchdog")[0]["time_ms"].as_u64().unwrap();
     assert!(r

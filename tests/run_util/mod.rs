@@ -2,13 +2,17 @@
 //! binary with a manifest, bounded in wall time, and parse its JSON lines.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// The wall-time limit of every run of these tests.
+pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// Whether /dev/kvm can be used; prints a loud SKIP line when not.
 pub fn kvm_or_skip(test: &str) -> bool {
@@ -64,7 +68,16 @@ impl Default for Vm<'_> {
     }
 }
 
-impl Vm<'_> {
+impl<'a> Vm<'a> {
+    /// The default VM with this run strategy and watchdog action.
+    pub fn with(strategy: &'a str, action: &'a str) -> Vm<'a> {
+        Vm {
+            strategy,
+            action: Some(action),
+            ..Vm::default()
+        }
+    }
+
     /// The manifest text.
     pub fn yaml(&self) -> String {
         let mut s = String::from(
@@ -139,6 +152,38 @@ impl Run {
                 })
             })
             .collect()
+    }
+    /// Asserts the whole [`Run::story`].
+    #[track_caller]
+    pub fn assert_story(&self, expected: &[&str]) {
+        assert_eq!(self.story(), expected, "{}", self.dump());
+    }
+    /// Asserts the first `expected.len()` entries of [`Run::story`].
+    #[track_caller]
+    pub fn assert_story_starts(&self, expected: &[&str]) {
+        let story = self.story();
+        let head: Vec<&str> = story
+            .iter()
+            .map(String::as_str)
+            .take(expected.len())
+            .collect();
+        assert_eq!(head, expected, "{}", self.dump());
+    }
+    /// Asserts the last `expected.len()` entries of [`Run::story`].
+    #[track_caller]
+    pub fn assert_story_ends(&self, expected: &[&str]) {
+        let story = self.story();
+        let tail = &story[story.len().saturating_sub(expected.len())..];
+        assert_eq!(tail, expected, "{}", self.dump());
+    }
+    /// The first `probe` event with this `result`; panics (with the dump) when there is none.
+    #[track_caller]
+    pub fn first_probe(&self, result: &str) -> Value {
+        self.of("probe")
+            .into_iter()
+            .find(|e| e["result"] == result)
+            .cloned()
+            .unwrap_or_else(|| panic!("no probe with result {result}: {}", self.dump()))
     }
     /// A dump for assertion messages.
     pub fn dump(&self) -> String {
@@ -230,6 +275,21 @@ impl Live {
         None
     }
 
+    /// Wait for the first `ready` event, read to the end, and assert that event said
+    /// ready: true.
+    #[track_caller]
+    pub fn finish_first_ready(mut self) -> Run {
+        let ready = self.until(|e| e["type"] == "ready");
+        let r = self.finish();
+        assert_eq!(
+            ready.map(|e| e["ready"].clone()),
+            Some(Value::Bool(true)),
+            "{}",
+            r.dump()
+        );
+        r
+    }
+
     /// Read to the end (or the limit, then kill) and collect the result.
     pub fn finish(mut self) -> Run {
         while self.next().is_some() {}
@@ -274,6 +334,30 @@ impl Drop for Live {
 /// Run to completion with a wall-time limit.
 pub fn run(manifest: &Path, args: &[&str], limit: Duration) -> Run {
     spawn(manifest, args, limit).finish()
+}
+
+/// Run the built-in test guest with `vm`'s manifest, the [`fast_guest`] settings (hang
+/// after 1 s) and the `extra` flags, within [`LIMIT`].
+pub fn run_fast_guest(vm: &Vm, extra: &[&str]) -> Run {
+    let m = manifest(&vm.yaml());
+    let mut args: Vec<&str> = fast_guest("1");
+    args.extend(extra);
+    run(&m.path, &args, LIMIT)
+}
+
+/// Answer one HTTP request on `s` with 200 "ok" (reads the request head first, bounded by
+/// a 2 s read timeout).
+pub fn answer_ok(mut s: TcpStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
 }
 
 /// The test guest's fast watchdog settings: heartbeat 1 s, kicks every 0.5 s, hang after
