@@ -12,17 +12,20 @@
 //! criterion runs (warm-up included), so figures are averages over thousands of
 //! probes. Skips with a message when /usr/sbin/qemu-ga is missing.
 
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../tests/common/agent_epoll.rs"]
+mod agent_epoll;
+#[path = "../tests/common/qga.rs"]
+mod qga;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agent_epoll::AgentFds;
 use criterion::Criterion;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmpulse::probes::agent::{AgentClient, AgentOutcome, FdInterest};
+use qga::TempQga;
+use vmm_sys_util::epoll::EpollEvent;
+use vmpulse::probes::agent::{AgentClient, AgentOutcome};
 use vmpulse::probes::AgentChannel;
-
-const QEMU_GA: &str = "/usr/sbin/qemu-ga";
 
 /// utime, stime, cutime, cstime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> [u64; 4] {
@@ -64,93 +67,18 @@ impl Totals {
     }
 }
 
-struct Agent {
-    child: Child,
-    _dir: tempfile::TempDir,
-    sock: PathBuf,
-}
-
-impl Agent {
-    fn start() -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("qga.sock");
-        let child = Command::new(QEMU_GA)
-            .args(["-m", "unix-listen", "-p"])
-            .arg(&sock)
-            .arg("-t")
-            .arg(dir.path())
-            .arg("-f")
-            .arg(dir.path().join("qga.pid"))
-            .arg("-l")
-            .arg(dir.path().join("qga.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn qemu-ga");
-        let until = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < until, "qemu-ga did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Agent {
-            child,
-            _dir: dir,
-            sock,
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The VMM-style loop: epoll on the client's fds, timers from next_deadline.
 struct Driver {
-    ep: Epoll,
-    registered: Vec<FdInterest>,
+    fds: AgentFds,
     events: [EpollEvent; 8],
 }
 
 impl Driver {
     fn new() -> Driver {
         Driver {
-            ep: Epoll::new().expect("epoll"),
-            registered: Vec::new(),
+            fds: AgentFds::new(),
             events: [EpollEvent::default(); 8],
         }
-    }
-
-    fn sync_fds(&mut self, c: &AgentClient) {
-        let want = c.interests();
-        if want == self.registered {
-            return;
-        }
-        for old in &self.registered {
-            let _ = self
-                .ep
-                .ctl(ControlOperation::Delete, old.fd, EpollEvent::default());
-        }
-        for w in &want {
-            let mut ev = EventSet::empty();
-            if w.read {
-                ev |= EventSet::IN;
-            }
-            if w.write {
-                ev |= EventSet::OUT;
-            }
-            self.ep
-                .ctl(
-                    ControlOperation::Add,
-                    w.fd,
-                    EpollEvent::new(ev, w.fd as u64),
-                )
-                .expect("epoll add");
-        }
-        self.registered = want;
     }
 
     /// One exec probe of `true`, to completion.
@@ -169,7 +97,7 @@ impl Driver {
                 );
                 return;
             }
-            self.sync_fds(c);
+            self.fds.sync(c);
             let now = Instant::now();
             let ms = c.next_deadline().map_or(100, |d| {
                 d.saturating_duration_since(now)
@@ -177,7 +105,7 @@ impl Driver {
                     .div_ceil(1000)
                     .min(100) as i32
             });
-            let n = self.ep.wait(ms, &mut self.events).expect("epoll wait");
+            let n = self.fds.ep.wait(ms, &mut self.events).expect("epoll wait");
             let now = Instant::now();
             if n > 0 {
                 c.on_ready(now);
@@ -190,13 +118,12 @@ impl Driver {
 }
 
 fn main() {
-    if !Path::new(QEMU_GA).exists() {
-        eprintln!("SKIP: {QEMU_GA} is missing (apt-get install -y qemu-guest-agent)");
+    if !qga::available_or_skip() {
         return;
     }
     let tps = ticks_per_second();
     let me = std::process::id();
-    let agent = Agent::start();
+    let agent = TempQga::start();
     let agent_pid = agent.child.id();
     let mut client = AgentClient::new(AgentChannel::UnixSocket(agent.sock.clone()));
     let mut driver = Driver::new();

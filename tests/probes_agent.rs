@@ -4,18 +4,22 @@
 //!
 //! Every wait is bounded; each test kills the agent it started (on drop).
 
+#[path = "common/agent_epoll.rs"]
+mod agent_epoll;
+#[path = "common/qga.rs"]
+mod qga;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmpulse::probes::agent::{AgentClient, AgentOutcome, FdInterest};
+use agent_epoll::AgentFds;
+use vmm_sys_util::epoll::EpollEvent;
+use vmpulse::probes::agent::{AgentClient, AgentOutcome};
 use vmpulse::probes::AgentChannel;
-
-const QEMU_GA: &str = "/usr/sbin/qemu-ga";
 
 /// A real qemu-ga listening on a Unix socket in a temporary directory.
 struct Qga {
@@ -31,7 +35,7 @@ impl Qga {
         let mut q = Qga {
             child: None,
             dir: dir.to_path_buf(),
-            sock: dir.join("qga.sock"),
+            sock: qga::socket_in(dir),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         q.restart();
@@ -40,38 +44,7 @@ impl Qga {
 
     /// (Re)starts the agent on the same socket and waits (bounded) until it accepts.
     fn restart(&mut self) {
-        assert!(
-            Path::new(QEMU_GA).exists(),
-            "{QEMU_GA} is missing: apt-get install -y qemu-guest-agent"
-        );
-        let child = Command::new(QEMU_GA)
-            .arg("-m")
-            .arg("unix-listen")
-            .arg("-p")
-            .arg(&self.sock)
-            .arg("-t")
-            .arg(&self.dir)
-            .arg("-f")
-            .arg(self.dir.join("qga.pid"))
-            .arg("-l")
-            .arg(self.dir.join("qga.log"))
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn qemu-ga");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            // A throw-away connection proves the agent listens; it serves the next client
-            // as soon as this one closes.
-            if UnixStream::connect(&self.sock).is_ok() {
-                return;
-            }
-            assert!(Instant::now() < until, "qemu-ga did not start listening");
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.child = Some(qga::spawn_in(&self.dir, &self.extra));
     }
 
     fn pid(&self) -> u32 {
@@ -111,45 +84,14 @@ impl Drop for Qga {
 
 /// A small epoll loop that drives one client the way a VMM loop would.
 struct Driver {
-    ep: Epoll,
-    registered: Vec<FdInterest>,
+    fds: AgentFds,
 }
 
 impl Driver {
     fn new() -> Driver {
         Driver {
-            ep: Epoll::new().expect("epoll"),
-            registered: Vec::new(),
+            fds: AgentFds::new(),
         }
-    }
-
-    fn sync_fds(&mut self, c: &AgentClient) {
-        let want = c.interests();
-        if want == self.registered {
-            return;
-        }
-        for old in &self.registered {
-            let _ = self
-                .ep
-                .ctl(ControlOperation::Delete, old.fd, EpollEvent::default());
-        }
-        for w in &want {
-            let mut ev = EventSet::empty();
-            if w.read {
-                ev |= EventSet::IN;
-            }
-            if w.write {
-                ev |= EventSet::OUT;
-            }
-            self.ep
-                .ctl(
-                    ControlOperation::Add,
-                    w.fd,
-                    EpollEvent::new(ev, w.fd as u64),
-                )
-                .expect("epoll add");
-        }
-        self.registered = want;
     }
 
     /// Runs until `n` completions arrived or `limit` passed; returns them with
@@ -171,14 +113,14 @@ impl Driver {
             if got.len() >= n || now >= end {
                 return got;
             }
-            self.sync_fds(c);
+            self.fds.sync(c);
             let wake = c.next_deadline().map_or(end, |d| d.min(end));
             let ms = wake
                 .saturating_duration_since(now)
                 .as_micros()
                 .div_ceil(1000)
                 .min(1000) as i32;
-            let ready = self.ep.wait(ms, &mut events).expect("epoll wait");
+            let ready = self.fds.ep.wait(ms, &mut events).expect("epoll wait");
             let now = Instant::now();
             if ready > 0 {
                 c.on_ready(now);

@@ -2,76 +2,31 @@
 //! `qemu-ga` (Debian's qemu-guest-agent) in `unix-listen` mode, started by the tests.
 
 mod probes_util;
+#[path = "common/qga.rs"]
+mod qga;
 
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use probes_util::*;
+use qga::TempQga;
 use vmpulse::probes::config::{ProbeConfig, ProbeHandler, ProbeKind};
 use vmpulse::probes::{AgentChannel, ProbeAttempt, ProbeEnv, ProbeEvent};
-
-const QEMU_GA: &str = "/usr/sbin/qemu-ga";
 
 fn ms(x: u64) -> Duration {
     Duration::from_millis(x)
 }
 
-/// A real qemu-ga on a Unix socket in a temporary directory; killed on drop.
-struct Qga {
-    child: Child,
-    sock: PathBuf,
-    _dir: tempfile::TempDir,
+/// A real qemu-ga on a Unix socket in a temporary directory (killed on drop); `None`
+/// (after a loud SKIP line) when it is not installed.
+fn start_qga() -> Option<TempQga> {
+    qga::available_or_skip().then(TempQga::start)
 }
 
-impl Qga {
-    fn start() -> Option<Qga> {
-        if !Path::new(QEMU_GA).exists() {
-            eprintln!("SKIP: {QEMU_GA} is missing (apt-get install -y qemu-guest-agent)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("qga.sock");
-        let child = Command::new(QEMU_GA)
-            .args(["-m", "unix-listen", "-p"])
-            .arg(&sock)
-            .arg("-t")
-            .arg(dir.path())
-            .arg("-f")
-            .arg(dir.path().join("qga.pid"))
-            .arg("-l")
-            .arg(dir.path().join("qga.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn qemu-ga");
-        let until = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < until, "qemu-ga did not start listening");
-            thread::sleep(ms(10));
-        }
-        Some(Qga {
-            child,
-            sock,
-            _dir: dir,
-        })
-    }
-
-    fn env(&self) -> ProbeEnv {
-        ProbeEnv {
-            vm_addresses: vec![V4],
-            agent: Some(AgentChannel::UnixSocket(self.sock.clone())),
-        }
-    }
-}
-
-impl Drop for Qga {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Probes that reach the agent at `qga`'s socket.
+fn env(qga: &TempQga) -> ProbeEnv {
+    ProbeEnv {
+        vm_addresses: vec![V4],
+        agent: Some(AgentChannel::UnixSocket(qga.sock.clone())),
     }
 }
 
@@ -100,14 +55,14 @@ fn attempts(
     d.attempts()
 }
 
-fn once(handler: ProbeHandler, timeout_ms: u64, qga: &Qga) -> (Duration, ProbeAttempt) {
+fn once(handler: ProbeHandler, timeout_ms: u64, qga: &TempQga) -> (Duration, ProbeAttempt) {
     let probes = vec![(ProbeKind::Readiness, config(handler, 60_000, timeout_ms))];
-    attempts(probes, qga.env(), 1, Duration::from_secs(10)).remove(0)
+    attempts(probes, env(qga), 1, Duration::from_secs(10)).remove(0)
 }
 
 #[test]
 fn exec_cat_of_a_file_that_exists_then_does_not() {
-    let Some(qga) = Qga::start() else { return };
+    let Some(qga) = start_qga() else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("healthy.txt");
     std::fs::write(&file, "all good\n").unwrap();
@@ -130,7 +85,7 @@ fn exec_cat_of_a_file_that_exists_then_does_not() {
 
 #[test]
 fn exec_exit_code_signal_and_quoting() {
-    let Some(qga) = Qga::start() else { return };
+    let Some(qga) = start_qga() else { return };
     let (_, a) = once(exec(&["sh", "-c", "echo out; exit 3"]), 2000, &qga);
     assert!(!a.success);
     assert_eq!(a.exit_code, Some(3));
@@ -159,7 +114,7 @@ fn exec_exit_code_signal_and_quoting() {
 
 #[test]
 fn exec_longer_than_the_timeout_fails_at_the_timeout() {
-    let Some(qga) = Qga::start() else { return };
+    let Some(qga) = start_qga() else { return };
     let (t, a) = once(exec(&["sleep", "3"]), 500, &qga);
     assert!(!a.success, "{a:?}");
     assert!(t >= ms(500) && t < ms(800), "{t:?}");
@@ -167,7 +122,7 @@ fn exec_longer_than_the_timeout_fails_at_the_timeout() {
 
 #[test]
 fn guest_agent_ping_and_two_probes_on_one_agent() {
-    let Some(qga) = Qga::start() else { return };
+    let Some(qga) = start_qga() else { return };
     let (t, a) = once(ProbeHandler::GuestAgentPing, 1000, &qga);
     assert!(a.success, "{a:?}");
     assert!(t < ms(500), "{t:?}");
@@ -179,7 +134,7 @@ fn guest_agent_ping_and_two_probes_on_one_agent() {
         ),
         (ProbeKind::Liveness, config(exec(&["true"]), 300, 1000)),
     ];
-    let got = attempts(probes, qga.env(), 6, Duration::from_secs(5));
+    let got = attempts(probes, env(&qga), 6, Duration::from_secs(5));
     assert!(got.iter().all(|(_, a)| a.success), "{got:?}");
     let liveness = got
         .iter()

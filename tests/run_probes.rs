@@ -1,11 +1,13 @@
 //! Liveness and readiness probes in `vmpulse run` on /dev/kvm, against real servers the
 //! tests start on loopback.
 
+#[path = "common/qga.rs"]
+mod qga;
 mod run_util;
 
 use std::net::TcpListener;
-use std::time::Duration;
 
+use qga::TempQga;
 use run_util::{answer_ok, kvm_or_skip, manifest, spawn, Manifest, Vm, LIMIT};
 
 fn probe_yaml(kind: &str, handler: &str, failure_threshold: u32) -> String {
@@ -196,38 +198,15 @@ fn readiness_needs_every_probe_host() {
     );
 }
 
-const QEMU_GA: &str = "/usr/sbin/qemu-ga";
-
 #[test]
 fn readiness_exec_through_qemu_ga() {
     if !kvm_or_skip("readiness_exec_through_qemu_ga") {
         return;
     }
-    assert!(
-        std::path::Path::new(QEMU_GA).exists(),
-        "{QEMU_GA} is missing: apt-get install -y qemu-guest-agent"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("qga.sock");
-    let healthy = dir.path().join("healthy.txt");
+    let qga = TempQga::start();
+    let sock = &qga.sock;
+    let healthy = qga.dir.path().join("healthy.txt");
     std::fs::write(&healthy, "all good\n").unwrap();
-    let mut qga = std::process::Command::new(QEMU_GA)
-        .args(["-m", "unix-listen", "-p"])
-        .arg(&sock)
-        .arg("-t")
-        .arg(dir.path())
-        .arg("-f")
-        .arg(dir.path().join("qga.pid"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start qemu-ga");
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(std::time::Instant::now() < until, "qemu-ga did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let handler = format!(
         "        exec:\n          command: [\"cat\", \"{}\"]\n",
         healthy.display()
@@ -243,8 +222,6 @@ fn readiness_exec_through_qemu_ga() {
         sock_arg.as_str(),
     ];
     let r = spawn(&m.path, &args, LIMIT).finish_first_ready();
-    let _ = qga.kill();
-    let _ = qga.wait();
     let ok = r.first_probe("success");
     assert_eq!(ok["probe"], "readiness");
     assert_eq!(ok["exit_code"], 0, "{}", r.dump());
