@@ -12,6 +12,9 @@
 //!
 //! Environment: `PROBES_BENCH_N` (default 10000), `PROBES_BENCH_ROUNDS` (default 3).
 
+#[path = "../tests/probes_util/mod.rs"]
+mod probes_util;
+
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -21,7 +24,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use probes_util::epoll_on;
+use vmm_sys_util::epoll::EpollEvent;
 use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
 use vmpulse::probes::tracker::{Outcome, Tracker};
 use vmpulse::probes::{ProbeEnv, ProbeEvent, ProbeSet};
@@ -161,14 +165,7 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         agent: None,
     };
     let mut set = ProbeSet::new(probes, env).unwrap();
-    let epoll = Epoll::new().unwrap();
-    epoll
-        .ctl(
-            ControlOperation::Add,
-            set.fd(),
-            EpollEvent::new(EventSet::IN, 1),
-        )
-        .unwrap();
+    let epoll = epoll_on(&set);
     let mut ev = [EpollEvent::default(); 4];
     let start = Instant::now();
     set.vm_started_at(start);

@@ -201,15 +201,20 @@ fn client_for(q: &Qga) -> AgentClient {
     AgentClient::new(AgentChannel::UnixSocket(q.sock.clone()))
 }
 
+/// A real agent in a new temporary directory, a client of it and a driver.
+fn real_agent(extra: &[&str]) -> (tempfile::TempDir, Qga, AgentClient, Driver) {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Qga::start_in(dir.path(), extra);
+    let c = client_for(&q);
+    (dir, q, c, Driver::new())
+}
+
 const T1: Duration = Duration::from_secs(1);
 const T5: Duration = Duration::from_secs(5);
 
 #[test]
 fn ping_real_agent_pongs_after_one_sync() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let (o, took) = ping(&mut d, &mut c, 1, T1);
     assert_eq!(o, AgentOutcome::Pong);
     assert!(took < T1, "ping took {took:?}");
@@ -251,10 +256,7 @@ fn exec_cat_of_existing_then_deleted_file() {
 
 #[test]
 fn exec_exit_code_three() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let (o, _) = exec(
         &mut d,
         &mut c,
@@ -284,10 +286,7 @@ fn exec_exit_code_three() {
 
 #[test]
 fn exec_killed_by_signal_reports_the_signal() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let (o, _) = exec(&mut d, &mut c, 1, &["sh", "-c", "kill -9 $$"], T5);
     assert_eq!(
         o,
@@ -301,10 +300,7 @@ fn exec_killed_by_signal_reports_the_signal() {
 
 #[test]
 fn exec_missing_binary_fails_with_agent_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let (o, took) = exec(&mut d, &mut c, 1, &["/nonexistent/probe-binary"], T5);
     let m = failed_msg(&o);
     assert!(m.starts_with("guest-exec: GenericError"), "{m}");
@@ -318,10 +314,7 @@ fn exec_missing_binary_fails_with_agent_error() {
 
 #[test]
 fn exec_hang_fails_at_deadline_and_blocks_the_next_exec_of_that_probe() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let (o, took) = exec(&mut d, &mut c, 7, &["sleep", "30"], T1);
     let m = failed_msg(&o);
     assert!(m.contains("still running"), "{m}");
@@ -360,10 +353,7 @@ fn exec_hang_fails_at_deadline_and_blocks_the_next_exec_of_that_probe() {
 
 #[test]
 fn stuck_exec_is_released_when_it_exits() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let (o, _) = exec(
         &mut d,
         &mut c,
@@ -381,11 +371,8 @@ fn stuck_exec_is_released_when_it_exits() {
 
 #[test]
 fn stuck_exec_is_forgotten_after_the_bound() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     c.set_stuck_exec_bound(Duration::from_millis(500));
-    let mut d = Driver::new();
     let (o, _) = exec(
         &mut d,
         &mut c,
@@ -412,10 +399,7 @@ fn stuck_exec_is_forgotten_after_the_bound() {
 
 #[test]
 fn exec_arguments_arrive_intact() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (dir, _q, mut c, mut d) = real_agent(&[]);
     let tricky = "a \"quoted\" \\back\\slash\\\" \nnew line\ttab ünïcødé 🚀 'single' $HOME `id` {}[],:\u{7f}";
     let (o, _) = exec(&mut d, &mut c, 1, &["printf", "%s", tricky], T5);
     assert_eq!(exited(&o), (Some(0), None, tricky));
@@ -429,10 +413,7 @@ fn exec_arguments_arrive_intact() {
 
 #[test]
 fn two_probes_share_one_agent() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let now = Instant::now();
     c.start_ping(1, now, now + T1);
     c.start_exec(2, &args(&["echo", "hi"]), now, now + T1);
@@ -482,10 +463,7 @@ fn agent_absent_fails_fast_then_reconnects_when_it_starts() {
 
 #[test]
 fn agent_killed_mid_exec_fails_then_restarted_agent_works() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, mut q, mut c, mut d) = real_agent(&[]);
     let now = Instant::now();
     c.start_exec(1, &args(&["sleep", "3"]), now, now + T5);
     assert!(d.run(&mut c, 1, Duration::from_millis(300)).is_empty());
@@ -506,10 +484,7 @@ fn agent_killed_mid_exec_fails_then_restarted_agent_works() {
 
 #[test]
 fn agent_hung_then_resumed_resyncs_and_discards_stale_replies() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, q, mut c, mut d) = real_agent(&[]);
     assert_eq!(ping(&mut d, &mut c, 1, T1).0, AgentOutcome::Pong);
     q.signal("STOP");
     let (o, took) = ping(&mut d, &mut c, 1, Duration::from_millis(500));
@@ -556,10 +531,7 @@ fn partial_request_left_by_a_previous_client_is_reset_by_the_sync() {
 fn background_child_holding_stdout_times_out() {
     // SPEC P-41: with captured output the agent reports exited only once the
     // pipes close, so a background child keeps the probe running past T.
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let (o, took) = exec(
         &mut d,
         &mut c,
@@ -573,10 +545,7 @@ fn background_child_holding_stdout_times_out() {
 
 #[test]
 fn exec_output_is_bounded_and_oversized_replies_fail_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     // 5000 bytes of output: the reply fits, the excerpt keeps 1 KiB.
     let (o, _) = exec(
         &mut d,
@@ -606,10 +575,7 @@ fn exec_output_is_bounded_and_oversized_replies_fail_cleanly() {
 #[test]
 fn hung_agent_fails_each_probe_at_its_own_deadline() {
     // SPEC P-55: two probes on one hung agent; neither waits past its deadline.
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, q, mut c, mut d) = real_agent(&[]);
     assert_eq!(ping(&mut d, &mut c, 1, T1).0, AgentOutcome::Pong);
     q.signal("STOP");
     let t0 = Instant::now();
@@ -637,10 +603,7 @@ fn hung_agent_fails_each_probe_at_its_own_deadline() {
 
 #[test]
 fn blocked_guest_ping_is_an_error_reply() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &["-b", "guest-ping,guest-exec"]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&["-b", "guest-ping,guest-exec"]);
     let (o, took) = ping(&mut d, &mut c, 1, T1);
     let m = failed_msg(&o);
     assert!(m.starts_with("guest-ping: "), "{m}");
@@ -690,6 +653,20 @@ fn sync_id(req: &serde_json::Value) -> i64 {
     req["arguments"]["id"].as_i64().unwrap()
 }
 
+/// Reads the client's sync request and answers it properly (0xFF, then the id).
+fn answer_sync(s: &mut UnixStream) {
+    let id = sync_id(&read_request(s).unwrap());
+    s.write_all(&[0xFF]).unwrap();
+    s.write_all(format!("{{\"return\": {id}}}\n").as_bytes())
+        .unwrap();
+}
+
+/// Reads (and discards) until the client hangs up or the read timeout passes.
+fn drain(s: &mut UnixStream) {
+    let mut sink = [0u8; 1024];
+    while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+}
+
 #[test]
 fn fake_agent_garbage_never_syncs_and_fails_at_the_deadline() {
     let (_dir, path, h) = fake_agent(|mut s| {
@@ -700,8 +677,7 @@ fn fake_agent_garbage_never_syncs_and_fails_at_the_deadline() {
         junk.extend_from_slice(b"\xff\xff\xff");
         junk.extend(vec![0xFFu8; 100 * 1024]);
         let _ = s.write_all(&junk);
-        let mut sink = [0u8; 1024];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        drain(&mut s);
     });
     let mut c = AgentClient::new(AgentChannel::UnixSocket(path));
     let mut d = Driver::new();
@@ -721,8 +697,7 @@ fn fake_agent_garbage_never_syncs_and_fails_at_the_deadline() {
 #[test]
 fn fake_agent_that_never_answers_fails_at_the_deadline() {
     let (_dir, path, h) = fake_agent(|mut s| {
-        let mut sink = [0u8; 1024];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        drain(&mut s);
     });
     let mut c = AgentClient::new(AgentChannel::UnixSocket(path));
     let mut d = Driver::new();
@@ -756,8 +731,7 @@ fn fake_agent_stale_replies_and_echo_before_the_real_ones() {
         for b in b"{\"return\": {}}\n" {
             s.write_all(&[*b]).unwrap();
         }
-        let mut sink = [0u8; 1024];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        drain(&mut s);
     });
     let mut c = AgentClient::new(AgentChannel::UnixSocket(path));
     let mut d = Driver::new();
@@ -784,24 +758,17 @@ fn fake_agent_garbled_reply_fails_fast_then_resyncs() {
         let _ = read_request(&mut s).unwrap();
         s.write_all(b"{\"bogus\": 1}\n").unwrap();
         // 2: resync, then a reply line over the 64 KiB cap.
-        let id = sync_id(&read_request(&mut s).unwrap());
-        s.write_all(&[0xFF]).unwrap();
-        s.write_all(format!("{{\"return\": {id}}}\n").as_bytes())
-            .unwrap();
+        answer_sync(&mut s);
         let _ = read_request(&mut s).unwrap();
         let mut big = b"{\"return\": \"".to_vec();
         big.extend(vec![b'A'; 100 * 1024]);
         s.write_all(&big).unwrap();
         // 3: resync, then a proper reply.
-        let id = sync_id(&read_request(&mut s).unwrap());
-        s.write_all(&[0xFF]).unwrap();
-        s.write_all(format!("{{\"return\": {id}}}\n").as_bytes())
-            .unwrap();
+        answer_sync(&mut s);
         let req = read_request(&mut s).unwrap();
         assert_eq!(req["execute"], "guest-ping");
         s.write_all(b"{\"return\": {}}\n").unwrap();
-        let mut sink = [0u8; 1024];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        drain(&mut s);
     });
     let mut c = AgentClient::new(AgentChannel::UnixSocket(path));
     let mut d = Driver::new();
@@ -835,14 +802,10 @@ fn fake_agent_closing_the_connection_fails_then_reconnects() {
         // Second client: behave.
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(T5)).unwrap();
-        let id = sync_id(&read_request(&mut s).unwrap());
-        s.write_all(&[0xFF]).unwrap();
-        s.write_all(format!("{{\"return\": {id}}}\n").as_bytes())
-            .unwrap();
+        answer_sync(&mut s);
         let _ = read_request(&mut s).unwrap();
         s.write_all(b"{\"return\": {}}\n").unwrap();
-        let mut sink = [0u8; 1024];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        drain(&mut s);
     });
     let mut c = AgentClient::new(AgentChannel::UnixSocket(path));
     let mut d = Driver::new();
@@ -885,14 +848,10 @@ fn busy_agent_with_a_full_backlog_is_retried_until_the_deadline() {
         let (s, _) = listener.accept().unwrap();
         let mut s: UnixStream = std::os::fd::OwnedFd::from(s).into();
         s.set_read_timeout(Some(T5)).unwrap();
-        let id = sync_id(&read_request(&mut s).unwrap());
-        s.write_all(&[0xFF]).unwrap();
-        s.write_all(format!("{{\"return\": {id}}}\n").as_bytes())
-            .unwrap();
+        answer_sync(&mut s);
         let _ = read_request(&mut s).unwrap();
         s.write_all(b"{\"return\": {}}\n").unwrap();
-        let mut sink = [0u8; 64];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        drain(&mut s);
     });
     let mut c = AgentClient::new(AgentChannel::UnixSocket(path));
     let mut d = Driver::new();
@@ -943,10 +902,7 @@ fn stream_channel_to_the_real_agent() {
 
 #[test]
 fn cancel_reports_nothing_and_keeps_the_link_usable() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Qga::start_in(dir.path(), &[]);
-    let mut c = client_for(&q);
-    let mut d = Driver::new();
+    let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let now = Instant::now();
     c.start_ping(1, now, now + T1);
     c.start_exec(2, &args(&["sleep", "0.2"]), now, now + T1);

@@ -159,6 +159,19 @@ pub fn env(addrs: &[IpAddr]) -> ProbeEnv {
     }
 }
 
+/// An epoll watching `set`'s fd for input (data 1), as a runner loop does.
+pub fn epoll_on(set: &ProbeSet) -> Epoll {
+    let epoll = Epoll::new().unwrap();
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            set.fd(),
+            EpollEvent::new(EventSet::IN, 1),
+        )
+        .unwrap();
+    epoll
+}
+
 /// A runner loop around a `ProbeSet`: epoll-waits on its fd, calls `process`.
 pub struct Driver {
     pub set: ProbeSet,
@@ -173,14 +186,7 @@ pub struct Driver {
 impl Driver {
     pub fn new(probes: Vec<(ProbeKind, ProbeConfig)>, env: ProbeEnv) -> Driver {
         let set = ProbeSet::new(probes, env).expect("ProbeSet::new");
-        let epoll = Epoll::new().unwrap();
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                set.fd(),
-                EpollEvent::new(EventSet::IN, 1),
-            )
-            .unwrap();
+        let epoll = epoll_on(&set);
         Driver {
             set,
             epoll,
