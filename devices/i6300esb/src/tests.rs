@@ -27,6 +27,39 @@ const T_START: u64 = 7_000_000_000;
 
 type Dev = I6300Esb<ManualClock, Arc<EventCounters>>;
 
+/// Little-endian accessors of one access window of the device (configuration space or
+/// BAR0): writes of 1, 2 and 4 bytes, and reads of 1, 2 and 4 bytes into a buffer that
+/// starts as 0xa5 bytes, so a read the device ignores shows.
+macro_rules! window_accessors {
+    ($off:ty, $write:ident, $read:ident,
+     $w8:ident, $w16:ident, $w32:ident, $r8:ident, $r16:ident, $r32:ident) => {
+        fn $w8(&mut self, off: $off, v: u8) {
+            self.dev.$write(off, &[v]);
+        }
+        fn $w16(&mut self, off: $off, v: u16) {
+            self.dev.$write(off, &v.to_le_bytes());
+        }
+        fn $w32(&mut self, off: $off, v: u32) {
+            self.dev.$write(off, &v.to_le_bytes());
+        }
+        fn $r8(&mut self, off: $off) -> u8 {
+            let mut b = [0xa5u8; 1];
+            self.dev.$read(off, &mut b);
+            b[0]
+        }
+        fn $r16(&mut self, off: $off) -> u16 {
+            let mut b = [0xa5u8; 2];
+            self.dev.$read(off, &mut b);
+            u16::from_le_bytes(b)
+        }
+        fn $r32(&mut self, off: $off) -> u32 {
+            let mut b = [0xa5u8; 4];
+            self.dev.$read(off, &mut b);
+            u32::from_le_bytes(b)
+        }
+    };
+}
+
 /// A device on a manual clock with its counters and the expiries collected so far.
 struct Rig {
     clock: ManualClock,
@@ -44,10 +77,19 @@ impl Rig {
 
     fn with_action(action: WatchdogAction) -> Self {
         let mut rig = Rig::bare(action);
-        rig.cw32(0x10, BAR0);
-        rig.cw16(0x04, 0x0002);
+        rig.map_bar0();
         assert_eq!(rig.dev.bar0_region(), Some((u64::from(BAR0), 16)));
         rig
+    }
+
+    /// A [`Rig::new`] with preloads `pv1`/`pv2` set and the watchdog enabled; returns it
+    /// and the time it was enabled.
+    fn armed(pv1: u32, pv2: u32) -> (Self, u64) {
+        let mut rig = Rig::new();
+        rig.setpv(pv1, pv2);
+        rig.enable();
+        let t0 = rig.now();
+        (rig, t0)
     }
 
     /// A device straight out of power-on: BAR0 unprogrammed, decode off.
@@ -63,62 +105,31 @@ impl Rig {
         }
     }
 
+    /// What firmware does: BAR0 at [`BAR0`], memory decoding on.
+    fn map_bar0(&mut self) {
+        self.cw32(0x10, BAR0);
+        self.cw16(0x04, 0x0002);
+    }
+
     fn now(&self) -> u64 {
         use crate::Clock;
         self.clock.now_ns()
     }
 
-    // Configuration space.
-    fn cw8(&mut self, off: usize, v: u8) {
-        self.dev.config_write(off, &[v]);
-    }
-    fn cw16(&mut self, off: usize, v: u16) {
-        self.dev.config_write(off, &v.to_le_bytes());
-    }
-    fn cw32(&mut self, off: usize, v: u32) {
-        self.dev.config_write(off, &v.to_le_bytes());
-    }
-    fn cr8(&mut self, off: usize) -> u8 {
-        let mut b = [0xa5u8; 1];
-        self.dev.config_read(off, &mut b);
-        b[0]
-    }
-    fn cr16(&mut self, off: usize) -> u16 {
-        let mut b = [0xa5u8; 2];
-        self.dev.config_read(off, &mut b);
-        u16::from_le_bytes(b)
-    }
-    fn cr32(&mut self, off: usize) -> u32 {
-        let mut b = [0xa5u8; 4];
-        self.dev.config_read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    // BAR0.
-    fn mw8(&mut self, off: u64, v: u8) {
-        self.dev.bar0_write(off, &[v]);
-    }
-    fn mw16(&mut self, off: u64, v: u16) {
-        self.dev.bar0_write(off, &v.to_le_bytes());
-    }
-    fn mw32(&mut self, off: u64, v: u32) {
-        self.dev.bar0_write(off, &v.to_le_bytes());
-    }
-    fn mr8(&mut self, off: u64) -> u8 {
-        let mut b = [0xa5u8; 1];
-        self.dev.bar0_read(off, &mut b);
-        b[0]
-    }
-    fn mr16(&mut self, off: u64) -> u16 {
-        let mut b = [0xa5u8; 2];
-        self.dev.bar0_read(off, &mut b);
-        u16::from_le_bytes(b)
-    }
-    fn mr32(&mut self, off: u64) -> u32 {
-        let mut b = [0xa5u8; 4];
-        self.dev.bar0_read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
+    // Configuration space: CW8/CW16/CW32 and CR8/CR16/CR32.
+    window_accessors!(
+        usize,
+        config_write,
+        config_read,
+        cw8,
+        cw16,
+        cw32,
+        cr8,
+        cr16,
+        cr32
+    );
+    // BAR0: MW8/MW16/MW32 and MR8/MR16/MR32.
+    window_accessors!(u64, bar0_write, bar0_read, mw8, mw16, mw32, mr8, mr16, mr32);
 
     /// `U`: the Linux unlock sequence (two 16-bit writes to the reload register).
     fn u(&mut self) {
@@ -495,10 +506,7 @@ fn case_25_word_write_to_preload_spends_the_window() {
 
 #[test]
 fn case_26_dword_reload_write_spends_the_window_without_kicking() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 50 * MS);
     let kicks = count(&r.ev.kick);
     r.u();
@@ -631,10 +639,7 @@ fn case_34_linux_style_arm_fires_exactly() {
 fn case_34_late_poll_still_reports_the_exact_time() {
     // A host that polls late learns the exact expiry time, and stage 2 starts
     // at the instant stage 1 ended, not when the host noticed.
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 10 * FIRE_100_100);
     assert_eq!(r.fired.len(), 1);
     assert_eq!(r.fired[0].time_ns, t0 + FIRE_100_100);
@@ -642,10 +647,7 @@ fn case_34_late_poll_still_reports_the_exact_time() {
 
 #[test]
 fn case_35_kick_in_stage_2_restarts_stage_1() {
-    let mut r = Rig::new();
-    r.setpv(50, 150);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(50, 150);
     r.at(t0 + 100 * MS);
     assert_eq!(r.dev.watchdog().stage(), Stage::Two);
     r.kick();
@@ -655,20 +657,14 @@ fn case_35_kick_in_stage_2_restarts_stage_1() {
 
 #[test]
 fn case_36_pv1_rewrite_does_not_shorten_the_running_stage() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 20 * MS);
     r.u();
     r.mw32(0x00, 10);
     r.fires_exactly_at(t0 + FIRE_100_100);
 
     // ...but a kick afterwards uses the new PV1.
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 20 * MS);
     r.u();
     r.mw32(0x00, 10);
@@ -679,10 +675,7 @@ fn case_36_pv1_rewrite_does_not_shorten_the_running_stage() {
 
 #[test]
 fn case_37_pv2_rewrite_in_stage_1_applies_at_stage_2() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 20 * MS);
     r.u();
     r.mw32(0x04, 10);
@@ -715,10 +708,7 @@ fn case_39_one_mhz_prescaler() {
 
 #[test]
 fn case_40_prescaler_change_applies_at_the_next_stage() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.cw16(0x60, 0x0007);
     assert_eq!(r.dev.next_deadline(), Some(t0 + 98_400_000));
     r.fires_exactly_at(t0 + 98_400_000);
@@ -727,10 +717,7 @@ fn case_40_prescaler_change_applies_at_the_next_stage() {
 
 #[test]
 fn case_41_zero_preloads_fire_at_once() {
-    let mut r = Rig::new();
-    r.setpv(0, 0);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(0, 0);
     assert_eq!(r.dev.next_deadline(), Some(t0));
     r.at(t0);
     assert_eq!(r.fired.len(), 1);
@@ -756,10 +743,7 @@ fn case_42_max_preload_does_not_overflow() {
 
 #[test]
 fn case_43_re_enable_while_running_does_not_restart() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 50 * MS);
     r.enable();
     r.fires_exactly_at(t0 + FIRE_100_100);
@@ -767,10 +751,7 @@ fn case_43_re_enable_while_running_does_not_restart() {
 
 #[test]
 fn case_44_disable_then_enable_restarts() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 50 * MS);
     r.cw8(0x68, 0x00);
     r.enable();
@@ -872,8 +853,7 @@ fn case_50_flag_survives_machine_reset() {
     // The watchdog-caused reset the VMM performs...
     r.dev.warm_reset();
     assert_eq!(r.dev.bar0_region(), None, "firmware must map BAR0 again");
-    r.cw32(0x10, BAR0);
-    r.cw16(0x04, 0x0002);
+    r.map_bar0();
     assert_eq!(r.mr16(0x0c), 0x1200);
     r.cw16(0x60, 0x0023);
     r.cw8(0x68, 0x04);
@@ -926,8 +906,7 @@ fn case_52_linux_probe_reports_and_clears_card_reset() {
     let mut r = Rig::with_action(WatchdogAction::Reset);
     fire_once(&mut r);
     r.dev.warm_reset();
-    r.cw32(0x10, BAR0);
-    r.cw16(0x04, 0x0002);
+    r.map_bar0();
     assert_eq!(linux_probe(&mut r), 0x20);
     assert!(!r.dev.watchdog().timeout_flag());
     r.dev.warm_reset();
@@ -1355,10 +1334,7 @@ fn warm_reset_keeps_the_flag_power_on_reset_clears_it() {
 
 #[test]
 fn pause_freezes_the_countdown() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 150 * MS);
     r.dev.pause();
     assert!(r.dev.watchdog().is_paused());
@@ -1374,10 +1350,7 @@ fn pause_freezes_the_countdown() {
 
 #[test]
 fn pause_in_stage_1_and_kick_while_paused() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.at(t0 + 10 * MS);
     r.dev.pause();
     r.after(1_000 * MS);
@@ -1392,10 +1365,7 @@ fn pause_in_stage_1_and_kick_while_paused() {
 
 #[test]
 fn pause_at_the_deadline_fires_first() {
-    let mut r = Rig::new();
-    r.setpv(100, 100);
-    r.enable();
-    let t0 = r.now();
+    let (mut r, t0) = Rig::armed(100, 100);
     r.clock.set(t0 + FIRE_100_100);
     r.dev.pause();
     r.dev.poll(&mut r.fired);
