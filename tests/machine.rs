@@ -169,6 +169,13 @@ fn wait_readable(fd: RawFd, d: Duration) {
 /// Run a test body on its own thread and fail if it takes longer than this.
 const HARD_LIMIT: Duration = Duration::from_secs(60);
 
+/// A KVM test: skips loudly when /dev/kvm is absent, else runs `body` within [`HARD_LIMIT`].
+fn kvm_test(body: fn()) {
+    if kvm_present() {
+        hard_limit(body);
+    }
+}
+
 fn hard_limit(body: fn()) {
     let (tx, rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
@@ -193,13 +200,10 @@ const BOOT: Duration = Duration::from_secs(10);
 
 #[test]
 fn boot_probe_arm_and_kick() {
-    hard_limit(boot_probe_arm_and_kick_body);
+    kvm_test(boot_probe_arm_and_kick_body);
 }
 
 fn boot_probe_arm_and_kick_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::new(opts(30, 200, None));
     vm.expect_line(BOOT, "guest: kick 3");
     let console = vm.console();
@@ -244,13 +248,10 @@ const HEARTBEAT_1S_NS: u64 = 2 * 512 * 983_040;
 
 #[test]
 fn hang_fires_the_watchdog_and_reset_reports_it() {
-    hard_limit(hang_fires_the_watchdog_and_reset_reports_it_body);
+    kvm_test(hang_fires_the_watchdog_and_reset_reports_it_body);
 }
 
 fn hang_fires_the_watchdog_and_reset_reports_it_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::new(opts(1, 200, Some(1000)));
     let origin = clock_origin(&vm.esb);
     vm.expect_line(BOOT, "guest: watchdog armed, timeout=1 s");
@@ -334,13 +335,10 @@ fn hang_fires_the_watchdog_and_reset_reports_it_body() {
 
 #[test]
 fn power_button_powers_the_guest_off_and_reset_boots_it_again() {
-    hard_limit(power_button_powers_the_guest_off_and_reset_boots_it_again_body);
+    kvm_test(power_button_powers_the_guest_off_and_reset_boots_it_again_body);
 }
 
 fn power_button_powers_the_guest_off_and_reset_boots_it_again_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::new(opts(30, 100, None));
     vm.expect_line(BOOT, "guest: kick 1");
     vm.m.power_button();
@@ -367,13 +365,10 @@ fn power_button_powers_the_guest_off_and_reset_boots_it_again_body() {
 
 #[test]
 fn power_button_ignored_when_the_guest_says_so() {
-    hard_limit(power_button_ignored_when_the_guest_says_so_body);
+    kvm_test(power_button_ignored_when_the_guest_says_so_body);
 }
 
 fn power_button_ignored_when_the_guest_says_so_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut o = opts(30, 100, None);
     o.ignore_shutdown = true;
     let mut vm = Vm::new(o);
@@ -400,13 +395,10 @@ fn power_button_ignored_when_the_guest_says_so_body() {
 
 #[test]
 fn nmi_reaches_the_guest() {
-    hard_limit(nmi_reaches_the_guest_body);
+    kvm_test(nmi_reaches_the_guest_body);
 }
 
 fn nmi_reaches_the_guest_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::new(opts(30, 100, None));
     vm.expect_line(BOOT, "guest: kick 1");
     vm.m.inject_nmi().unwrap();
@@ -426,13 +418,10 @@ fn nmi_reaches_the_guest_body() {
 
 #[test]
 fn pause_freezes_guest_and_watchdog_and_reset_works_while_paused() {
-    hard_limit(pause_freezes_guest_and_watchdog_and_reset_works_while_paused_body);
+    kvm_test(pause_freezes_guest_and_watchdog_and_reset_works_while_paused_body);
 }
 
 fn pause_freezes_guest_and_watchdog_and_reset_works_while_paused_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::new(opts(30, 100, None));
     vm.expect_line(BOOT, "guest: kick 2");
     vm.m.pause().unwrap();
@@ -476,13 +465,10 @@ fn pause_freezes_guest_and_watchdog_and_reset_works_while_paused_body() {
 
 #[test]
 fn reset_control_port_reports_a_guest_reset() {
-    hard_limit(reset_control_port_reports_a_guest_reset_body);
+    kvm_test(reset_control_port_reports_a_guest_reset_body);
 }
 
 fn reset_control_port_reports_a_guest_reset_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::with_image(reset_request_guest().unwrap());
     vm.expect_line(BOOT, "guest: boot (reset request)");
     vm.expect(BOOT, "GuestReset", |e| *e == MachineEvent::GuestReset);
@@ -501,13 +487,10 @@ fn reset_control_port_reports_a_guest_reset_body() {
 
 #[test]
 fn kick_loop_guest_counts_three_exits_per_kick() {
-    hard_limit(kick_loop_guest_counts_three_exits_per_kick_body);
+    kvm_test(kick_loop_guest_counts_three_exits_per_kick_body);
 }
 
 fn kick_loop_guest_counts_three_exits_per_kick_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::with_image(kick_loop_guest(200).unwrap());
     vm.expect(BOOT, "GuestPoweroff", |e| *e == MachineEvent::GuestPoweroff);
     let marks = vm.m.marks();
@@ -527,13 +510,10 @@ fn kick_loop_guest_counts_three_exits_per_kick_body() {
 
 #[test]
 fn stop_is_prompt_and_idempotent_and_drop_stops() {
-    hard_limit(stop_is_prompt_and_idempotent_and_drop_stops_body);
+    kvm_test(stop_is_prompt_and_idempotent_and_drop_stops_body);
 }
 
 fn stop_is_prompt_and_idempotent_and_drop_stops_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::new(opts(30, 100, None));
     vm.expect_line(BOOT, "guest: kick 1");
     let t = Instant::now();
@@ -548,13 +528,10 @@ fn stop_is_prompt_and_idempotent_and_drop_stops_body() {
 
 #[test]
 fn too_little_memory_is_refused() {
-    hard_limit(too_little_memory_is_refused_body);
+    kvm_test(too_little_memory_is_refused_body);
 }
 
 fn too_little_memory_is_refused_body() {
-    if !kvm_present() {
-        return;
-    }
     let cfg = MachineConfig {
         memory_bytes: 4096,
         guest: opts(30, 1000, None),
@@ -567,13 +544,10 @@ fn too_little_memory_is_refused_body() {
 
 #[test]
 fn com2_carries_agent_bytes_both_ways() {
-    hard_limit(com2_carries_agent_bytes_both_ways_body);
+    kvm_test(com2_carries_agent_bytes_both_ways_body);
 }
 
 fn com2_carries_agent_bytes_both_ways_body() {
-    if !kvm_present() {
-        return;
-    }
     let (host, mut agent) = UnixStream::pair().unwrap();
     let mut vm = Vm::build(
         opts(30, 1000, None),
@@ -598,13 +572,10 @@ fn com2_carries_agent_bytes_both_ways_body() {
 
 #[test]
 fn stray_accesses_read_all_ones_and_are_counted() {
-    hard_limit(stray_accesses_read_all_ones_and_are_counted_body);
+    kvm_test(stray_accesses_read_all_ones_and_are_counted_body);
 }
 
 fn stray_accesses_read_all_ones_and_are_counted_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::with_image(stray_access_guest().unwrap());
     vm.expect(BOOT, "GuestPoweroff", |e| *e == MachineEvent::GuestPoweroff);
     assert_eq!(
@@ -640,13 +611,10 @@ fn linux_probe_from_trace() -> Vec<String> {
 
 #[test]
 fn guest_probe_matches_the_linux_trace() {
-    hard_limit(guest_probe_matches_the_linux_trace_body);
+    kvm_test(guest_probe_matches_the_linux_trace_body);
 }
 
 fn guest_probe_matches_the_linux_trace_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::new(opts(30, 200, None));
     vm.expect_line(BOOT, "guest: kick 1");
     let log = vm.m.esb_access_log().take();
@@ -682,13 +650,10 @@ fn guest_probe_matches_the_linux_trace_body() {
 
 #[test]
 fn a_guest_halted_with_interrupts_off_can_be_woken_reset_and_stopped() {
-    hard_limit(a_guest_halted_with_interrupts_off_can_be_woken_reset_and_stopped_body);
+    kvm_test(a_guest_halted_with_interrupts_off_can_be_woken_reset_and_stopped_body);
 }
 
 fn a_guest_halted_with_interrupts_off_can_be_woken_reset_and_stopped_body() {
-    if !kvm_present() {
-        return;
-    }
     let mut vm = Vm::with_image(halt_guest().unwrap());
     vm.expect_line(BOOT, "guest: boot (halt)");
     // Only an NMI gets through `cli; hlt`. One that lands between the guest's
