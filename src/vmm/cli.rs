@@ -67,7 +67,8 @@ const EXIT_HELP: &str =
 runStrategy Halted, the VM stopped and runStrategy does not restart it, or --max-restarts \
 reached) and no error was reported; 1 when an error was reported (the VM could not be created \
 or failed, an action could not be carried out); 2 when the manifest does not validate or a \
-flag or annotation is invalid.\n\nManifest annotations vmpulse.io/guest-timeout, \
+flag or annotation is invalid; 130 or 143 when SIGINT or SIGTERM ended the run (the VM is \
+stopped cleanly first, `stopped` reason `signal`).\n\nManifest annotations vmpulse.io/guest-timeout, \
 vmpulse.io/guest-kick-every, vmpulse.io/guest-hang-after, vmpulse.io/guest-ignore-shutdown, \
 vmpulse.io/max-restarts, vmpulse.io/run-for and vmpulse.io/restart-backoff give defaults for \
 the flags of the same name; flags win.";
@@ -500,6 +501,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         max_restarts: settings.max_restarts,
         run_for: settings.run_for,
         backoff: settings.backoff,
+        handle_signals: true,
     };
     let mut factory = KvmFactory {
         memory_bytes: memory.0,

@@ -41,6 +41,8 @@ pub enum StopReason {
     Runtime,
     /// The VM failed (vCPU error).
     Error,
+    /// vmpulse itself was asked to stop (SIGINT or SIGTERM).
+    Signal,
 }
 
 impl StopReason {
@@ -53,6 +55,7 @@ impl StopReason {
             StopReason::Shutdown => "shutdown",
             StopReason::Runtime => "runtime",
             StopReason::Error => "error",
+            StopReason::Signal => "signal",
         }
     }
 }

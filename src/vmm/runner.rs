@@ -151,6 +151,9 @@ pub struct RunConfig {
     pub run_for: Option<Duration>,
     /// The first restart back-off.
     pub backoff: Duration,
+    /// Stop the VM cleanly and end the run on SIGINT or SIGTERM (the `vmpulse` binary sets
+    /// this; an embedding program that handles signals itself leaves it off).
+    pub handle_signals: bool,
 }
 
 /// How a run ended.
@@ -186,6 +189,56 @@ const TOKEN_GRACE: u32 = 3;
 const TOKEN_BACKOFF: u32 = 4;
 const TOKEN_RUN_FOR: u32 = 5;
 const TOKEN_PROBE_RESUME: u32 = 6;
+const TOKEN_SIGINT: u32 = 7;
+const TOKEN_SIGTERM: u32 = 8;
+
+/// SIGINT and SIGTERM turned into readable sockets for the loop (signal-hook's self-pipe),
+/// registered for the run only.
+struct Interrupts {
+    /// (signal, token, read end).
+    pipes: Vec<(i32, u32, UnixStream)>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl Interrupts {
+    fn register() -> io::Result<Self> {
+        let mut out = Interrupts {
+            pipes: Vec::new(),
+            ids: Vec::new(),
+        };
+        for (sig, token) in [
+            (signal_hook::consts::SIGINT, TOKEN_SIGINT),
+            (signal_hook::consts::SIGTERM, TOKEN_SIGTERM),
+        ] {
+            let (rx, tx) = UnixStream::pair()?;
+            rx.set_nonblocking(true)?;
+            tx.set_nonblocking(true)?;
+            out.ids
+                .push(signal_hook::low_level::pipe::register(sig, tx)?);
+            out.pipes.push((sig, token, rx));
+        }
+        Ok(out)
+    }
+
+    /// Empty the pipe of `token`; returns its signal if anything had arrived.
+    fn take(&mut self, token: u32) -> Option<i32> {
+        let (sig, _, rx) = self.pipes.iter_mut().find(|(_, t, _)| *t == token)?;
+        let mut buf = [0u8; 64];
+        let mut got = false;
+        while let Ok(n @ 1..) = io::Read::read(rx, &mut buf) {
+            got |= n > 0;
+        }
+        got.then_some(*sig)
+    }
+}
+
+impl Drop for Interrupts {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
 
 /// Records which of the runner's fds became ready; the loop handles them after `run()`.
 struct ReadyFds {
@@ -327,6 +380,8 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     boots: u32,
     run_started: Instant,
     ending: Option<Ending>,
+    /// SIGINT/SIGTERM, when [`RunConfig::handle_signals`] is set.
+    interrupts: Option<Interrupts>,
 }
 
 /// Run the VM described by `cfg` until the run ends; report every event to `sink`.
@@ -420,9 +475,22 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 run_for,
                 probe_resume,
             };
-            Ok((esb, expiries, esb_timer, ready, manager, fds_id, timers))
+            let interrupts = if cfg.handle_signals {
+                let interrupts = Interrupts::register()?;
+                let mut ops = manager.event_ops(fds_id).map_err(em_err)?;
+                for (_, token, rx) in &interrupts.pipes {
+                    ops.add(Events::with_data_raw(rx.as_raw_fd(), *token, EventSet::IN))
+                        .map_err(em_err)?;
+                }
+                Some(interrupts)
+            } else {
+                None
+            };
+            Ok((
+                esb, expiries, esb_timer, ready, manager, fds_id, timers, interrupts,
+            ))
         })();
-        let (esb, expiries, esb_timer, ready, manager, fds_id, timers) = match parts {
+        let (esb, expiries, esb_timer, ready, manager, fds_id, timers, interrupts) = match parts {
             Ok(p) => p,
             Err(e) => return Err((out, e)),
         };
@@ -454,6 +522,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             boots: 0,
             run_started: Instant::now(),
             ending: None,
+            interrupts,
         })
     }
 
@@ -522,6 +591,11 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 TOKEN_BACKOFF if self.backoff.take_if_due() => self.backoff_expired(),
                 TOKEN_RUN_FOR if self.run_for.take_if_due() => self.run_for_expired(),
                 TOKEN_PROBE_RESUME if self.probe_resume.take_if_due() => self.resume_probes(),
+                TOKEN_SIGINT | TOKEN_SIGTERM => {
+                    if let Some(sig) = self.interrupts.as_mut().and_then(|i| i.take(token)) {
+                        self.interrupted(sig);
+                    }
+                }
                 _ => {}
             }
         }
@@ -909,6 +983,14 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         }
     }
 
+    /// SIGINT or SIGTERM: stop the VM cleanly (no restart) and end the run.
+    fn interrupted(&mut self, sig: i32) {
+        if self.vm.is_some() {
+            self.stop_vm(Stop::plain(StopReason::Signal));
+        }
+        self.ending = Some(Ending::Interrupted(sig));
+    }
+
     fn run_for_expired(&mut self) {
         if self.vm.is_some() {
             self.stop_vm(Stop::plain(StopReason::Runtime));
@@ -1086,6 +1168,7 @@ mod tests {
             // A bound on every test: none may run longer than this.
             run_for: Some(Duration::from_secs(5)),
             backoff: Duration::from_millis(10),
+            handle_signals: false,
         }
     }
 

@@ -58,7 +58,7 @@ impl Stop {
 pub fn is_failure(stop: &Stop) -> bool {
     match stop.reason {
         StopReason::Watchdog | StopReason::Liveness | StopReason::Error => true,
-        StopReason::Guest | StopReason::Runtime => false,
+        StopReason::Guest | StopReason::Runtime | StopReason::Signal => false,
         StopReason::Shutdown => stop.forced == Some(true) || stop.trigger == Some(Cause::Liveness),
     }
 }
@@ -70,7 +70,7 @@ pub fn starts(strategy: RunStrategy) -> bool {
 
 /// Whether the strategy restarts the VM after this stop (ignoring `--max-restarts`).
 pub fn wants_restart(strategy: RunStrategy, stop: &Stop) -> bool {
-    if stop.reason == StopReason::Runtime {
+    if matches!(stop.reason, StopReason::Runtime | StopReason::Signal) {
         return false;
     }
     match strategy {
@@ -127,6 +127,8 @@ pub enum Ending {
     MaxRestarts(u32),
     /// The run cannot go on (the VM could not be created or started, or the loop failed).
     Fatal(String),
+    /// vmpulse received this signal (SIGINT or SIGTERM) and stopped the VM.
+    Interrupted(i32),
 }
 
 impl Ending {
@@ -141,6 +143,7 @@ impl Ending {
             ),
             Ending::MaxRestarts(n) => format!("--max-restarts {n} reached"),
             Ending::Fatal(m) => format!("cannot go on: {m}"),
+            Ending::Interrupted(sig) => format!("interrupted by signal {sig}"),
         }
     }
 }
@@ -214,9 +217,12 @@ impl RestartPolicy {
 /// - 1: an `error` event was reported (the VM could not be created or started, the vCPU
 ///   failed, an action could not be carried out, the event loop failed).
 /// - 2 is used before any run, for a manifest that does not validate or a bad flag.
+/// - 128 + N: the run was interrupted by signal N (130 for SIGINT, 143 for SIGTERM), as a
+///   shell reports a process killed by it; the VM was stopped cleanly first.
 pub fn exit_code(ending: &Ending, errors: u32) -> u8 {
     match ending {
         Ending::Fatal(_) => 1,
+        Ending::Interrupted(sig) => u8::try_from(128 + sig.clamp(&0, &127)).unwrap_or(u8::MAX),
         _ if errors > 0 => 1,
         Ending::RunFor | Ending::Halted | Ending::NoRestart(..) | Ending::MaxRestarts(_) => 0,
     }
@@ -380,5 +386,10 @@ mod tests {
         );
         assert_eq!(exit_code(&Ending::RunFor, 1), 1);
         assert_eq!(exit_code(&Ending::Fatal("kvm".into()), 0), 1);
+        assert_eq!(exit_code(&Ending::Interrupted(2), 0), 130);
+        assert_eq!(exit_code(&Ending::Interrupted(15), 1), 143);
+        for strategy in RunStrategy::ALL {
+            assert!(!wants_restart(strategy, &Stop::plain(StopReason::Signal)));
+        }
     }
 }
