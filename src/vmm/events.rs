@@ -129,8 +129,7 @@ pub enum Event {
         result: String,
         /// What happened.
         message: String,
-        /// The address probed, where there is one.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        /// The address probed (`null` for exec and guest-agent probes, which have none).
         address: Option<String>,
         /// Exec probes: the exit code.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -357,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn probe_events_leave_out_absent_fields() {
+    fn probe_events_keep_address_and_leave_out_absent_exec_fields() {
         let v = json(&Event::Probe {
             probe: "liveness".into(),
             result: "failure".into(),
@@ -370,6 +369,20 @@ mod tests {
             v,
             serde_json::json!({"time_ms": 1234, "type": "probe", "probe": "liveness", "result": "failure",
                 "message": "connection refused", "address": "127.0.0.1:8080"})
+        );
+        // An exec probe has no address: the field is there, null, so scripts can rely on it.
+        let v = json(&Event::Probe {
+            probe: "readiness".into(),
+            result: "success".into(),
+            message: "exited with code 0".into(),
+            address: None,
+            exit_code: Some(0),
+            output: Some("ok".into()),
+        });
+        assert_eq!(
+            v,
+            serde_json::json!({"time_ms": 1234, "type": "probe", "probe": "readiness", "result": "success",
+                "message": "exited with code 0", "address": null, "exit_code": 0, "output": "ok"})
         );
         let v = json(&Event::Ready { ready: true });
         assert_eq!(
