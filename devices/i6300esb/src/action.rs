@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::regs::{WDT_INT_TYPE_IRQ, WDT_INT_TYPE_MASK, WDT_INT_TYPE_SMI};
+
 /// The action a VMM carries out when the watchdog fires; QEMU's action names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WatchdogAction {
@@ -98,11 +100,65 @@ pub struct Expiry {
     pub time_ns: u64,
 }
 
+/// What a stage-1 expiry raises in the Hardware profile (WDTCR bits 1:0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InterruptKind {
+    /// Interrupt type 00: an IRQ on IOxAPIC 1, input 10.
+    Irq,
+    /// Interrupt type 10: a system management interrupt.
+    Smi,
+}
+
+impl InterruptKind {
+    /// The kind WDTCR interrupt-type bits select; `None` for 01 (reserved) and
+    /// 11 (disabled).
+    pub fn from_int_type(int_type: u16) -> Option<Self> {
+        match int_type & WDT_INT_TYPE_MASK {
+            WDT_INT_TYPE_IRQ => Some(InterruptKind::Irq),
+            WDT_INT_TYPE_SMI => Some(InterruptKind::Smi),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            InterruptKind::Irq => 1,
+            InterruptKind::Smi => 2,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(InterruptKind::Irq),
+            2 => Some(InterruptKind::Smi),
+            _ => None,
+        }
+    }
+}
+
+/// A stage-1 interrupt the chip raises (Hardware profile only; QEMU raises none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage1Interrupt {
+    /// IRQ or SMI, as WDTCR selected when stage 1 ran out.
+    pub kind: InterruptKind,
+    /// The virtual time at which stage 1 ran out.
+    pub time_ns: u64,
+}
+
 /// Receives expiries from [`crate::I6300Esb::poll`]. The host decides what to do.
 pub trait ActionSink {
     /// Stage 2 ran out with the output enabled; the device has already set its
-    /// timeout flag and reset itself.
+    /// timeout flag and, in the QEMU profile, reset itself (in the Hardware
+    /// profile it has stopped with its output asserted instead).
     fn watchdog_expired(&mut self, expiry: Expiry);
+
+    /// Hardware profile only: stage 1 ran out and set GISR bit 0 with WDTCR
+    /// selecting an IRQ (00) or an SMI (10). The interrupt is raised on GISR's
+    /// 0-to-1 edge, so there is at most one per guest clear of GISR. Delivered
+    /// from `poll`, before the expiries of the same poll. The default ignores it.
+    fn stage1_interrupt(&mut self, interrupt: Stage1Interrupt) {
+        let _ = interrupt;
+    }
 }
 
 impl<F: FnMut(Expiry)> ActionSink for F {

@@ -4,6 +4,7 @@ use crate::action::{ActionSink, WatchdogAction};
 use crate::clock::Clock;
 use crate::config_space::ConfigHeader;
 use crate::events::{NoEvents, WatchdogEvents};
+use crate::profile::Profile;
 use crate::regs::{
     BAR0_SIZE, CONFIG_HEADER_SIZE, CONFIG_SPACE_SIZE, QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID,
 };
@@ -38,6 +39,28 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
             watchdog: Watchdog::with_events(action, events),
             clock,
         }
+    }
+
+    /// The same device following `profile` (builder style); see [`Profile`] for
+    /// what changes. The default is [`Profile::Qemu`].
+    ///
+    /// ```
+    /// use i6300esb::{I6300Esb, ManualClock, Profile, WatchdogAction};
+    ///
+    /// let mut dev = I6300Esb::new(WatchdogAction::Reset, ManualClock::new(0))
+    ///     .with_profile(Profile::Hardware);
+    /// dev.config_write(0x68, &0x0002u32.to_le_bytes()); // a dword write enables
+    /// assert!(dev.watchdog().is_enabled());
+    /// assert_eq!(dev.state().watchdog.profile, Profile::Hardware);
+    /// ```
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.watchdog.set_profile(profile);
+        self
+    }
+
+    /// Switch the watchdog to `profile`; see [`Watchdog::set_profile`].
+    pub fn set_profile(&mut self, profile: Profile) {
+        self.watchdog.set_profile(profile);
     }
 
     /// Present other subsystem IDs than QEMU's 1AF4:1100.
@@ -89,7 +112,7 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
         }
         // Only the watchdog's own registers need the time; header reads (most of
         // config traffic) skip the clock.
-        if Watchdog::<E>::decodes_config(offset, data.len()) {
+        if self.watchdog.claims_config(offset, data.len()) {
             let now = self.clock.now_ns();
             if self.watchdog.config_read(now, offset, data) {
                 return;
@@ -110,7 +133,7 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
             self.watchdog.events().ignored_config_access();
             return;
         }
-        if Watchdog::<E>::decodes_config(offset, data.len()) {
+        if self.watchdog.claims_config(offset, data.len()) {
             let now = self.clock.now_ns();
             if self.watchdog.config_write(now, offset, data) {
                 return;
@@ -208,7 +231,7 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
         }
     }
 
-    /// Rebuild a device from a saved state, validated first. The countdown resumes
+    /// Rebuild a device from a saved state, validated first, in the saved profile. The countdown resumes
     /// with the time it had left, measured on `clock` from now.
     ///
     /// Subsystem IDs are configuration, not state: the device comes back with

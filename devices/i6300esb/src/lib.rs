@@ -56,16 +56,20 @@ pub mod clock;
 pub mod config_space;
 pub mod device;
 pub mod events;
+pub mod profile;
 pub mod regs;
 pub mod state;
 pub mod timer;
 pub mod watchdog;
 
-pub use action::{ActionSink, Expiry, UnknownAction, WatchdogAction};
+pub use action::{
+    ActionSink, Expiry, InterruptKind, Stage1Interrupt, UnknownAction, WatchdogAction,
+};
 pub use clock::{Clock, ManualClock};
 pub use config_space::ConfigHeader;
 pub use device::I6300Esb;
 pub use events::{EventCounters, NoEvents, WatchdogEvents};
+pub use profile::Profile;
 pub use state::{I6300EsbState, StateError, WatchdogState};
 pub use timer::{stage_duration_ns, Stage};
 pub use watchdog::Watchdog;

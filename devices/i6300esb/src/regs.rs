@@ -62,6 +62,12 @@ pub const CFG_WDT_LOCK: usize = 0x68;
 /// WDTCR bits 1:0 select what stage-1 expiry raises. QEMU stores the value with the
 /// mask 0x11 (a copy of an old Linux typo), so bit 1 is lost and bit 4 is kept.
 pub const WDT_INT_TYPE_MASK_QEMU: u16 = 0x11;
+/// WDTCR bits 1:0 as the datasheet defines them (the Hardware profile's mask).
+pub const WDT_INT_TYPE_MASK: u16 = 0x03;
+/// Interrupt type 00: stage-1 expiry raises an IRQ (IOxAPIC 1, input 10).
+pub const WDT_INT_TYPE_IRQ: u16 = 0x00;
+/// Interrupt type 10: stage-1 expiry raises an SMI.
+pub const WDT_INT_TYPE_SMI: u16 = 0x02;
 /// WDTCR bit 2: prescaler select; 1 = PCI clock / 2^5 ("1 MHz"), 0 = / 2^15 ("1 kHz").
 pub const WDT_PRE_SEL: u16 = 0x04;
 /// WDTCR bit 5: 1 suppresses the stage-2 output (no flag, no action).
@@ -81,6 +87,8 @@ pub const MMIO_PRELOAD1: u64 = 0x00;
 pub const MMIO_PRELOAD2: u64 = 0x04;
 /// General interrupt status register; QEMU reads it as 0 and ignores writes.
 pub const MMIO_GISR: u64 = 0x08;
+/// GISR bit 0 (WDT_INT_ACT): stage 1 ran out; sticky, write 1 to clear (Hardware profile).
+pub const GISR_WDT_INT_ACT: u8 = 0x01;
 /// Reload register: kick, timeout flag, and the target of the unlock writes.
 pub const MMIO_RELOAD: u64 = 0x0c;
 

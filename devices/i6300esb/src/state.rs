@@ -4,14 +4,21 @@
 //! instant, so a restore on another host or after downtime resumes the countdown
 //! where it stopped instead of firing at once.
 
-use crate::action::WatchdogAction;
-use crate::regs::{BAR0_ADDRESS_MASK, COMMAND_WRITABLE, PRELOAD_MASK, WDT_INT_TYPE_MASK_QEMU};
+use crate::action::{InterruptKind, WatchdogAction};
+use crate::profile::Profile;
+use crate::regs::{BAR0_ADDRESS_MASK, COMMAND_WRITABLE, PRELOAD_MASK};
 use crate::timer::MAX_STAGE_NS;
 use crate::watchdog::MAX_PENDING_EXPIRIES;
 
-/// Version of [`WatchdogState`] this crate writes and reads.
-pub const WATCHDOG_STATE_VERSION: u16 = 1;
-/// Version of [`I6300EsbState`] and of its byte encoding.
+/// Version of [`WatchdogState`] this crate writes. Version 2 added the profile
+/// and the Hardware profile's GISR bit, output pin and stage-1 interrupt.
+pub const WATCHDOG_STATE_VERSION: u16 = 2;
+/// The oldest [`WatchdogState`] version still read: version 1 (before profiles),
+/// which restores as a [`Profile::Qemu`] watchdog.
+pub const WATCHDOG_STATE_VERSION_1: u16 = 1;
+/// Version of [`I6300EsbState`]'s own fields and of the encoding's frame. The
+/// watchdog part carries its own version, which selects its layout, so the
+/// profile (a watchdog field) did not change this one.
 pub const DEVICE_STATE_VERSION: u16 = 1;
 
 const MAGIC: &[u8; 4] = b"ESB\x00";
@@ -25,9 +32,13 @@ pub enum StateError {
     /// A preload value has bits above bit 19.
     #[error("preload value wider than 20 bits")]
     Preload,
-    /// The interrupt type has bits QEMU's model never stores.
+    /// The interrupt type has bits the state's profile never stores.
     #[error("invalid interrupt type")]
     IntType,
+    /// A Hardware-profile field (GISR, output pin, stage-1 interrupt) is set in a
+    /// QEMU-profile state, or a version-1 state claims the Hardware profile.
+    #[error("field not valid in this profile or version")]
+    Profile,
     /// The unlock state is not 0, 1 or 2.
     #[error("invalid unlock state")]
     UnlockState,
@@ -65,7 +76,8 @@ pub struct WatchdogState {
     pub reboot_enabled: bool,
     /// WDTCR bit 2.
     pub one_mhz: bool,
-    /// WDTCR interrupt type bits (mask 0x11).
+    /// WDTCR interrupt type bits (mask 0x11 in the QEMU profile, 0x03 in the
+    /// Hardware profile).
     pub int_type: u16,
     /// WDTLR bit 2.
     pub free_run: bool,
@@ -93,18 +105,36 @@ pub struct WatchdogState {
     /// Expiries the host has not collected yet. After a restore they are due at
     /// once and carry the restore time.
     pub pending: Vec<WatchdogAction>,
+    /// QEMU's behaviour or the datasheet's (version 2; version 1 means QEMU).
+    pub profile: Profile,
+    /// GISR bit 0 (Hardware profile only; always false in the QEMU profile).
+    pub gisr: bool,
+    /// The stage-2 output (WDT_TOUT#) is asserted until the next reset
+    /// (Hardware profile only).
+    pub output_asserted: bool,
+    /// A stage-1 interrupt the host has not collected yet (Hardware profile
+    /// only). After a restore it is due at once and carries the restore time.
+    pub pending_interrupt: Option<InterruptKind>,
 }
 
 impl WatchdogState {
     /// Check every field against what the device can produce.
     pub fn validate(&self) -> Result<(), StateError> {
-        if self.version != WATCHDOG_STATE_VERSION {
-            return Err(StateError::Version(self.version));
+        match self.version {
+            WATCHDOG_STATE_VERSION => {}
+            WATCHDOG_STATE_VERSION_1 if self.profile == Profile::Qemu => {}
+            WATCHDOG_STATE_VERSION_1 => return Err(StateError::Profile),
+            other => return Err(StateError::Version(other)),
+        }
+        if self.profile == Profile::Qemu
+            && (self.gisr || self.output_asserted || self.pending_interrupt.is_some())
+        {
+            return Err(StateError::Profile);
         }
         if self.preload1 & !PRELOAD_MASK != 0 || self.preload2 & !PRELOAD_MASK != 0 {
             return Err(StateError::Preload);
         }
-        if self.int_type & !WDT_INT_TYPE_MASK_QEMU != 0 {
+        if self.int_type & !self.profile.int_type_mask() != 0 {
             return Err(StateError::IntType);
         }
         if self.unlock_state > 2 {
@@ -169,6 +199,10 @@ impl I6300EsbState {
     }
 
     /// Encode as bytes: a magic, the version, the fields little-endian, and a checksum.
+    ///
+    /// A version-2 watchdog part ends with three more bytes (profile, GISR and
+    /// output flags, pending stage-1 interrupt); a version-1 part is written in
+    /// the version-1 layout, byte for byte.
     pub fn to_bytes(&self) -> Vec<u8> {
         let w = &self.watchdog;
         let mut out = Vec::with_capacity(64);
@@ -206,12 +240,19 @@ impl I6300EsbState {
         }
         out.push(w.pending.len().min(usize::from(u8::MAX)) as u8);
         out.extend(w.pending.iter().map(|a| a.code()));
+        if w.version != WATCHDOG_STATE_VERSION_1 {
+            out.push(w.profile.code());
+            out.push(u8::from(w.gisr) | u8::from(w.output_asserted) << 1);
+            out.push(w.pending_interrupt.map_or(0, |k| k.code()));
+        }
         let sum = checksum(&out);
         out.extend_from_slice(&sum.to_le_bytes());
         out
     }
 
-    /// Decode and validate bytes written by [`I6300EsbState::to_bytes`].
+    /// Decode and validate bytes written by [`I6300EsbState::to_bytes`], of this
+    /// crate's version or of version 1 (which decodes as a QEMU-profile state
+    /// that keeps `version: 1` in its watchdog part).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
         if bytes.len() < 4 {
             return Err(StateError::Encoding("truncated"));
@@ -233,6 +274,9 @@ impl I6300EsbState {
         let cache_line_size = r.u8()?;
         let interrupt_line = r.u8()?;
         let wversion = r.u16()?;
+        if wversion != WATCHDOG_STATE_VERSION && wversion != WATCHDOG_STATE_VERSION_1 {
+            return Err(StateError::Version(wversion));
+        }
         let action =
             WatchdogAction::from_code(r.u8()?).ok_or(StateError::Encoding("unknown action"))?;
         let flags = r.u8()?;
@@ -259,6 +303,25 @@ impl I6300EsbState {
                 WatchdogAction::from_code(r.u8()?).ok_or(StateError::Encoding("unknown action"))?,
             );
         }
+        let (profile, gisr, output_asserted, pending_interrupt) =
+            if wversion == WATCHDOG_STATE_VERSION_1 {
+                (Profile::Qemu, false, false, None)
+            } else {
+                let profile =
+                    Profile::from_code(r.u8()?).ok_or(StateError::Encoding("unknown profile"))?;
+                let flags2 = r.u8()?;
+                if flags2 & !3 != 0 {
+                    return Err(StateError::Encoding("bad hardware flags"));
+                }
+                let pending_interrupt = match r.u8()? {
+                    0 => None,
+                    code => Some(
+                        InterruptKind::from_code(code)
+                            .ok_or(StateError::Encoding("unknown interrupt kind"))?,
+                    ),
+                };
+                (profile, flags2 & 1 != 0, flags2 & 2 != 0, pending_interrupt)
+            };
         if !r.0.is_empty() {
             return Err(StateError::Encoding("trailing bytes"));
         }
@@ -286,6 +349,10 @@ impl I6300EsbState {
                 remaining_ns,
                 spinning,
                 pending,
+                profile,
+                gisr,
+                output_asserted,
+                pending_interrupt,
             },
         };
         state.validate()?;

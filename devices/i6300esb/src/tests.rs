@@ -1635,3 +1635,5 @@ fn kick_storm_keeps_one_deadline_and_never_fires() {
     assert_eq!(count(&r.ev.kick), 100_000);
     assert_eq!(r.dev.next_deadline(), Some(r.now() - UNIT_1K + 2 * UNIT_1K));
 }
+
+mod hardware;

@@ -7,8 +7,9 @@
 
 use std::collections::VecDeque;
 
-use crate::action::{ActionSink, Expiry, WatchdogAction};
+use crate::action::{ActionSink, Expiry, InterruptKind, Stage1Interrupt, WatchdogAction};
 use crate::events::{NoEvents, WatchdogEvents};
+use crate::profile::Profile;
 use crate::regs::*;
 use crate::state::{StateError, WatchdogState, WATCHDOG_STATE_VERSION};
 use crate::timer::{stage_duration_ns, Countdown, Stage, MAX_STAGE_NS};
@@ -53,7 +54,7 @@ struct Registers {
     reboot_enabled: bool,
     /// WDTCR bit 2: 1 MHz prescaler.
     one_mhz: bool,
-    /// WDTCR interrupt type, stored with QEMU's 0x11 mask.
+    /// WDTCR interrupt type, stored with the profile's mask (QEMU's 0x11 or 0x03).
     int_type: u16,
     /// WDTLR bit 2.
     free_run: bool,
@@ -66,6 +67,10 @@ struct Registers {
     unlock: Unlock,
     stage: Stage,
     countdown: Countdown,
+    /// GISR bit 0: stage 1 ran out (Hardware profile only).
+    gisr: bool,
+    /// WDT_TOUT# is asserted after a stage-2 expiry (Hardware profile only).
+    output_asserted: bool,
 }
 
 impl Registers {
@@ -81,6 +86,8 @@ impl Registers {
         unlock: Unlock::Locked,
         stage: Stage::One,
         countdown: Countdown::Stopped,
+        gisr: false,
+        output_asserted: false,
     };
 
     fn wdtcr(&self) -> u16 {
@@ -154,6 +161,9 @@ pub struct Watchdog<E: WatchdogEvents = NoEvents> {
     paused: bool,
     action: WatchdogAction,
     pending: VecDeque<Expiry>,
+    /// A stage-1 interrupt waiting for the host (Hardware profile only).
+    pending_interrupt: Option<Stage1Interrupt>,
+    profile: Profile,
     events: E,
 }
 
@@ -173,8 +183,58 @@ impl<E: WatchdogEvents> Watchdog<E> {
             paused: false,
             action,
             pending: VecDeque::new(),
+            pending_interrupt: None,
+            profile: Profile::Qemu,
             events,
         }
+    }
+
+    /// The same watchdog following `profile` (builder style; see [`Profile`]).
+    ///
+    /// ```
+    /// use i6300esb::{Profile, Watchdog, WatchdogAction};
+    ///
+    /// let mut wd = Watchdog::new(WatchdogAction::Reset).with_profile(Profile::Hardware);
+    /// // WDTCR <- 0x0002 selects SMI; the Hardware profile keeps it.
+    /// assert!(wd.config_write(0, 0x60, &0x0002u16.to_le_bytes()));
+    /// let mut b = [0u8; 2];
+    /// assert!(wd.config_read(0, 0x60, &mut b));
+    /// assert_eq!(u16::from_le_bytes(b), 0x0002);
+    /// ```
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.set_profile(profile);
+        self
+    }
+
+    /// Switch to `profile`. Meant for setting a device up; on a running device
+    /// the interrupt-type bits the new profile does not store are dropped and,
+    /// when switching to [`Profile::Qemu`], so are GISR, the output pin and a
+    /// pending stage-1 interrupt.
+    pub fn set_profile(&mut self, profile: Profile) {
+        self.profile = profile;
+        self.regs.int_type &= profile.int_type_mask();
+        if profile == Profile::Qemu {
+            self.regs.gisr = false;
+            self.regs.output_asserted = false;
+            self.pending_interrupt = None;
+        }
+    }
+
+    /// The profile this watchdog follows.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// Whether the stage-2 output (WDT_TOUT#) is asserted: set when stage 2 fires
+    /// in the Hardware profile and held until a reset. Always false in the QEMU
+    /// profile, whose device resets itself after firing.
+    pub fn output_asserted(&self) -> bool {
+        self.regs.output_asserted
+    }
+
+    /// GISR bit 0 (stage 1 ran out). Always false in the QEMU profile.
+    pub fn stage1_status(&self) -> bool {
+        self.regs.gisr
     }
 
     /// The action requested when the watchdog fires.
@@ -222,7 +282,42 @@ impl<E: WatchdogEvents> Watchdog<E> {
     /// wakes once per expiry, never per stage, and a guest cannot make it wake
     /// every 960 ns with a silent 1 MHz free-running loop. A guest access may move
     /// the answer (a kick, a preload or WDTCR write): ask again after each one.
+    ///
+    /// In the Hardware profile, the end of stage 1 is a deadline too while it
+    /// would raise an IRQ or SMI (GISR bit 0 clear and WDTCR selecting one), and
+    /// so is a stage-1 interrupt waiting for the host.
     pub fn next_deadline(&self) -> Option<u64> {
+        match (self.next_expiry_deadline(), self.next_interrupt_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When a stage-1 interrupt is due (Hardware profile), if one can happen
+    /// without a guest access first.
+    fn next_interrupt_deadline(&self) -> Option<u64> {
+        if let Some(interrupt) = self.pending_interrupt {
+            return Some(interrupt.time_ns);
+        }
+        if self.profile != Profile::Hardware
+            || self.regs.gisr
+            || InterruptKind::from_int_type(self.regs.int_type).is_none()
+        {
+            return None;
+        }
+        let end = self.regs.countdown.deadline()?;
+        match self.regs.stage {
+            Stage::One => Some(end),
+            // A silent free-running loop starts stage 1 again when stage 2 ends.
+            Stage::Two if !self.regs.reboot_enabled && self.regs.free_run => {
+                Some(end.saturating_add(self.regs.stage_ns(Stage::One)))
+            }
+            Stage::Two => None,
+        }
+    }
+
+    /// When the next stage-2 expiry is due (both profiles).
+    fn next_expiry_deadline(&self) -> Option<u64> {
         if let Some(expiry) = self.pending.front() {
             return Some(expiry.time_ns);
         }
@@ -241,8 +336,14 @@ impl<E: WatchdogEvents> Watchdog<E> {
 
     /// Run every stage transition due at or before `now_ns` and hand each expiry to
     /// `sink`, in order. Returns how many expiries were delivered.
+    ///
+    /// In the Hardware profile a waiting stage-1 interrupt goes to
+    /// [`ActionSink::stage1_interrupt`] first (it is not counted in the result).
     pub fn poll<S: ActionSink + ?Sized>(&mut self, now_ns: u64, sink: &mut S) -> usize {
         self.advance(now_ns);
+        if let Some(interrupt) = self.pending_interrupt.take() {
+            sink.stage1_interrupt(interrupt);
+        }
         let mut delivered = 0;
         while let Some(expiry) = self.pending.pop_front() {
             sink.watchdog_expired(expiry);
@@ -264,8 +365,9 @@ impl<E: WatchdogEvents> Watchdog<E> {
             }
             match self.regs.stage {
                 Stage::One => {
-                    // QEMU raises no interrupt and sets no GISR bit here.
+                    // QEMU raises no interrupt and sets no GISR bit here; the chip does.
                     self.events.stage1_expired();
+                    self.raise_stage1(deadline);
                     self.regs.stage = Stage::Two;
                     let d2 = self.regs.stage_ns(Stage::Two);
                     self.regs.countdown = Countdown::start(deadline, d2, false);
@@ -287,8 +389,16 @@ impl<E: WatchdogEvents> Watchdog<E> {
                 action: self.action,
                 time_ns: deadline,
             });
-            // QEMU's device resets itself after every firing, keeping only the flag.
-            self.regs = Registers::RESET;
+            match self.profile {
+                // QEMU's device resets itself after every firing, keeping only the flag.
+                Profile::Qemu => self.regs = Registers::RESET,
+                // The chip drives WDT_TOUT# and stops; the board (the host's action)
+                // decides what happens next. Only a kick starts it again.
+                Profile::Hardware => {
+                    self.regs.output_asserted = true;
+                    self.regs.countdown = Countdown::Stopped;
+                }
+            }
         } else if self.regs.free_run {
             // Output disabled in free-running mode: both stages restart silently.
             let cycle = self.regs.stage_ns(Stage::One) + self.regs.stage_ns(Stage::Two);
@@ -301,12 +411,33 @@ impl<E: WatchdogEvents> Watchdog<E> {
                     // Whole silent cycles the host slept through are skipped at once.
                     let start = deadline.saturating_add(skipped.saturating_mul(cycle));
                     let d1 = self.regs.stage_ns(Stage::One);
+                    if skipped > 0 {
+                        // Their stage-1 ends: the first one sets GISR.
+                        self.raise_stage1(deadline.saturating_add(d1));
+                    }
                     self.regs.countdown = Countdown::start(start, d1, false);
                 }
             }
         } else {
             // Output disabled, one-shot: the timer stops but ENABLE still reads 1.
             self.regs.countdown = Countdown::Stopped;
+        }
+    }
+
+    /// Stage 1 ran out at `at_ns`: in the Hardware profile set GISR bit 0 and, on
+    /// its 0-to-1 edge, queue an IRQ or SMI for the host if WDTCR selects one.
+    fn raise_stage1(&mut self, at_ns: u64) {
+        if self.profile != Profile::Hardware || self.regs.gisr {
+            return;
+        }
+        self.regs.gisr = true;
+        if let Some(kind) = InterruptKind::from_int_type(self.regs.int_type) {
+            // One waiting interrupt at most: a second edge before the host polls
+            // is the same interrupt line, already raised.
+            self.pending_interrupt.get_or_insert(Stage1Interrupt {
+                kind,
+                time_ns: at_ns,
+            });
         }
     }
 
@@ -329,17 +460,53 @@ impl<E: WatchdogEvents> Watchdog<E> {
     /// Whether a configuration access of `len` bytes at `offset` reaches the
     /// device-specific registers (a 16-bit access at 0x60 or an 8-bit one at 0x68).
     /// Everything else belongs to the PCI header code and never needs the time.
+    ///
+    /// That is the QEMU profile's rule; [`Watchdog::claims_config`] answers for
+    /// this watchdog's profile.
     pub fn decodes_config(offset: usize, len: usize) -> bool {
         matches!((offset, len), (CFG_WDT_CONFIG, 2) | (CFG_WDT_LOCK, 1))
+    }
+
+    /// Whether this watchdog answers a configuration access of `len` bytes at
+    /// `offset`: [`Watchdog::decodes_config`] in the QEMU profile; in the
+    /// Hardware profile any 1-, 2- or 4-byte access covering a byte of WDTCR
+    /// (0x60-0x61) or WDTLR (0x68), as byte enables decode on the chip.
+    pub fn claims_config(&self, offset: usize, len: usize) -> bool {
+        match self.profile {
+            Profile::Qemu => Self::decodes_config(offset, len),
+            Profile::Hardware => {
+                let covers = |reg: usize, width: usize| {
+                    offset < reg + width && offset.checked_add(len).is_some_and(|end| reg < end)
+                };
+                matches!(len, 1 | 2 | 4) && (covers(CFG_WDT_CONFIG, 2) || covers(CFG_WDT_LOCK, 1))
+            }
+        }
     }
 
     /// A configuration-space read at the device-specific registers.
     ///
     /// Returns `true` if the access was a 16-bit read of 0x60 or an 8-bit read of
     /// 0x68 and `data` was filled; otherwise leaves `data` alone and returns `false`
-    /// (the caller's PCI code answers it).
+    /// (the caller's PCI code answers it). In the Hardware profile every access
+    /// [`Watchdog::claims_config`] accepts is filled: the register bytes it covers,
+    /// and zeros for the unimplemented device-specific bytes around them.
     pub fn config_read(&mut self, now_ns: u64, offset: usize, data: &mut [u8]) -> bool {
         self.advance(now_ns);
+        if self.profile == Profile::Hardware {
+            if !self.claims_config(offset, data.len()) {
+                return false;
+            }
+            let wdtcr = self.regs.wdtcr().to_le_bytes();
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = match offset + i {
+                    CFG_WDT_CONFIG => wdtcr[0],
+                    a if a == CFG_WDT_CONFIG + 1 => wdtcr[1],
+                    CFG_WDT_LOCK => self.regs.wdtlr(),
+                    _ => 0,
+                };
+            }
+            return true;
+        }
         match (offset, data.len()) {
             (CFG_WDT_CONFIG, 2) => {
                 put_le(data, u64::from(self.regs.wdtcr()));
@@ -357,15 +524,37 @@ impl<E: WatchdogEvents> Watchdog<E> {
     ///
     /// Returns `true` if it was a 16-bit write of 0x60 or an 8-bit write of 0x68
     /// (handled here, whether or not the lock let it through); otherwise `false`.
+    /// In the Hardware profile, any access [`Watchdog::claims_config`] accepts
+    /// writes the register bytes it covers (the rest is dropped) and returns `true`.
     pub fn config_write(&mut self, now_ns: u64, offset: usize, data: &[u8]) -> bool {
         self.advance(now_ns);
+        if self.profile == Profile::Hardware {
+            if !self.claims_config(offset, data.len()) {
+                return false;
+            }
+            let mut wdtcr = self.regs.wdtcr().to_le_bytes();
+            let mut wdtcr_written = false;
+            let mut wdtlr = None;
+            for (i, &b) in data.iter().enumerate() {
+                match offset + i {
+                    CFG_WDT_CONFIG => (wdtcr[0], wdtcr_written) = (b, true),
+                    a if a == CFG_WDT_CONFIG + 1 => (wdtcr[1], wdtcr_written) = (b, true),
+                    CFG_WDT_LOCK => wdtlr = Some(b),
+                    _ => {}
+                }
+            }
+            if wdtcr_written {
+                self.write_config_register(u16::from_le_bytes(wdtcr));
+            }
+            if let Some(v) = wdtlr {
+                self.write_lock_register(now_ns, v);
+            }
+            self.settle_spin(now_ns);
+            return true;
+        }
         match (offset, data.len()) {
             (CFG_WDT_CONFIG, 2) => {
-                // Not covered by the lock bit in QEMU.
-                let v = le_value(data) as u16;
-                self.regs.reboot_enabled = v & WDT_OUTPUT_DISABLE == 0;
-                self.regs.one_mhz = v & WDT_PRE_SEL != 0;
-                self.regs.int_type = v & WDT_INT_TYPE_MASK_QEMU;
+                self.write_config_register(le_value(data) as u16);
                 self.settle_spin(now_ns);
                 true
             }
@@ -376,6 +565,13 @@ impl<E: WatchdogEvents> Watchdog<E> {
             }
             _ => false,
         }
+    }
+
+    /// WDTCR: not covered by the lock bit (QEMU; unknown on the chip).
+    fn write_config_register(&mut self, v: u16) {
+        self.regs.reboot_enabled = v & WDT_OUTPUT_DISABLE == 0;
+        self.regs.one_mhz = v & WDT_PRE_SEL != 0;
+        self.regs.int_type = v & self.profile.int_type_mask();
     }
 
     fn write_lock_register(&mut self, now_ns: u64, v: u8) {
@@ -397,12 +593,26 @@ impl<E: WatchdogEvents> Watchdog<E> {
     /// A read of BAR0 at `offset` (0x00–0x0F).
     ///
     /// As in QEMU, everything reads 0 except a 16-bit read of the reload register,
-    /// which returns 0x1200 while the timeout flag is set.
+    /// which returns 0x1200 while the timeout flag is set. In the Hardware
+    /// profile, any read covering byte 0x0D shows the flag as bit 9 of the reload
+    /// register (0x0200 for a 16-bit read) and any read covering byte 0x08 shows
+    /// GISR bit 0; preloads still read 0.
     pub fn mmio_read(&mut self, now_ns: u64, offset: u64, data: &mut [u8]) {
         self.advance(now_ns);
         data.fill(0);
         if !valid_access(offset, data.len(), BAR0_SIZE) {
             self.events.ignored_mmio_access();
+            return;
+        }
+        if self.profile == Profile::Hardware {
+            let flag_byte = (RELOAD_TIMEOUT >> 8) as u8;
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = match offset + i as u64 {
+                    MMIO_GISR if self.regs.gisr => GISR_WDT_INT_ACT,
+                    a if a == MMIO_RELOAD + 1 && self.timed_out => flag_byte,
+                    _ => 0,
+                };
+            }
             return;
         }
         if offset == MMIO_RELOAD && data.len() == 2 && self.timed_out {
@@ -419,6 +629,18 @@ impl<E: WatchdogEvents> Watchdog<E> {
         }
         let value = le_value(data) as u32;
         let width = data.len();
+        if self.profile == Profile::Hardware && offset == MMIO_GISR {
+            // The chip's GISR is outside the write protection: write 1 to clear,
+            // no unlock needed and an open window left open.
+            if data[0] & GISR_WDT_INT_ACT != 0 {
+                self.regs.gisr = false;
+                if self.regs.countdown == Countdown::Spinning {
+                    // A zero-length loop ends stage 1 again at once.
+                    self.raise_stage1(now_ns);
+                }
+            }
+            return;
+        }
         // The unlock values are compared whole, at the reload register, at any width.
         if offset == MMIO_RELOAD && value == UNLOCK_FIRST {
             self.regs.unlock = Unlock::FirstSeen;
@@ -516,10 +738,15 @@ impl<E: WatchdogEvents> Watchdog<E> {
             timed_out: self.timed_out,
             paused: self.paused,
             pending: self.pending.iter().map(|e| e.action).collect(),
+            profile: self.profile,
+            gisr: r.gisr,
+            output_asserted: r.output_asserted,
+            pending_interrupt: self.pending_interrupt.map(|i| i.kind),
         }
     }
 
-    /// Rebuild a watchdog from a saved state at `now_ns`.
+    /// Rebuild a watchdog from a saved state at `now_ns`, in the state's profile
+    /// (a version-1 state restores as [`Profile::Qemu`]).
     ///
     /// The state is validated first. The countdown resumes with the time it had
     /// left when saved, so downtime between save and restore never makes it fire.
@@ -550,6 +777,8 @@ impl<E: WatchdogEvents> Watchdog<E> {
                 unlock,
                 stage: if state.stage2 { Stage::Two } else { Stage::One },
                 countdown,
+                gisr: state.gisr,
+                output_asserted: state.output_asserted,
             },
             timed_out: state.timed_out,
             paused: state.paused,
@@ -562,6 +791,11 @@ impl<E: WatchdogEvents> Watchdog<E> {
                     time_ns: now_ns,
                 })
                 .collect(),
+            pending_interrupt: state.pending_interrupt.map(|kind| Stage1Interrupt {
+                kind,
+                time_ns: now_ns,
+            }),
+            profile: state.profile,
             events,
         })
     }
