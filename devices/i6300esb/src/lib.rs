@@ -41,6 +41,10 @@
 //! assert!(dev.watchdog().timeout_flag());
 //! ```
 //!
+//! The default [`Profile::Qemu`] reproduces QEMU 7.2's quirks exactly; the opt-in
+//! [`Profile::Hardware`] follows Intel's datasheet where it is known (see
+//! [`profile`] for the table of differences).
+//!
 //! A VMM that owns its PCI header code embeds [`Watchdog`] alone; see the
 //! `embed_registers` example in this crate for a wrapper of that kind.
 //!
