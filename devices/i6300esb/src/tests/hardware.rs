@@ -500,3 +500,112 @@ fn version_1_bytes_still_decode_as_a_qemu_state() {
     assert_eq!(v1_bytes.len(), 44, "version-1 layout");
     assert_eq!(I6300EsbState::from_bytes(&v1_bytes), Ok(v1));
 }
+
+// ---------------------------------------------------------------------------
+// A seeded random soak of the Hardware profile (the fuzz target drives the
+// QEMU profile only)
+// ---------------------------------------------------------------------------
+
+/// xorshift64*: a fixed, dependency-free sequence.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn hw_random_soak_keeps_state_valid_and_deadlines_ahead() {
+    for seed in 1..=8u64 {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
+        let mut r = hw_with_action(WatchdogAction::ALL[seed as usize % 7]);
+        let mut interrupts = 0usize;
+        let mut expiries = 0usize;
+        for step in 0..5_000 {
+            let widths = [0usize, 1, 2, 3, 4, 8];
+            let width = widths[rng.below(widths.len() as u64) as usize];
+            let value = rng.next();
+            match rng.below(12) {
+                0 | 1 => {
+                    let off = 0x5c + rng.below(0x12) as usize;
+                    r.dev.config_write(off, &value.to_le_bytes()[..width]);
+                }
+                2 => {
+                    let mut b = vec![0xa5u8; width];
+                    r.dev.config_read(0x5c + rng.below(0x12) as usize, &mut b);
+                }
+                3 | 4 => {
+                    let off = rng.below(0x12);
+                    r.dev.bar0_write(off, &value.to_le_bytes()[..width]);
+                }
+                5 => {
+                    let mut b = vec![0xa5u8; width];
+                    let off = rng.below(0x12);
+                    r.dev.bar0_read(off, &mut b);
+                    // Preloads never read back; GISR and the flag only as their bits.
+                    let allowed: u64 = match (off, width) {
+                        (0x08, 1 | 2 | 4) => 0x01,
+                        (0x0c, 2 | 4) => 0x0200,
+                        (0x0d, 1) => 0x02,
+                        _ => 0,
+                    };
+                    let mut v = [0u8; 8];
+                    v[..width].copy_from_slice(&b);
+                    assert_eq!(u64::from_le_bytes(v) & !allowed, 0, "read {off:#x}/{width}");
+                }
+                6 => r.u(),
+                7 => r.clock.advance(rng.below(3 * MS_98)),
+                8 => {
+                    if let Some(d) = r.dev.next_deadline() {
+                        r.clock.set(d);
+                    }
+                }
+                9 => match rng.below(4) {
+                    0 => r.dev.pause(),
+                    1 => r.dev.resume(),
+                    2 => r.dev.warm_reset(),
+                    _ => r.dev.power_on_reset(),
+                },
+                10 => {
+                    let s = r.dev.state();
+                    let d = I6300EsbState::from_bytes(&s.to_bytes()).unwrap();
+                    assert_eq!(d, s, "seed {seed} step {step}");
+                    let ev = r.ev.clone();
+                    r.dev = I6300Esb::restore(&d, r.clock.clone(), ev).unwrap();
+                    assert_eq!(r.dev.state(), s);
+                }
+                _ => {
+                    r.map_bar0();
+                    r.setpv(rng.below(40) as u32, rng.below(40) as u32);
+                }
+            }
+            let now = r.now();
+            let mut both = Both::default();
+            r.dev.poll(&mut both);
+            assert!(both.interrupts.iter().all(|i| i.time_ns <= now));
+            assert!(both.expiries.iter().all(|e| e.time_ns <= now));
+            interrupts += both.interrupts.len();
+            expiries += both.expiries.len();
+            // After a poll, nothing due is left behind.
+            if let Some(d) = r.dev.next_deadline() {
+                assert!(d > now, "seed {seed} step {step}: deadline {d} <= {now}");
+            }
+            let s = r.dev.state();
+            assert_eq!(s.validate(), Ok(()), "seed {seed} step {step}");
+            assert_eq!(s.watchdog.profile, Profile::Hardware);
+            assert_eq!(s.watchdog.gisr, r.dev.watchdog().stage1_status());
+        }
+        // The soak reached the Hardware-only paths.
+        assert!(
+            interrupts > 0 && expiries > 0,
+            "seed {seed}: {interrupts} {expiries}"
+        );
+    }
+}
