@@ -137,19 +137,25 @@ mod tests {
         d.bar0_write(0x0c, &0x86u16.to_le_bytes());
     }
 
-    #[test]
-    fn timerfd_fires_the_watchdog_at_its_deadline() {
-        let dev = Arc::new(Mutex::new(I6300Esb::new(
-            WatchdogAction::InjectNmi,
-            MonotonicClock::new(),
-        )));
+    type Dev = Arc<Mutex<I6300Esb<MonotonicClock>>>;
+    type Sub = Arc<Mutex<WatchdogTimer<MonotonicClock, crate::NoEvents, Vec<Expiry>>>>;
+
+    /// A device requesting `action`, its timer subscriber (collecting expiries), the
+    /// subscriber's re-arm eventfd, and an event manager it is registered with.
+    fn event_loop(action: WatchdogAction) -> (Dev, Sub, EventFd, EventManager<Sub>) {
+        let dev = Arc::new(Mutex::new(I6300Esb::new(action, MonotonicClock::new())));
         let sub = Arc::new(Mutex::new(
             WatchdogTimer::new(dev.clone(), Vec::<Expiry>::new()).unwrap(),
         ));
         let rearm = sub.lock().unwrap().rearm_handle().unwrap();
-        let mut manager: EventManager<Arc<Mutex<WatchdogTimer<_, _, Vec<Expiry>>>>> =
-            EventManager::new().unwrap();
+        let mut manager: EventManager<Sub> = EventManager::new().unwrap();
         manager.add_subscriber(sub.clone());
+        (dev, sub, rearm, manager)
+    }
+
+    #[test]
+    fn timerfd_fires_the_watchdog_at_its_deadline() {
+        let (dev, sub, rearm, mut manager) = event_loop(WatchdogAction::InjectNmi);
 
         // 1 MHz prescaler, 5000 units per stage: 4.8 ms each, 9.6 ms in all.
         const STAGE_NS: u64 = 5000 * 32 * 30;
@@ -198,17 +204,7 @@ mod tests {
         // a disarmed timerfd. Run the loop on a thread so a hang fails the test.
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let dev = Arc::new(Mutex::new(I6300Esb::new(
-                WatchdogAction::None,
-                MonotonicClock::new(),
-            )));
-            let sub = Arc::new(Mutex::new(
-                WatchdogTimer::new(dev.clone(), Vec::<Expiry>::new()).unwrap(),
-            ));
-            let rearm = sub.lock().unwrap().rearm_handle().unwrap();
-            let mut manager: EventManager<Arc<Mutex<WatchdogTimer<_, _, Vec<Expiry>>>>> =
-                EventManager::new().unwrap();
-            manager.add_subscriber(sub.clone());
+            let (dev, sub, rearm, mut manager) = event_loop(WatchdogAction::None);
             {
                 // 1 MHz prescaler, 1000 units: stage 1 ends after 0.96 ms.
                 let mut d = dev.lock().unwrap();
