@@ -1,15 +1,23 @@
-//! vmpulse: an emulated i6300esb watchdog and KubeVirt-style liveness/readiness
-//! probes for rust-vmm based VMMs, plus a small standalone KVM VMM that runs test
-//! guests with them.
+//! vmpulse: the `vmpulse` command and the library behind it.
 //!
-//! - [`replay`]: replays and checks i6300esb register traces against the device model.
-//! - [`manifest`]: the KubeVirt `VirtualMachine` front-end and its validation.
-//! - [`probes`]: liveness/readiness probes driven from an epoll loop.
-//! - [`vmm`]: the standalone KVM VMM behind `vmpulse run`.
+//! The pieces live in crates of their own, each usable alone:
+//!
+//! - `i6300esb` (`devices/i6300esb`): the watchdog device model;
+//! - [`probes`] (`vmpulse-probes`, `src/probes`): liveness/readiness probes driven
+//!   from an epoll loop;
+//! - [`manifest`] (`vmpulse-manifest`, `src/manifest`): the KubeVirt
+//!   `VirtualMachine` front-end and its validation;
+//! - [`vmm`] (`vmpulse-vmm`, `src/vmm`): the standalone KVM VMM behind `vmpulse run`.
+//!
+//! This crate adds the command line: [`cli`] (`vmpulse run`), [`validate`]
+//! (`vmpulse validate`) and [`replay`] (`vmpulse replay`, the trace checker).
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod manifest;
-pub mod probes;
+pub mod cli;
 pub mod replay;
-pub mod vmm;
+pub mod validate;
+
+pub use vmpulse_manifest as manifest;
+pub use vmpulse_probes as probes;
+pub use vmpulse_vmm as vmm;

@@ -15,9 +15,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a KubeVirt VirtualMachine manifest on KVM with the watchdog and probes.
-    Run(vmpulse::vmm::cli::RunArgs),
+    Run(vmpulse::cli::RunArgs),
     /// Check a KubeVirt VirtualMachine manifest and report every problem.
-    Validate(vmpulse::manifest::ValidateArgs),
+    Validate(vmpulse::validate::ValidateArgs),
     /// Replay an i6300esb register trace against the device model.
     Replay(vmpulse::replay::ReplayArgs),
 }
@@ -25,8 +25,8 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match Cli::parse().command {
-        Command::Run(args) => vmpulse::vmm::cli::run(args),
-        Command::Validate(args) => vmpulse::manifest::validate_command(args),
+        Command::Run(args) => vmpulse::cli::run(args),
+        Command::Validate(args) => vmpulse::validate::validate_command(args),
         Command::Replay(args) => vmpulse::replay::replay_command(args),
     }
 }

@@ -30,7 +30,7 @@
 use std::time::Duration;
 
 use super::events::{Cause, StopReason};
-use crate::manifest::RunStrategy;
+use vmpulse_manifest::RunStrategy;
 
 /// How one run of the VM ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

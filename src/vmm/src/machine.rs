@@ -34,7 +34,7 @@
 //! use std::sync::{Arc, Mutex};
 //! use std::time::Duration;
 //! use i6300esb::{adapters::timer::MonotonicClock, EventCounters, I6300Esb, WatchdogAction};
-//! use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent};
+//! use vmpulse_vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent};
 //!
 //! let esb = Arc::new(Mutex::new(I6300Esb::with_events(
 //!     WatchdogAction::Reset,
@@ -67,7 +67,7 @@
 //!         }
 //!     }
 //! }
-//! # Ok::<(), vmpulse::vmm::machine::MachineError>(())
+//! # Ok::<(), vmpulse_vmm::machine::MachineError>(())
 //! ```
 
 use std::cell::Cell;

@@ -51,9 +51,9 @@ use super::events::{Cause, Event, EventSink, StopReason};
 use super::machine::{Machine, MachineEvent, SharedEsb};
 use super::router::{liveness_action_name, route, Decision, Trigger};
 use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};
-use crate::manifest::{LivenessAction, RunStrategy};
-use crate::probes::config::{ProbeConfig, ProbeKind};
-use crate::probes::{AgentChannel, ProbeEnv, ProbeEvent, ProbeSet};
+use vmpulse_manifest::{LivenessAction, RunStrategy};
+use vmpulse_probes::config::{ProbeConfig, ProbeKind};
+use vmpulse_probes::{AgentChannel, ProbeEnv, ProbeEvent, ProbeSet};
 
 /// What the event loop needs from a virtual machine ([`Machine`] in production).
 pub trait Vm {
@@ -1515,7 +1515,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 success_threshold: 1,
                 failure_threshold: 1,
-                handler: crate::probes::config::ProbeHandler::TcpSocket { port, host: None },
+                handler: vmpulse_probes::config::ProbeHandler::TcpSocket { port, host: None },
             },
         )
     }

@@ -40,7 +40,7 @@
 //! (interfaces, volumes, annotations, resource lists) nothing is reported.
 //!
 //! ```
-//! let spec = vmpulse::manifest::parse_str(
+//! let spec = vmpulse_manifest::parse_str(
 //!     "apiVersion: kubevirt.io/v1
 //! kind: VirtualMachine
 //! metadata: {name: demo}
@@ -56,7 +56,7 @@
 //! .unwrap();
 //! assert_eq!(spec.watchdog.unwrap().action, i6300esb::WatchdogAction::Poweroff);
 //!
-//! let problems = vmpulse::manifest::parse_str("kind: Pod\n").unwrap_err();
+//! let problems = vmpulse_manifest::parse_str("kind: Pod\n").unwrap_err();
 //! assert!(problems.iter().any(|p| p.to_string() == "apiVersion: required field missing"));
 //! ```
 
@@ -64,16 +64,15 @@ mod doc;
 mod quantity;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::Path;
 use std::time::Duration;
 
 use i6300esb::WatchdogAction;
 use serde_yaml_ng::{Mapping, Value};
 
-use crate::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
 use doc::{Field, Lenient};
 pub use quantity::{parse_bytes as parse_quantity_bytes, QuantityError};
+use vmpulse_probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
 
 /// KubeVirt's `spec.runStrategy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1159,53 +1158,6 @@ fn is_http_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
-}
-
-/// Arguments of `vmpulse validate`.
-#[derive(clap::Args, Debug)]
-pub struct ValidateArgs {
-    /// The VirtualMachine manifest (YAML).
-    pub file: PathBuf,
-}
-
-/// Entry point of `vmpulse validate`: `FILE: ok` and the ignored fields and
-/// warnings on stdout (exit 0), or each problem as `path: message` on stderr
-/// (exit 2).
-pub fn validate_command(args: ValidateArgs) -> ExitCode {
-    let file = args.file.display().to_string();
-    let text = match std::fs::read(&args.file) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(_) => {
-                eprintln!("{file}: cannot read: not UTF-8 text");
-                return ExitCode::from(2);
-            }
-        },
-        Err(e) => {
-            eprintln!("{file}: cannot read: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let v = validate_str(&text);
-    if v.spec.is_some() {
-        println!("{file}: ok");
-        for p in &v.ignored {
-            println!("  ignored by the built-in test guest: {p}");
-        }
-        for w in &v.warnings {
-            println!("  warning: {w}");
-        }
-        ExitCode::SUCCESS
-    } else {
-        for p in &v.problems {
-            eprintln!("{p}");
-        }
-        for w in &v.warnings {
-            eprintln!("warning: {w}");
-        }
-        eprintln!("{file}: {} problem(s)", v.problems.len());
-        ExitCode::from(2)
-    }
 }
 
 #[cfg(test)]

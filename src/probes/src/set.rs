@@ -157,8 +157,8 @@ struct Probe {
 /// use std::net::TcpListener;
 /// use std::time::{Duration, Instant};
 /// use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-/// use vmpulse::probes::config::{ProbeConfig, ProbeHandler, ProbeKind};
-/// use vmpulse::probes::{ProbeEnv, ProbeEvent, ProbeSet};
+/// use vmpulse_probes::config::{ProbeConfig, ProbeHandler, ProbeKind};
+/// use vmpulse_probes::{ProbeEnv, ProbeEvent, ProbeSet};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let listener = TcpListener::bind("127.0.0.1:0")?;

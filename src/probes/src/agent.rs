@@ -28,8 +28,8 @@
 //!
 //! ```no_run
 //! use std::time::{Duration, Instant};
-//! use vmpulse::probes::agent::{AgentClient, AgentOutcome};
-//! use vmpulse::probes::AgentChannel;
+//! use vmpulse_probes::agent::{AgentClient, AgentOutcome};
+//! use vmpulse_probes::AgentChannel;
 //!
 //! let mut agent = AgentClient::new(AgentChannel::UnixSocket("/run/vm1/qga.sock".into()));
 //! let now = Instant::now();
@@ -53,7 +53,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::probes::AgentChannel;
+use crate::AgentChannel;
 
 /// The longest reply line accepted from the agent; a longer one is garbage
 /// (the buffer is dropped and the link resynchronised).

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
-//! use vmpulse::vmm::bus::{Bus, BusDevice};
+//! use vmpulse_vmm::bus::{Bus, BusDevice};
 //!
 //! struct Scratch(u8);
 //! impl BusDevice for Scratch {

@@ -23,8 +23,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use vmpulse::probes::config::ProbeKind;
-//! use vmpulse::probes::tracker::{Outcome, Tracker, Transition};
+//! use vmpulse_probes::config::ProbeKind;
+//! use vmpulse_probes::tracker::{Outcome, Tracker, Transition};
 //!
 //! let s = Duration::from_secs;
 //! let mut t = Tracker::with_params(ProbeKind::Readiness, s(5), s(10), s(1), 1, 3);

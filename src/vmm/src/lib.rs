@@ -1,7 +1,6 @@
-//! The standalone KVM VMM behind `vmpulse run`.
+//! The standalone KVM VMM behind `vmpulse run`: the machine, its devices, the built-in test guest and the run loop.
 
 pub mod bus;
-pub mod cli;
 pub mod control;
 pub mod events;
 pub mod guest;

@@ -21,7 +21,7 @@
 use i6300esb::WatchdogAction;
 
 use super::events::{Cause, StopReason};
-use crate::manifest::LivenessAction;
+use vmpulse_manifest::LivenessAction;
 
 /// Who asks for an action, and which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,7 +30,7 @@
 //!
 //! # Output and exit code
 //!
-//! See [`super::events`] for the events and [`super::strategy`] for runStrategy. Exit code:
+//! See [`vmpulse_vmm::events`] for the events and [`vmpulse_vmm::strategy`] for runStrategy. Exit code:
 //! 0 when the run ended as the manifest and flags ask (the `--run-for` limit, runStrategy
 //! Halted, the VM stopped and runStrategy does not restart it, or `--max-restarts` reached)
 //! and no `error` event was reported; 1 when an `error` event was reported; 2 when the
@@ -43,13 +43,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
+
 use vmm_sys_util::eventfd::EventFd;
 
-use super::events::{stdout_printer, Event, EventSink, Format};
-use super::machine::{GuestOptions, Machine, MachineConfig, SharedEsb};
-use super::runner::{self, AgentSpec, RunConfig, Vm, VmFactory};
-use crate::manifest::{self, ManifestProblem, VmSpec};
-use crate::probes::config::{ProbeHandler, ProbeKind};
+use vmpulse_manifest::{self as manifest, ManifestProblem, VmSpec};
+use vmpulse_probes::config::{ProbeHandler, ProbeKind};
+use vmpulse_vmm::events::{stdout_printer, Event, EventSink, Format};
+use vmpulse_vmm::machine::{GuestOptions, Machine, MachineConfig, SharedEsb};
+use vmpulse_vmm::runner::{self, AgentSpec, RunConfig, Vm, VmFactory};
 
 /// Smallest guest memory given to the test guest.
 pub const MIN_MEMORY: u64 = 2 << 20;
@@ -80,7 +82,9 @@ pub struct RunArgs {
     /// The VirtualMachine manifest (YAML).
     pub manifest: PathBuf,
     /// Output: human-readable progress, or one JSON object per line.
-    #[arg(long, value_enum, default_value = "human", value_name = "FORMAT")]
+    #[arg(long, default_value = "human", value_name = "FORMAT",
+          value_parser = clap::builder::PossibleValuesParser::new(["human", "json"])
+              .map(|s| s.parse::<Format>().expect("a listed format")))]
     pub events: Format,
     /// The test guest's watchdog heartbeat in seconds (Linux's `heartbeat`: the driver loads
     /// T << 9 into both stages, about T/2 s each, so the watchdog fires about T s after the

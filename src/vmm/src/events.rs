@@ -229,12 +229,29 @@ impl Event {
 }
 
 /// How events are printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// Human-readable progress lines.
     Human,
     /// One JSON object per line.
     Json,
+}
+
+impl Format {
+    /// Every format, with the name it is selected by.
+    pub const ALL: [(&'static str, Format); 2] = [("human", Format::Human), ("json", Format::Json)];
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Format::ALL
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|&(_, f)| f)
+            .ok_or_else(|| format!("unknown format {s:?} (expected human or json)"))
+    }
 }
 
 #[derive(Serialize)]
