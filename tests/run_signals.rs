@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/kvm.rs"]
+mod kvm;
+
 fn interrupt_a_running_vm(signal: &str, expected_code: i32) {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is absent; vmpulse run cannot boot a VM here");
+    if !kvm::kvm_or_skip(&format!("interrupt_a_running_vm({signal})")) {
         return;
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/watchdog-reset.yaml");

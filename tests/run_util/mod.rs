@@ -14,18 +14,9 @@ use serde_json::Value;
 /// The wall-time limit of every run of these tests.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// Whether /dev/kvm can be used; prints a loud SKIP line when not.
-pub fn kvm_or_skip(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("SKIP: {test}: /dev/kvm is absent or not usable");
-    }
-    ok
-}
+#[path = "../common/kvm.rs"]
+mod kvm;
+pub use kvm::kvm_or_skip;
 
 /// A manifest written to a temporary directory.
 pub struct Manifest {
