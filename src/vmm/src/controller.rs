@@ -140,7 +140,12 @@ pub enum Timer {
 
 impl Timer {
     /// Every timer.
-    pub const ALL: [Timer; 4] = [Timer::Grace, Timer::Backoff, Timer::RunFor, Timer::ProbeResume];
+    pub const ALL: [Timer; 4] = [
+        Timer::Grace,
+        Timer::Backoff,
+        Timer::RunFor,
+        Timer::ProbeResume,
+    ];
 
     fn index(self) -> usize {
         self as usize
@@ -817,3 +822,5 @@ impl Controller {
     }
 }
 
+#[cfg(test)]
+mod tests;
