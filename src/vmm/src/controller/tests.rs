@@ -145,12 +145,29 @@ impl Sim {
         }
     }
 
-    /// The probe set's schedule stops: what it still has to say comes after.
+    /// The probe set's schedule stops. As the real set does, it then reports, at its next
+    /// `process`, the Ready changes it had published but nobody had processed yet, and
+    /// `Ready(false)` if it was ready.
     fn stop_probes(&mut self) {
+        let mut leftover = Vec::new();
+        let mut ready = self.probe_ready;
+        for p in self.world.iter().filter(|p| p.probe && p.at <= self.now) {
+            if let Input::Probes(batch) = &p.input {
+                for r in batch {
+                    if let ProbeReport::Ready(r) = r {
+                        leftover.push(ProbeReport::Ready(*r));
+                        ready = *r;
+                    }
+                }
+            }
+        }
         self.world.retain(|p| !p.probe);
-        if std::mem::take(&mut self.probe_ready) {
-            let leftover = Input::Probes(vec![ProbeReport::Ready(false)]);
-            self.at(Duration::ZERO, leftover, true);
+        if ready {
+            leftover.push(ProbeReport::Ready(false));
+        }
+        self.probe_ready = false;
+        if !leftover.is_empty() {
+            self.at(Duration::ZERO, Input::Probes(leftover), true);
         }
     }
 
