@@ -1613,3 +1613,75 @@ fn from_run_config_takes_what_the_controller_needs() {
         }]
     );
 }
+
+#[test]
+fn inputs_during_a_start_wait_for_its_outcome() {
+    let mut ctl = Controller::new(config(RunStrategy::Always));
+    ctl.begin(Duration::ZERO);
+    assert_eq!(
+        drain(&mut ctl),
+        [
+            Command::ArmTimer {
+                timer: Timer::RunFor,
+                at: Duration::from_secs(5)
+            },
+            Command::Start
+        ]
+    );
+    assert_eq!(ctl.phase(), Phase::Starting);
+    // SIGINT arrives while the VM is being created: it applies to the VM once it runs.
+    ctl.handle(ms(1), Input::Signal(2));
+    assert_eq!(ctl.poll_command(), None);
+    ctl.command_done(ms(2), Ok(()));
+    let events = emitted(&drain(&mut ctl));
+    assert_eq!(
+        kinds(
+            &events
+                .into_iter()
+                .map(|e| (Duration::ZERO, e))
+                .collect::<Vec<_>>()
+        ),
+        ["started 1", "stopped signal None None", "finished 130"]
+    );
+}
+
+#[test]
+fn max_restarts_zero_never_restarts() {
+    let mut cfg = config(RunStrategy::Always);
+    cfg.max_restarts = Some(0);
+    let sim = Sim::new(cfg, armed(WatchdogAction::Poweroff)).run();
+    assert_eq!(
+        sim.kinds(),
+        [
+            "started 1",
+            "watchdog poweroff mywatchdog",
+            "stopped watchdog Some(Watchdog) None",
+            "finished 0"
+        ]
+    );
+    assert_eq!(sim.outcome().ending, Ending::MaxRestarts(0));
+}
+
+#[test]
+fn a_signal_during_a_graceful_shutdown_stops_the_vm_at_once() {
+    let script = Script {
+        ignore_shutdown: true,
+        ..armed(WatchdogAction::Shutdown)
+    };
+    let mut sim = Sim::new(config(RunStrategy::Always), script);
+    sim.run_until(ms(20));
+    assert_eq!(sim.ctl.phase(), Phase::ShuttingDown(Cause::Watchdog));
+    sim.input(Input::Signal(2));
+    assert_eq!(
+        sim.kinds(),
+        [
+            "started 1",
+            "watchdog shutdown mywatchdog",
+            "stopped signal None None",
+            "finished 130"
+        ]
+    );
+    assert_eq!(sim.calls, ["start", "power_button", "stop"]);
+    // The grace period went with the VM.
+    assert_ne!(sim.ctl.next_deadline().map(|(_, t)| t), Some(Timer::Grace));
+}
