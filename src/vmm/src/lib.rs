@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod control;
+pub mod controller;
 pub mod events;
 pub mod guest;
 pub mod machine;
