@@ -128,6 +128,20 @@ fn case_11_wdtcr_only_16_bit_at_0x60() {
     assert_eq!(r.cr16(0x61), 0);
     // Seven accesses of the wrong shape, each counted once.
     assert_eq!(count(&r.ev.ignored_config_access), ignored + 7);
+
+    // Those accesses reach QEMU's plain storage under the register: a dword
+    // written at 0x60 reads back at every width but 16 bits, where the device
+    // answers with the register, which the dword did not change.
+    r.cw32(0x60, 0x1234_5678);
+    assert_eq!(r.cr32(0x60), 0x1234_5678);
+    assert_eq!(r.cr8(0x60), 0x78);
+    assert_eq!(r.cr8(0x61), 0x56);
+    assert_eq!(r.cr16(0x62), 0x1234);
+    assert_eq!(r.cr16(0x60), 0x0025, "the register, not the stored 0x5678");
+    // And the register write leaves the stored bytes alone.
+    r.cw16(0x60, 0x0004);
+    assert_eq!(r.cr16(0x60), 0x0004);
+    assert_eq!(r.cr32(0x60), 0x1234_5678);
 }
 
 #[test]
@@ -143,13 +157,20 @@ fn case_12_wdtlr_reserved_bits_read_zero() {
 fn case_13_wdtlr_only_8_bit_at_0x68() {
     let mut r = Rig::new();
     r.cw16(0x68, 0x0002);
+    assert_eq!(r.cr16(0x68), 0x0002, "stored as plain config bytes");
     r.cw32(0x68, 0x02);
-    assert_eq!(r.cr8(0x68), 0x00);
+    assert_eq!(r.cr32(0x68), 0x0000_0002, "stored as plain config bytes");
+    assert_eq!(r.cr16(0x68), 0x0002);
+    assert_eq!(r.cr8(0x68), 0x00, "the register did not see them");
     assert_eq!(r.dev.next_deadline(), None, "not enabled");
+    assert!(!r.dev.watchdog().is_enabled());
     r.enable();
     assert_eq!(r.cr8(0x68), 0x02);
-    assert_eq!(r.cr16(0x68), 0);
+    // The register write does not touch the stored bytes, nor they the register.
+    r.cw32(0x68, 0);
     assert_eq!(r.cr32(0x68), 0);
+    assert_eq!(r.cr8(0x68), 0x02);
+    assert!(r.dev.watchdog().is_enabled());
 }
 
 #[test]
@@ -180,4 +201,58 @@ fn case_16_undocumented_0x64_reads_zero() {
     let mut r = Rig::new();
     r.enable();
     assert_eq!(r.cr32(0x64), 0);
+    // Plain storage, like the rest of 0x40-0xFF: 0 until written.
+    r.cw32(0x64, 0x000a_bcde);
+    assert_eq!(r.cr32(0x64), 0x000a_bcde);
+}
+
+/// Issue 11's examples of QEMU's storage at 0x40-0xFF, each checked.
+#[test]
+fn config_0x40_to_0xff_is_plain_storage_in_qemu() {
+    let mut r = Rig::new();
+    r.cw16(0x62, 0x5176);
+    assert_eq!(r.cr8(0x62), 0x76);
+    assert_eq!(r.cr8(0x63), 0x51);
+    r.cw32(0x40, 0xdead_beef);
+    assert_eq!(r.cr32(0x40), 0xdead_beef);
+    assert_eq!(r.cr16(0x42), 0xdead);
+    r.cw32(0x68, 0x0000_0002);
+    assert_eq!(r.cr32(0x68), 0x0000_0002);
+    assert_eq!(r.cr8(0x68), 0x00);
+    assert_eq!(r.dev.next_deadline(), None);
+    assert!(!r.dev.watchdog().is_enabled());
+
+    // Every byte from 0x40 to 0xFF holds what was written, dword by dword.
+    let pattern = |off: usize| (off as u32).wrapping_mul(0x0101_0101) ^ 0xa55a_3cc3;
+    for off in (0x40..0x100).step_by(4) {
+        r.cw32(off, pattern(off));
+    }
+    for off in (0x40..0x100).step_by(4) {
+        assert_eq!(r.cr32(off), pattern(off), "offset {off:#x}");
+    }
+    // The registers saw none of it.
+    assert_eq!(r.cr16(0x60), 0x0000);
+    assert_eq!(r.cr8(0x68), 0x00);
+    // The header is not storage: a byte written at 0x3f (max latency) stays 0.
+    r.cw8(0x3f, 0x77);
+    assert_eq!(r.cr8(0x3f), 0);
+    // An access straddling the header and the storage splits between them.
+    r.cw32(0x3c, 0x4433_220b);
+    assert_eq!(r.cr8(0x3c), 0x0b, "interrupt line is writable");
+    assert_eq!(r.cr32(0x3c), 0x0000_000b);
+    assert_eq!(r.cr32(0x40), pattern(0x40), "0x40 was not in that access");
+}
+
+#[test]
+fn config_storage_survives_a_machine_reset_not_a_power_on() {
+    let mut r = Rig::new();
+    r.cw8(0x70, 0xa5);
+    r.cw32(0xfc, 0x0102_0304);
+    r.dev.warm_reset();
+    assert_eq!(r.cr8(0x70), 0xa5);
+    assert_eq!(r.cr32(0xfc), 0x0102_0304);
+    assert_eq!(r.dev.bar0_address(), None, "the header did reset");
+    r.dev.power_on_reset();
+    assert_eq!(r.cr8(0x70), 0);
+    assert_eq!(r.cr32(0xfc), 0);
 }

@@ -61,7 +61,7 @@ fn pause_at_the_deadline_fires_first() {
 }
 
 /// Bring a device into a busy state: running in stage 2, unlock window open,
-/// odd WDTCR bits, flag set.
+/// odd WDTCR bits, flag set, bytes in the configuration storage.
 fn busy_rig() -> Rig {
     let mut r = Rig::with_action(WatchdogAction::Shutdown);
     fire_once(&mut r);
@@ -72,6 +72,9 @@ fn busy_rig() -> Rig {
     r.after(1000 * UNIT_1M + 12_345);
     r.u();
     r.cw8(0x3c, 0x0a);
+    r.cw32(0x40, 0xdead_beef);
+    r.cw32(0x68, 0x0000_0002);
+    r.cw8(0xff, 0x5a);
     r
 }
 
@@ -89,6 +92,9 @@ fn state_restore_state_is_identity() {
         let mut d2 =
             I6300Esb::restore(&s1, r.clock.clone(), Arc::new(EventCounters::default())).unwrap();
         assert_eq!(d2.state(), s1);
+        assert_eq!(d2.config_read_u32(0x40), 0xdead_beef, "storage carried");
+        assert_eq!(d2.config_read_u32(0x68), 2);
+        assert_eq!(d2.config_read_u32(0xfc), 0x5a00_0000);
         // The byte encoding round-trips too.
         let bytes = s1.to_bytes();
         let decoded = I6300EsbState::from_bytes(&bytes).unwrap();
@@ -170,9 +176,10 @@ fn tampered_state_is_rejected() {
     type Tamper = fn(&mut I6300EsbState);
     let cases: Vec<(Tamper, StateError)> = vec![
         (
-            |s: &mut I6300EsbState| s.version = 2,
-            StateError::Version(2),
+            |s: &mut I6300EsbState| s.version = 3,
+            StateError::Version(3),
         ),
+
         (
             |s: &mut I6300EsbState| s.watchdog.version = 9,
             StateError::Version(9),
@@ -225,6 +232,14 @@ fn tampered_state_is_rejected() {
         // The same tampering survives encoding only to be refused on decode.
         assert_eq!(I6300EsbState::from_bytes(&s.to_bytes()), Err(err));
     }
+
+    // A version-1 state cannot hold configuration storage; its layout has no
+    // room for it, so only the field-level check can see it.
+    let mut v1 = good.clone();
+    v1.version = crate::state::DEVICE_STATE_VERSION_1;
+    assert_eq!(restore(&v1), Err(StateError::ConfigStorage));
+    v1.config_storage = [0; crate::regs::CONFIG_STORAGE_SIZE];
+    assert_eq!(restore(&v1), Ok(()));
 
     // Byte-level tampering: every single flipped bit is refused, never a panic.
     for i in 0..bytes.len() {
