@@ -42,6 +42,10 @@ use crate::watchdog::Watchdog;
 /// assert_eq!(b[0], 0);
 /// assert!(!dev.watchdog().is_enabled());
 /// ```
+///
+/// BAR0 accesses must be naturally aligned; [`Self::bar0_read_split`] and
+/// [`Self::bar0_write_split`] take any access the way QEMU on KVM delivers it
+/// (see [`crate::split_access`]).
 #[derive(Debug)]
 pub struct I6300Esb<C: Clock, E: WatchdogEvents = NoEvents> {
     header: ConfigHeader,

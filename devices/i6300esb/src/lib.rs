@@ -54,6 +54,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod access;
 pub mod action;
 pub mod adapters;
 pub mod clock;
@@ -66,6 +67,7 @@ pub mod state;
 pub mod timer;
 pub mod watchdog;
 
+pub use access::{split_access, SplitAccess};
 pub use action::{
     ActionSink, Expiry, InterruptKind, Stage1Interrupt, UnknownAction, WatchdogAction,
 };

@@ -167,6 +167,87 @@ fn case_28_unaligned_access_is_not_delivered() {
     assert_eq!(r.preloads().0, 20);
 }
 
+/// Case 28 under KVM: QEMU's `address_space_rw` splits an unaligned access into
+/// aligned pieces that do reach the device (`bar0_*_split`).
+#[test]
+fn case_28_kvm_splits_unaligned_accesses_into_aligned_pieces() {
+    // MW16(0x0D) while unlocked: byte writes at 0x0D and 0x0E, which never
+    // spend the window, so the following preload write is accepted.
+    let mut r = Rig::new();
+    r.u();
+    let ignored = count(&r.ev.ignored_mmio_access);
+    r.dev.bar0_write_split(0x0d, &0x0100u16.to_le_bytes());
+    assert_eq!(r.unlock_state(), 2, "window still open");
+    r.mw32(0x00, 20);
+    assert_eq!(r.preloads().0, 20);
+    assert_eq!(count(&r.ev.ignored_mmio_access), ignored, "nothing dropped");
+
+    // Issue 11.2's example: a 2-byte write of 0x8000 at 0x0B is a byte write of
+    // 0x00 at 0x0B and of 0x80 at 0x0C, the first unlock step; with 0x86 next,
+    // the window opens and a kick gets through.
+    let (mut r, t0) = Rig::armed(100, 100);
+    r.at(t0 + 50 * MS);
+    r.dev.bar0_write_split(0x0b, &0x8000u16.to_le_bytes());
+    assert_eq!(r.unlock_state(), 1);
+    r.dev.bar0_write_split(0x0b, &0x8600u16.to_le_bytes());
+    assert_eq!(r.unlock_state(), 2);
+    r.mw16(0x0c, 0x0100);
+    r.fires_exactly_at(t0 + 50 * MS + FIRE_100_100);
+
+    // A 4-byte read at 0x0A is a word read at 0x0A and one at 0x0C (the flag's
+    // 0x1200), assembled little-endian.
+    let mut b = [0xa5u8; 4];
+    r.dev.bar0_read_split(0x0a, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 0x1200_0000);
+    // 8 bytes at 0x08: dwords at 0x08 and 0x0C, both 0 (the flag is word-only).
+    let mut b = [0xa5u8; 8];
+    r.dev.bar0_read_split(0x08, &mut b);
+    assert_eq!(b, [0; 8]);
+    // 3 bytes at 0x0B: a byte at 0x0B (0), then a word at 0x0C (0x1200).
+    let mut b = [0xa5u8; 3];
+    r.dev.bar0_read_split(0x0b, &mut b);
+    assert_eq!(b, [0x00, 0x00, 0x12]);
+
+    // An aligned access is delivered whole, as by bar0_read/bar0_write.
+    let mut b = [0xa5u8; 2];
+    r.dev.bar0_read_split(0x0c, &mut b);
+    assert_eq!(u16::from_le_bytes(b), 0x1200);
+
+    // Pieces past the 16-byte window read 0 and are counted; so is an access
+    // longer than a KVM exit can carry, which delivers nothing at all.
+    let ignored = count(&r.ev.ignored_mmio_access);
+    let mut b = [0xa5u8; 4];
+    r.dev.bar0_read_split(0x0e, &mut b);
+    assert_eq!(b, [0; 4]);
+    assert_eq!(count(&r.ev.ignored_mmio_access), ignored + 1, "the piece at 0x10");
+    r.u();
+    r.dev.bar0_write_split(0x00, &[0x14, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(count(&r.ev.ignored_mmio_access), ignored + 2);
+    assert_eq!(r.unlock_state(), 2, "a 9-byte write delivered nothing");
+    let mut b = [0xa5u8; 9];
+    r.dev.bar0_read_split(0x00, &mut b);
+    assert_eq!(b, [0; 9]);
+    assert_eq!(count(&r.ev.ignored_mmio_access), ignored + 3);
+
+    // An 8-byte write at 0x00 while unlocked: PV1 takes the first dword and
+    // spends the window, so PV2 (the second dword) is not written.
+    r.dev.bar0_write_split(0x00, &[20, 0, 0, 0, 30, 0, 0, 0]);
+    assert_eq!(r.preloads(), (20, 0xfffff));
+}
+
+/// The `Watchdog`-level split, for VMMs that embed the registers alone.
+#[test]
+fn watchdog_mmio_split_matches_the_device() {
+    let mut wd = crate::Watchdog::new(WatchdogAction::None);
+    wd.mmio_write_split(0, 0x0b, &0x8000u16.to_le_bytes());
+    wd.mmio_write_split(0, 0x0c, &0x0086u16.to_le_bytes());
+    wd.mmio_write_split(0, 0x00, &7u32.to_le_bytes());
+    assert_eq!(wd.state(0).preload1, 7);
+    let mut b = [0xa5u8; 4];
+    wd.mmio_read_split(0, 0x0a, &mut b);
+    assert_eq!(b, [0; 4], "no flag yet");
+}
+
 #[test]
 fn case_29_gisr_write_spends_the_window() {
     let mut r = Rig::new();
