@@ -180,9 +180,12 @@ mod tests {
         split_access(offset, len).collect()
     }
 
+    /// An access `(offset, len)` and the pieces it splits into.
+    type Case = (u64, usize, &'static [(u64, usize)]);
+
     #[test]
     fn table_of_splits() {
-        let table: &[(u64, usize, &[(u64, usize)])] = &[
+        let table: &[Case] = &[
             (0x0b, 2, &[(0x0b, 1), (0x0c, 1)]),
             (0x0a, 4, &[(0x0a, 2), (0x0c, 2)]),
             (0x0d, 2, &[(0x0d, 1), (0x0e, 1)]),

@@ -149,7 +149,10 @@ fn hw_config_0x40_to_0xff_is_reserved_not_storage() {
     // Around the registers, only their bits read back.
     r.cw32(0x60, 0xffff_0004);
     assert_eq!(r.cr32(0x60), 0x0000_0004);
-    assert_eq!(r.dev.state().config_storage, [0; crate::regs::CONFIG_STORAGE_SIZE]);
+    assert_eq!(
+        r.dev.state().config_storage,
+        [0; crate::regs::CONFIG_STORAGE_SIZE]
+    );
     // A QEMU-profile device switched to Hardware drops its storage.
     let mut q = Rig::new();
     q.cw8(0x70, 0xa5);

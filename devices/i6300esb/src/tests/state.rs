@@ -179,7 +179,6 @@ fn tampered_state_is_rejected() {
             |s: &mut I6300EsbState| s.version = 3,
             StateError::Version(3),
         ),
-
         (
             |s: &mut I6300EsbState| s.watchdog.version = 9,
             StateError::Version(9),

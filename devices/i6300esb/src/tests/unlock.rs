@@ -219,9 +219,14 @@ fn case_28_kvm_splits_unaligned_accesses_into_aligned_pieces() {
     let mut b = [0xa5u8; 4];
     r.dev.bar0_read_split(0x0e, &mut b);
     assert_eq!(b, [0; 4]);
-    assert_eq!(count(&r.ev.ignored_mmio_access), ignored + 1, "the piece at 0x10");
+    assert_eq!(
+        count(&r.ev.ignored_mmio_access),
+        ignored + 1,
+        "the piece at 0x10"
+    );
     r.u();
-    r.dev.bar0_write_split(0x00, &[0x14, 0, 0, 0, 0, 0, 0, 0, 0]);
+    r.dev
+        .bar0_write_split(0x00, &[0x14, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(count(&r.ev.ignored_mmio_access), ignored + 2);
     assert_eq!(r.unlock_state(), 2, "a 9-byte write delivered nothing");
     let mut b = [0xa5u8; 9];
