@@ -44,7 +44,11 @@ use crate::regs::{WDT_INT_TYPE_MASK, WDT_INT_TYPE_MASK_QEMU};
 
 /// QEMU 7.2's behaviour (the default) or the datasheet's; see the module docs
 /// for every difference.
+///
+/// Non-exhaustive: another reference (a later QEMU with fixes, another VMM's
+/// model) may become a profile of its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Profile {
     /// Guest-visible behaviour identical to QEMU 7.2's `i6300esb`.
     #[default]

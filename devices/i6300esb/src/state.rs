@@ -28,7 +28,10 @@ pub const DEVICE_STATE_VERSION_1: u16 = 1;
 const MAGIC: &[u8; 4] = b"ESB\x00";
 
 /// Why a saved state was refused.
+///
+/// Non-exhaustive: new state fields bring new checks.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// The version is not one this crate understands.
     #[error("unsupported state version {0}")]
