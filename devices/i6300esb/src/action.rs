@@ -29,7 +29,7 @@ pub enum WatchdogAction {
 }
 
 impl WatchdogAction {
-    /// Every action, in a stable order.
+    /// Every action, in a stable order. (The array grows if an action is added.)
     pub const ALL: [WatchdogAction; 7] = [
         WatchdogAction::Reset,
         WatchdogAction::Shutdown,
