@@ -6,7 +6,11 @@ use std::str::FromStr;
 use crate::regs::{WDT_INT_TYPE_IRQ, WDT_INT_TYPE_MASK, WDT_INT_TYPE_SMI};
 
 /// The action a VMM carries out when the watchdog fires; QEMU's action names.
+///
+/// Non-exhaustive: QEMU has added actions before (`inject-nmi` in 2.4), so a
+/// later release may add one; match with a fallback arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum WatchdogAction {
     /// Warm-reset the whole VM (the default of QEMU, libvirt and KubeVirt).
     Reset,
@@ -25,7 +29,7 @@ pub enum WatchdogAction {
 }
 
 impl WatchdogAction {
-    /// Every action, in a stable order.
+    /// Every action, in a stable order. (The array grows if an action is added.)
     pub const ALL: [WatchdogAction; 7] = [
         WatchdogAction::Reset,
         WatchdogAction::Shutdown,
@@ -101,7 +105,11 @@ pub struct Expiry {
 }
 
 /// What a stage-1 expiry raises in the Hardware profile (WDTCR bits 1:0).
+///
+/// Non-exhaustive: type 01 is reserved by the datasheet and could be given a
+/// meaning (for example an NMI, as some boards wire it) in a later release.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum InterruptKind {
     /// Interrupt type 00: an IRQ on IOxAPIC 1, input 10.
     Irq,

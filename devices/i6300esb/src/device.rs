@@ -6,20 +6,51 @@ use crate::config_space::ConfigHeader;
 use crate::events::{NoEvents, WatchdogEvents};
 use crate::profile::Profile;
 use crate::regs::{
-    BAR0_SIZE, CONFIG_HEADER_SIZE, CONFIG_SPACE_SIZE, QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID,
+    BAR0_SIZE, CONFIG_HEADER_SIZE, CONFIG_SPACE_SIZE, CONFIG_STORAGE_SIZE, QEMU_SUBSYSTEM_ID,
+    QEMU_SUBSYSTEM_VENDOR_ID,
 };
 use crate::state::{I6300EsbState, StateError, DEVICE_STATE_VERSION};
 use crate::watchdog::Watchdog;
 
 /// The i6300esb PCI function as QEMU 7.2 presents it.
 ///
-/// Configuration accesses take `(offset, data)` with 1 to 4 bytes; BAR0 accesses
-/// take the offset inside the 16-byte window. Nothing here fails or panics: odd
-/// accesses read as zeros, writes to them are dropped, and both are counted
-/// through the events hook. Time comes from the injected [`Clock`].
+/// Configuration accesses take `(offset, data)` with 1, 2 or 4 bytes; BAR0
+/// accesses take the offset inside the 16-byte window. Nothing here fails or
+/// panics: accesses the device cannot take read as zeros, writes to them are
+/// dropped, and both are counted through the events hook. Time comes from the
+/// injected [`Clock`].
+///
+/// Configuration space 0x40-0xFF follows the profile. In [`Profile::Qemu`] it is
+/// plain storage, as in QEMU (whose generic PCI code makes every byte from 0x40
+/// up writable): only a 16-bit access at exactly 0x60 and an 8-bit access at
+/// exactly 0x68 reach the watchdog's registers; any other access (another
+/// offset, or another width at 0x60 or 0x68) is stored and read back, survives
+/// [`Self::warm_reset`] and is part of the saved state. So after a dword write
+/// of 2 at 0x68 a dword read there returns 2, while a byte read returns the
+/// lock register and the timer stays off. In [`Profile::Hardware`] the bytes
+/// other than WDTCR and WDTLR are reserved: they read 0 and writes to them are
+/// dropped.
+///
+/// ```
+/// use i6300esb::{I6300Esb, ManualClock, WatchdogAction};
+///
+/// let mut dev = I6300Esb::new(WatchdogAction::Reset, ManualClock::new(0));
+/// dev.config_write(0x68, &2u32.to_le_bytes()); // not the lock register's width
+/// assert_eq!(dev.config_read_u32(0x68), 2); // stored
+/// let mut b = [0u8; 1];
+/// dev.config_read(0x68, &mut b); // the register itself
+/// assert_eq!(b[0], 0);
+/// assert!(!dev.watchdog().is_enabled());
+/// ```
+///
+/// BAR0 accesses must be naturally aligned; [`Self::bar0_read_split`] and
+/// [`Self::bar0_write_split`] take any access the way QEMU on KVM delivers it
+/// (see [`crate::split_access`]).
 #[derive(Debug)]
 pub struct I6300Esb<C: Clock, E: WatchdogEvents = NoEvents> {
     header: ConfigHeader,
+    /// Configuration bytes 0x40-0xFF as plain storage (QEMU profile only).
+    storage: [u8; CONFIG_STORAGE_SIZE],
     watchdog: Watchdog<E>,
     clock: C,
 }
@@ -36,6 +67,7 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     pub fn with_events(action: WatchdogAction, clock: C, events: E) -> Self {
         I6300Esb {
             header: ConfigHeader::new(QEMU_SUBSYSTEM_VENDOR_ID, QEMU_SUBSYSTEM_ID),
+            storage: [0; CONFIG_STORAGE_SIZE],
             watchdog: Watchdog::with_events(action, events),
             clock,
         }
@@ -54,13 +86,18 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     /// assert_eq!(dev.state().watchdog.profile, Profile::Hardware);
     /// ```
     pub fn with_profile(mut self, profile: Profile) -> Self {
-        self.watchdog.set_profile(profile);
+        self.set_profile(profile);
         self
     }
 
     /// Switch the watchdog to `profile`; see [`Watchdog::set_profile`].
+    /// Switching to [`Profile::Hardware`] also clears the configuration storage
+    /// at 0x40-0xFF, which that profile does not have.
     pub fn set_profile(&mut self, profile: Profile) {
         self.watchdog.set_profile(profile);
+        if profile == Profile::Hardware {
+            self.storage = [0; CONFIG_STORAGE_SIZE];
+        }
     }
 
     /// Present other subsystem IDs than QEMU's 1AF4:1100.
@@ -104,6 +141,9 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     }
 
     /// Read `data.len()` bytes of configuration space at `offset`.
+    ///
+    /// Bytes below 0x40 come from the standard header; see the type's docs for
+    /// 0x40-0xFF in each profile.
     pub fn config_read(&mut self, offset: usize, data: &mut [u8]) {
         data.fill(0);
         if !Self::config_access_ok(offset, data.len()) {
@@ -118,9 +158,15 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
                 return;
             }
         }
+        let storage = self.watchdog.profile() == Profile::Qemu;
         for (i, b) in data.iter_mut().enumerate() {
-            // Device-specific space (0x40..) reads as zeros unless decoded above.
-            *b = self.header.read_byte(offset + i);
+            let at = offset + i;
+            *b = match at.checked_sub(CONFIG_HEADER_SIZE) {
+                None => self.header.read_byte(at),
+                // QEMU: plain storage. Hardware: reserved, reads 0.
+                Some(s) if storage => self.storage[s],
+                Some(_) => 0,
+            };
         }
         if offset + data.len() > CONFIG_HEADER_SIZE {
             self.note_odd_specific_access(offset, data.len());
@@ -128,6 +174,8 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     }
 
     /// Write `data` (1, 2 or 4 bytes) to configuration space at `offset`.
+    ///
+    /// The header applies its write masks; see the type's docs for 0x40-0xFF.
     pub fn config_write(&mut self, offset: usize, data: &[u8]) {
         if !Self::config_access_ok(offset, data.len()) {
             self.watchdog.events().ignored_config_access();
@@ -139,16 +187,24 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
                 return;
             }
         }
+        let storage = self.watchdog.profile() == Profile::Qemu;
         for (i, &b) in data.iter().enumerate() {
-            // Bytes past the header have write mask 0 (QEMU 7.2, as measured).
-            self.header.write_byte(offset + i, b);
+            let at = offset + i;
+            match at.checked_sub(CONFIG_HEADER_SIZE) {
+                None => self.header.write_byte(at, b),
+                // QEMU makes every byte from 0x40 up writable (pci_init_wmask).
+                Some(s) if storage => self.storage[s] = b,
+                // Hardware: reserved, the write is dropped.
+                Some(_) => {}
+            }
         }
         if offset + data.len() > CONFIG_HEADER_SIZE {
             self.note_odd_specific_access(offset, data.len());
         }
     }
 
-    /// An access overlapping 0x60/0x68 with a width those registers do not decode.
+    /// An access overlapping 0x60/0x68 with a width those registers do not decode
+    /// (stored as plain bytes in the QEMU profile, but the register missed it).
     fn note_odd_specific_access(&self, offset: usize, len: usize) {
         use crate::regs::{CFG_WDT_CONFIG, CFG_WDT_LOCK};
         let overlaps = |reg: usize, width: usize| offset < reg + width && reg < offset + len;
@@ -193,15 +249,21 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     }
 
     /// The machine reset a VMM performs (for example after the `reset` action):
-    /// header and watchdog back to reset values, the timeout flag kept.
+    /// header and watchdog back to reset values, the timeout flag kept. As in
+    /// QEMU, whose PCI reset only clears command, status, cache line size,
+    /// interrupt line and the BARs, the configuration storage at 0x40-0xFF
+    /// keeps its bytes.
     pub fn warm_reset(&mut self) {
         self.header.reset();
         self.watchdog.warm_reset();
     }
 
-    /// A power-on reset: as [`Self::warm_reset`], and the timeout flag cleared.
+    /// A power-on reset: as [`Self::warm_reset`], and the timeout flag and the
+    /// configuration storage at 0x40-0xFF cleared (a new QEMU process starts
+    /// with zeroed configuration space).
     pub fn power_on_reset(&mut self) {
         self.header.reset();
+        self.storage = [0; CONFIG_STORAGE_SIZE];
         self.watchdog.power_on_reset();
     }
 
@@ -227,12 +289,14 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
             bar0,
             cache_line_size,
             interrupt_line,
+            config_storage: self.storage,
             watchdog: self.watchdog.state(now),
         }
     }
 
     /// Rebuild a device from a saved state, validated first, in the saved profile. The countdown resumes
-    /// with the time it had left, measured on `clock` from now.
+    /// with the time it had left, measured on `clock` from now. A version-1
+    /// state (before the configuration storage) restores with zeroed storage.
     ///
     /// Subsystem IDs are configuration, not state: the device comes back with
     /// QEMU's; chain [`Self::with_subsystem_ids`] to present others.
@@ -248,6 +312,7 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
         );
         Ok(I6300Esb {
             header,
+            storage: state.config_storage,
             watchdog: Watchdog::restore(&state.watchdog, now, events)?,
             clock,
         })

@@ -10,7 +10,9 @@ use std::sync::Arc;
 pub trait WatchdogEvents {
     /// A PCI configuration access that QEMU's model ignores: a width other than
     /// 1, 2 or 4, an access past the end of configuration space, or a width that
-    /// the device-specific registers at 0x60/0x68 do not decode.
+    /// the device-specific registers at 0x60/0x68 do not decode (the QEMU
+    /// profile still stores that one as plain configuration bytes; the
+    /// register did not see it).
     fn ignored_config_access(&self) {}
     /// A BAR0 access that QEMU's memory core rejects: a width other than 1, 2 or
     /// 4, an unaligned access, or one reaching past the 16-byte window. (Whether

@@ -45,6 +45,11 @@
 //! [`Profile::Hardware`] follows Intel's datasheet where it is known (see
 //! [`profile`] for the table of differences).
 //!
+//! BAR0 takes naturally aligned accesses; [`I6300Esb::bar0_read_split`] and
+//! [`I6300Esb::bar0_write_split`] deliver any access of up to 8 bytes in the
+//! aligned pieces QEMU on KVM would (see [`access`]). Configuration space
+//! 0x40-0xFF is plain storage in the QEMU profile, as in QEMU (see [`I6300Esb`]).
+//!
 //! A VMM that owns its PCI header code embeds [`Watchdog`] alone; see the
 //! `embed_registers` example in this crate for a wrapper of that kind.
 //!
@@ -54,6 +59,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod access;
 pub mod action;
 pub mod adapters;
 pub mod clock;
@@ -66,6 +72,7 @@ pub mod state;
 pub mod timer;
 pub mod watchdog;
 
+pub use access::{split_access, SplitAccess};
 pub use action::{
     ActionSink, Expiry, InterruptKind, Stage1Interrupt, UnknownAction, WatchdogAction,
 };

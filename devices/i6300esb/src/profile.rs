@@ -9,8 +9,9 @@
 //! | spec case | register | [`Profile::Qemu`] (default) | [`Profile::Hardware`] |
 //! |---|---|---|---|
 //! | 8, 9, 10 | WDTCR 0x60 | interrupt type stored with mask 0x11: 0x0003 reads 0x0001, 0xFFFF reads 0x0035, 0x0002 reads 0x0000 | bits 1:0, 2 and 5 stored: 0x0003 reads 0x0003, 0xFFFF reads 0x0027, 0x0002 (SMI) reads 0x0002 |
-//! | 11 | WDTCR 0x60 | only a 16-bit access at exactly 0x60 | any 8/16/32-bit access covering byte 0x60 or 0x61 reaches the bytes it covers |
-//! | 13 | WDTLR 0x68 | only an 8-bit access at exactly 0x68 | any access covering byte 0x68 |
+//! | 11 | WDTCR 0x60 | only a 16-bit access at exactly 0x60; other widths go to plain storage | any 8/16/32-bit access covering byte 0x60 or 0x61 reaches the bytes it covers |
+//! | 13 | WDTLR 0x68 | only an 8-bit access at exactly 0x68; other widths go to plain storage | any access covering byte 0x68 |
+//! | 11, 13, 16 | config 0x40-0xFF | plain writable storage (QEMU's generic PCI code): what the two registers do not take is stored and read back, kept by a warm reset, saved in the state | reserved: bytes other than WDTCR/WDTLR read 0, writes dropped |
 //! | 49 | reload register 0x0C | timeout flag only through a 16-bit read, as 0x1200 | bit 9 through any read covering byte 0x0D: 16-bit 0x0200, 32-bit 0x0000_0200, byte 0x0D 0x02 (bit 12 is not a real bit) |
 //! | 56, 29 | GISR 0x08 | reads 0, writes need the unlock and spend the window | bit 0 set when stage 1 ends, read at any width, write 1 to clear without unlocking (and without spending an open window); an IRQ (type 00) or SMI (type 10) is reported to the host from `poll` as [`crate::Stage1Interrupt`] |
 //! | 48 | after stage 2 fires | the device resets itself (disabled, unlocked, preloads 0xFFFFF) | the flag is set, the output is asserted ([`crate::Watchdog::output_asserted`]) and the timer stops; registers keep their values until the host's action resets the machine |
@@ -43,7 +44,11 @@ use crate::regs::{WDT_INT_TYPE_MASK, WDT_INT_TYPE_MASK_QEMU};
 
 /// QEMU 7.2's behaviour (the default) or the datasheet's; see the module docs
 /// for every difference.
+///
+/// Non-exhaustive: another reference (a later QEMU with fixes, another VMM's
+/// model) may become a profile of its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Profile {
     /// Guest-visible behaviour identical to QEMU 7.2's `i6300esb`.
     #[default]

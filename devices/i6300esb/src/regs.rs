@@ -20,6 +20,10 @@ pub const BAR0_SIZE: u64 = 16;
 pub const CONFIG_SPACE_SIZE: usize = 256;
 /// Size of the standard type-0 header.
 pub const CONFIG_HEADER_SIZE: usize = 64;
+/// Size of the device-specific part of configuration space, 0x40-0xFF. In the
+/// QEMU profile every byte of it is plain writable storage, except for the two
+/// register accesses the watchdog decodes (see [`crate::I6300Esb::config_read`]).
+pub const CONFIG_STORAGE_SIZE: usize = CONFIG_SPACE_SIZE - CONFIG_HEADER_SIZE;
 
 // Standard header offsets.
 /// Vendor ID (16 bits).

@@ -6,7 +6,7 @@
 
 use crate::action::{InterruptKind, WatchdogAction};
 use crate::profile::Profile;
-use crate::regs::{BAR0_ADDRESS_MASK, COMMAND_WRITABLE, PRELOAD_MASK};
+use crate::regs::{BAR0_ADDRESS_MASK, COMMAND_WRITABLE, CONFIG_STORAGE_SIZE, PRELOAD_MASK};
 use crate::timer::MAX_STAGE_NS;
 use crate::watchdog::MAX_PENDING_EXPIRIES;
 
@@ -18,13 +18,20 @@ pub const WATCHDOG_STATE_VERSION: u16 = 2;
 pub const WATCHDOG_STATE_VERSION_1: u16 = 1;
 /// Version of [`I6300EsbState`]'s own fields and of the encoding's frame. The
 /// watchdog part carries its own version, which selects its layout, so the
-/// profile (a watchdog field) did not change this one.
-pub const DEVICE_STATE_VERSION: u16 = 1;
+/// profile (a watchdog field) did not change this one. Version 2 added the
+/// configuration storage at 0x40-0xFF ([`I6300EsbState::config_storage`]).
+pub const DEVICE_STATE_VERSION: u16 = 2;
+/// The oldest [`I6300EsbState`] version still read: version 1, before the
+/// configuration storage, which restores with that storage zeroed.
+pub const DEVICE_STATE_VERSION_1: u16 = 1;
 
 const MAGIC: &[u8; 4] = b"ESB\x00";
 
 /// Why a saved state was refused.
+///
+/// Non-exhaustive: new state fields bring new checks.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// The version is not one this crate understands.
     #[error("unsupported state version {0}")]
@@ -60,6 +67,11 @@ pub enum StateError {
     /// BAR0 has bits set below its 16-byte alignment.
     #[error("misaligned BAR0")]
     Bar0,
+    /// Configuration storage bytes (0x40-0xFF) are set in a state that cannot
+    /// hold them: a version-1 state, or a Hardware-profile state (that profile
+    /// has no storage there).
+    #[error("configuration storage not valid in this profile or version")]
+    ConfigStorage,
     /// The byte encoding is truncated, too long, or has a bad magic or checksum.
     #[error("bad state encoding: {0}")]
     Encoding(&'static str),
@@ -165,11 +177,12 @@ impl WatchdogState {
     }
 }
 
-/// The saved state of a whole [`crate::I6300Esb`]: the writable PCI header fields
-/// and the watchdog.
+/// The saved state of a whole [`crate::I6300Esb`]: the writable PCI header fields,
+/// the configuration storage at 0x40-0xFF and the watchdog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct I6300EsbState {
-    /// [`DEVICE_STATE_VERSION`].
+    /// [`DEVICE_STATE_VERSION`], or [`DEVICE_STATE_VERSION_1`] for a state
+    /// decoded from version-1 bytes.
     pub version: u16,
     /// PCI command register.
     pub command: u16,
@@ -179,6 +192,9 @@ pub struct I6300EsbState {
     pub cache_line_size: u8,
     /// Interrupt line scratch register.
     pub interrupt_line: u8,
+    /// Configuration bytes 0x40-0xFF (index 0 is offset 0x40) as the QEMU
+    /// profile stores them; all zero in the Hardware profile and in version 1.
+    pub config_storage: [u8; CONFIG_STORAGE_SIZE],
     /// The watchdog proper.
     pub watchdog: WatchdogState,
 }
@@ -186,8 +202,14 @@ pub struct I6300EsbState {
 impl I6300EsbState {
     /// Check every field against what the device can produce.
     pub fn validate(&self) -> Result<(), StateError> {
-        if self.version != DEVICE_STATE_VERSION {
+        if self.version != DEVICE_STATE_VERSION && self.version != DEVICE_STATE_VERSION_1 {
             return Err(StateError::Version(self.version));
+        }
+        let has_storage = self.config_storage.iter().any(|&b| b != 0);
+        if has_storage
+            && (self.version == DEVICE_STATE_VERSION_1 || self.watchdog.profile != Profile::Qemu)
+        {
+            return Err(StateError::ConfigStorage);
         }
         if self.command & !COMMAND_WRITABLE != 0 {
             return Err(StateError::Command);
@@ -200,18 +222,23 @@ impl I6300EsbState {
 
     /// Encode as bytes: a magic, the version, the fields little-endian, and a checksum.
     ///
-    /// A version-2 watchdog part ends with three more bytes (profile, GISR and
-    /// output flags, pending stage-1 interrupt); a version-1 part is written in
-    /// the version-1 layout, byte for byte.
+    /// A version-2 device part has the 192 bytes of configuration storage after
+    /// the interrupt line; a version-1 device part has none. A version-2
+    /// watchdog part ends with three more bytes (profile, GISR and output flags,
+    /// pending stage-1 interrupt). Each part of version 1 is written in its
+    /// version-1 layout, byte for byte.
     pub fn to_bytes(&self) -> Vec<u8> {
         let w = &self.watchdog;
-        let mut out = Vec::with_capacity(64);
+        let mut out = Vec::with_capacity(64 + CONFIG_STORAGE_SIZE);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.command.to_le_bytes());
         out.extend_from_slice(&self.bar0.to_le_bytes());
         out.push(self.cache_line_size);
         out.push(self.interrupt_line);
+        if self.version != DEVICE_STATE_VERSION_1 {
+            out.extend_from_slice(&self.config_storage);
+        }
         out.extend_from_slice(&w.version.to_le_bytes());
         out.push(w.action.code());
         let flags = u8::from(w.reboot_enabled)
@@ -251,8 +278,9 @@ impl I6300EsbState {
     }
 
     /// Decode and validate bytes written by [`I6300EsbState::to_bytes`], of this
-    /// crate's version or of version 1 (which decodes as a QEMU-profile state
-    /// that keeps `version: 1` in its watchdog part).
+    /// crate's versions or of version 1. A version-1 device part decodes with
+    /// zeroed configuration storage and keeps `version: 1`; a version-1
+    /// watchdog part decodes as a QEMU-profile state that keeps `version: 1`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
         if bytes.len() < 4 {
             return Err(StateError::Encoding("truncated"));
@@ -266,13 +294,17 @@ impl I6300EsbState {
             return Err(StateError::Encoding("bad magic"));
         }
         let version = r.u16()?;
-        if version != DEVICE_STATE_VERSION {
+        if version != DEVICE_STATE_VERSION && version != DEVICE_STATE_VERSION_1 {
             return Err(StateError::Version(version));
         }
         let command = r.u16()?;
         let bar0 = r.u32()?;
         let cache_line_size = r.u8()?;
         let interrupt_line = r.u8()?;
+        let mut config_storage = [0u8; CONFIG_STORAGE_SIZE];
+        if version != DEVICE_STATE_VERSION_1 {
+            config_storage.copy_from_slice(r.take(CONFIG_STORAGE_SIZE)?);
+        }
         let wversion = r.u16()?;
         if wversion != WATCHDOG_STATE_VERSION && wversion != WATCHDOG_STATE_VERSION_1 {
             return Err(StateError::Version(wversion));
@@ -331,6 +363,7 @@ impl I6300EsbState {
             bar0,
             cache_line_size,
             interrupt_line,
+            config_storage,
             watchdog: WatchdogState {
                 version: wversion,
                 action,

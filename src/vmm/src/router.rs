@@ -73,6 +73,9 @@ pub fn route(trigger: Trigger) -> Decision {
             WatchdogAction::InjectNmi => Decision::InjectNmi,
             WatchdogAction::None => Decision::Report { log: false },
             WatchdogAction::Debug => Decision::Report { log: true },
+            // An action a later device crate adds: report it, loudly, rather
+            // than guess at what it does to the VM.
+            _ => Decision::Report { log: true },
         },
         Trigger::Liveness(action) => match action {
             LivenessAction::Stop => Decision::PowerOff(StopReason::Liveness),

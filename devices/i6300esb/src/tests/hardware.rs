@@ -138,6 +138,36 @@ fn hw_case_13_wdtlr_reached_by_any_access_covering_0x68() {
 }
 
 #[test]
+fn hw_config_0x40_to_0xff_is_reserved_not_storage() {
+    let mut r = hw();
+    r.cw32(0x40, 0xdead_beef);
+    assert_eq!(r.cr32(0x40), 0);
+    r.cw16(0x62, 0x5176);
+    assert_eq!(r.cr8(0x62), 0);
+    r.cw8(0x70, 0xa5);
+    assert_eq!(r.cr8(0x70), 0);
+    // Around the registers, only their bits read back.
+    r.cw32(0x60, 0xffff_0004);
+    assert_eq!(r.cr32(0x60), 0x0000_0004);
+    assert_eq!(
+        r.dev.state().config_storage,
+        [0; crate::regs::CONFIG_STORAGE_SIZE]
+    );
+    // A QEMU-profile device switched to Hardware drops its storage.
+    let mut q = Rig::new();
+    q.cw8(0x70, 0xa5);
+    assert_eq!(q.cr8(0x70), 0xa5);
+    q.dev.set_profile(Profile::Hardware);
+    assert_eq!(q.cr8(0x70), 0);
+    q.dev.set_profile(Profile::Qemu);
+    assert_eq!(q.cr8(0x70), 0, "not kept aside either");
+    // A Hardware state carrying storage bytes is refused.
+    let mut st = r.dev.state();
+    st.config_storage[0x30] = 1;
+    assert_eq!(st.validate(), Err(StateError::ConfigStorage));
+}
+
+#[test]
 fn hw_unknown_case_15_lock_still_does_not_cover_wdtcr() {
     let mut r = hw();
     r.cw8(0x68, 0x01);
@@ -478,6 +508,8 @@ fn version_1_bytes_still_decode_as_a_qemu_state() {
     assert!(!s.watchdog.gisr && !s.watchdog.output_asserted);
     assert_eq!(s.watchdog.pending_interrupt, None);
     assert_eq!(s.bar0, 0xfebf_0000);
+    assert_eq!(s.version, crate::state::DEVICE_STATE_VERSION_1);
+    assert_eq!(s.config_storage, [0; crate::regs::CONFIG_STORAGE_SIZE]);
     // It re-encodes byte for byte in the version-1 layout.
     assert_eq!(s.to_bytes(), V1_BYTES.to_vec());
     // It restores as a QEMU-profile device that fires on time and resets itself.
@@ -490,10 +522,15 @@ fn version_1_bytes_still_decode_as_a_qemu_state() {
     assert_eq!(d.poll(&mut fired), 1);
     assert_eq!(fired[0].action, WatchdogAction::Poweroff);
     assert!(!d.watchdog().is_enabled(), "QEMU profile: reset itself");
-    // Its new state is written as version 2.
+    // Its new state is written in the current versions.
     assert_eq!(d.state().watchdog.version, WATCHDOG_STATE_VERSION);
+    assert_eq!(d.state().version, crate::state::DEVICE_STATE_VERSION);
+    let mut b = [0u8; 4];
+    d.config_read(0x40, &mut b);
+    assert_eq!(b, [0; 4], "version 1 restores with zeroed storage");
     // A version-1 WatchdogState built in code validates as a QEMU state.
     let mut v1 = Rig::new().dev.state();
+    v1.version = crate::state::DEVICE_STATE_VERSION_1;
     v1.watchdog.version = WATCHDOG_STATE_VERSION_1;
     assert_eq!(v1.validate(), Ok(()));
     let v1_bytes = v1.to_bytes();
