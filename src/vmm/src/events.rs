@@ -476,6 +476,11 @@ impl<W: Write> Printer<W> {
         }
     }
 
+    /// The instant `time_ms` counts from.
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
     /// Give back the stream.
     pub fn into_inner(self) -> W {
         self.out

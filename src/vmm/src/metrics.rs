@@ -1,4 +1,4 @@
-//! The Prometheus series of `vmpulse run --metrics-addr`, kept with `prometheus-client`.
+//! The Prometheus series of `vmpulse run --metrics-addr`, kept with the `prometheus` crate.
 //!
 //! Every series carries a `vm` label (the manifest's name):
 //!
@@ -14,19 +14,19 @@
 //! | `vmpulse_probe_duration_seconds` | histogram | `probe`, `type` |
 //!
 //! The counters follow the run's events (see [`super::status`]); the gauges and the kick
-//! counter are brought up to date just before each scrape.
+//! counter are brought up to date just before each scrape. The text is the Prometheus text
+//! exposition format 0.0.4, encoded by the `prometheus` crate, which both `promtool check
+//! metrics` and a Prometheus server read.
 
-use std::borrow::Cow;
+use std::collections::HashMap;
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
-/// The content type of [`Metrics::encode`]'s text (OpenMetrics, which Prometheus reads).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The phases `vmpulse_vm_phase` reports, KubeVirt's VMI phase words.
 pub const PHASES: [&str; 4] = ["Scheduled", "Running", "Succeeded", "Failed"];
@@ -36,92 +36,98 @@ const DURATION_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-type Labels = Vec<(&'static str, String)>;
-
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
-}
-
 /// The run's metrics registry.
 pub struct Metrics {
-    registry: Registry,
-    boots: Counter,
-    restarts: Counter,
-    ready: Gauge,
-    phase: Family<Labels, Gauge>,
-    expiries: Family<Labels, Counter>,
-    kicks: Counter,
+    registry: Option<Registry>,
+    boots: IntCounter,
+    restarts: IntCounter,
+    ready: IntGauge,
+    phase: IntGaugeVec,
+    expiries: IntCounterVec,
+    kicks: IntCounter,
     kicks_seen: u64,
-    probe_results: Family<Labels, Counter>,
-    probe_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    probe_results: IntCounterVec,
+    probe_duration: HistogramVec,
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("a valid metric name")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric name")
 }
 
 impl Metrics {
     /// The series of the VM named `vm`, all at zero.
     pub fn new(vm: &str) -> Self {
-        let mut registry = Registry::with_labels(std::iter::once((
-            Cow::Borrowed("vm"),
-            Cow::Owned(vm.to_string()),
-        )));
-        let m = Metrics {
-            boots: Counter::default(),
-            restarts: Counter::default(),
-            ready: Gauge::default(),
-            phase: Family::default(),
-            expiries: Family::default(),
-            kicks: Counter::default(),
+        let mut m = Metrics {
+            registry: None,
+            boots: counter(
+                "vmpulse_vm_boots_total",
+                "Boots of the VM, warm resets included.",
+            ),
+            restarts: counter(
+                "vmpulse_vm_restarts_total",
+                "runStrategy restarts of the VM.",
+            ),
+            ready: IntGauge::new("vmpulse_vm_ready", "1 when the VM is Ready, else 0.")
+                .expect("a valid metric name"),
+            phase: IntGaugeVec::new(
+                Opts::new(
+                    "vmpulse_vm_phase",
+                    "1 for the VM's current phase (KubeVirt's VMI phase words), 0 for the others.",
+                ),
+                &["phase"],
+            )
+            .expect("a valid metric name"),
+            expiries: counter_vec(
+                "vmpulse_watchdog_expiries_total",
+                "Expiries of the i6300esb watchdog, by action.",
+                &["action"],
+            ),
+            kicks: counter(
+                "vmpulse_watchdog_guest_kicks_total",
+                "Times the guest kicked (reloaded) the watchdog.",
+            ),
             kicks_seen: 0,
-            probe_results: Family::default(),
-            probe_duration: Family::new_with_constructor(duration_histogram),
-            registry: Registry::default(),
+            probe_results: counter_vec(
+                "vmpulse_probe_results_total",
+                "Completed probe attempts, by probe handler, type and result.",
+                &["probe", "type", "result"],
+            ),
+            probe_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "vmpulse_probe_duration_seconds",
+                    "How long probe attempts took.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["probe", "type"],
+            )
+            .expect("a valid metric name"),
         };
-        // The encoder adds `_total` to counters.
-        registry.register(
-            "vmpulse_vm_boots",
-            "Boots of the VM, warm resets included",
-            m.boots.clone(),
-        );
-        registry.register(
-            "vmpulse_vm_restarts",
-            "runStrategy restarts of the VM",
-            m.restarts.clone(),
-        );
-        registry.register(
-            "vmpulse_vm_ready",
-            "1 when the VM is Ready, else 0",
-            m.ready.clone(),
-        );
-        registry.register(
-            "vmpulse_vm_phase",
-            "1 for the VM's current phase (KubeVirt's VMI phase words), 0 for the others",
-            m.phase.clone(),
-        );
-        registry.register(
-            "vmpulse_watchdog_expiries",
-            "Expiries of the i6300esb watchdog, by action",
-            m.expiries.clone(),
-        );
-        registry.register(
-            "vmpulse_watchdog_guest_kicks",
-            "Times the guest kicked (reloaded) the watchdog",
-            m.kicks.clone(),
-        );
-        registry.register(
-            "vmpulse_probe_results",
-            "Completed probe attempts, by probe handler, type and result",
-            m.probe_results.clone(),
-        );
-        registry.register(
-            "vmpulse_probe_duration_seconds",
-            "How long probe attempts took",
-            m.probe_duration.clone(),
-        );
         for phase in PHASES {
-            m.phase
-                .get_or_create(&vec![("phase", phase.to_string())])
-                .set(0);
+            m.phase.with_label_values(&[phase]).set(0);
         }
-        Metrics { registry, ..m }
+        let labels = HashMap::from([("vm".to_string(), vm.to_string())]);
+        // A manifest name is a DNS label, a valid label value; should registering fail
+        // anyway, the run goes on without metrics, said once.
+        let registry = Registry::new_custom(None, Some(labels)).and_then(|r| {
+            r.register(Box::new(m.boots.clone()))?;
+            r.register(Box::new(m.restarts.clone()))?;
+            r.register(Box::new(m.ready.clone()))?;
+            r.register(Box::new(m.phase.clone()))?;
+            r.register(Box::new(m.expiries.clone()))?;
+            r.register(Box::new(m.kicks.clone()))?;
+            r.register(Box::new(m.probe_results.clone()))?;
+            r.register(Box::new(m.probe_duration.clone()))?;
+            Ok(r)
+        });
+        match registry {
+            Ok(r) => m.registry = Some(r),
+            Err(e) => log::warn!("no metrics for this run: {e}"),
+        }
+        m
     }
 
     /// The VM booted.
@@ -136,26 +142,17 @@ impl Metrics {
 
     /// The watchdog fired with `action`.
     pub fn expiry(&self, action: &str) {
-        self.expiries
-            .get_or_create(&vec![("action", action.to_string())])
-            .inc();
+        self.expiries.with_label_values(&[action]).inc();
     }
 
     /// The probe with handler `kind` (`httpGet`, ...) and type `probe_type` (`liveness`,
     /// `readiness`) completed an attempt with `result` in `seconds`.
     pub fn probe_result(&self, kind: &str, probe_type: &str, result: &str, seconds: f64) {
         self.probe_results
-            .get_or_create(&vec![
-                ("probe", kind.to_string()),
-                ("type", probe_type.to_string()),
-                ("result", result.to_string()),
-            ])
+            .with_label_values(&[kind, probe_type, result])
             .inc();
         self.probe_duration
-            .get_or_create(&vec![
-                ("probe", kind.to_string()),
-                ("type", probe_type.to_string()),
-            ])
+            .with_label_values(&[kind, probe_type])
             .observe(seconds);
     }
 
@@ -165,18 +162,21 @@ impl Metrics {
         self.ready.set(i64::from(ready));
         for p in PHASES {
             self.phase
-                .get_or_create(&vec![("phase", p.to_string())])
+                .with_label_values(&[p])
                 .set(i64::from(p == phase));
         }
         if kicks > self.kicks_seen {
             self.kicks.inc_by(kicks - self.kicks_seen);
             self.kicks_seen = kicks;
         }
-        let mut text = String::new();
-        if let Err(e) = encode(&mut text, &self.registry) {
+        let Some(registry) = &self.registry else {
+            return String::new();
+        };
+        let mut text = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut text) {
             log::warn!("cannot encode the metrics: {e}");
         }
-        text
+        String::from_utf8(text).unwrap_or_default()
     }
 }
 
@@ -184,11 +184,27 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    fn sample(text: &str, prefix: &str) -> Option<f64> {
+    /// A series' name and its labels in a fixed order.
+    fn key(series: &str) -> (String, Vec<String>) {
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        let mut labels: Vec<String> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        labels.sort();
+        (name.to_string(), labels)
+    }
+
+    /// The value of `series` (`name{label="value",...}`, labels in any order).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        let want = key(series);
         text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(s, _)| key(s) == want)
+            .and_then(|(_, v)| v.parse().ok())
     }
 
     #[test]
@@ -246,7 +262,7 @@ mod tests {
         assert_eq!(
             sample(
                 &text,
-                "vmpulse_probe_duration_seconds_bucket{vm=\"testvm\",le=\"0.005\",probe=\"httpGet\",type=\"readiness\"}"
+                "vmpulse_probe_duration_seconds_bucket{probe=\"httpGet\",type=\"readiness\",vm=\"testvm\",le=\"0.005\"}"
             ),
             Some(1.0),
             "{text}"
@@ -262,6 +278,5 @@ mod tests {
             sample(&text, "vmpulse_vm_phase{vm=\"testvm\",phase=\"Failed\"}"),
             Some(1.0)
         );
-        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }
