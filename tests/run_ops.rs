@@ -3,6 +3,8 @@
 //! real Prometheus server), the events file, the summary and `--exit-code-from-phase`,
 //! clients that try to stall the loop, and the example Pod manifest through `kubectl`.
 
+#[path = "common/qga.rs"]
+mod qga;
 mod run_util;
 
 use std::io::{Read, Write};
@@ -728,4 +730,62 @@ fn kubectl_accepts_the_example_pod() {
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, text.replace("kind: Pod", "kind: Pood")).unwrap();
     assert!(!check(&bad).status.success());
+}
+
+#[test]
+fn the_agent_probes_example_reports_exec_results_in_the_status() {
+    if !kvm_or_skip("the_agent_probes_example_reports_exec_results_in_the_status")
+        || !qga::available_or_skip()
+    {
+        return;
+    }
+    let agent = qga::TempQga::start();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent-probes.yaml");
+    let (agent_arg, socket_arg) = (
+        agent.sock.to_str().unwrap().to_string(),
+        socket.to_str().unwrap().to_string(),
+    );
+    let mut args = fast_guest("1000");
+    args.extend([
+        "--guest-agent",
+        &agent_arg,
+        "--api-socket",
+        &socket_arg,
+        "--run-for",
+        "20s",
+    ]);
+    let mut live = spawn(&example, &args, LIMIT);
+    live.until(|e| e["type"] == "ready" && e["ready"] == true)
+        .expect("the exec readiness probe succeeds");
+    live.until(|e| e["type"] == "probe" && e["probe"] == "liveness")
+        .expect("a liveness ping");
+    let v = status(&socket);
+    assert_eq!(v["vm"], "agent-probes");
+    let probes = v["probes"].as_array().unwrap();
+    let exec = probes.iter().find(|p| p["kind"] == "exec").expect("{v}");
+    assert_eq!(exec["type"], "readiness");
+    let last = exec["last_results"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["result"], "success", "{last}");
+    assert_eq!(last["exit_code"], 0, "{last}");
+    // /proc/loadavg: three load figures, a running/total count and a pid.
+    assert!(
+        last["output"].as_str().unwrap().split(' ').count() >= 5,
+        "{last}"
+    );
+    let ping = probes
+        .iter()
+        .find(|p| p["kind"] == "guestAgentPing")
+        .expect("{v}");
+    assert_eq!(ping["type"], "liveness");
+    assert!(ping["successes"].as_u64().unwrap() >= 1, "{ping}");
+    assert!(ctl(&socket, &["shutdown"]).status.success());
+    let run = live.finish();
+    run.assert_story_ends(&["stopped shutdown", "finished 0"]);
 }
