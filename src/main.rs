@@ -13,6 +13,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Built once per process: the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Boot a KubeVirt VirtualMachine manifest on KVM with the watchdog and probes.
     Run(vmpulse::cli::RunArgs),

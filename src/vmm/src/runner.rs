@@ -355,7 +355,8 @@ enum Phase {
 struct Out<'s, S: EventSink> {
     sink: &'s mut S,
     errors: u32,
-    status: RunStatus,
+    /// Boxed: large, and carried through `Runner::new`'s error path.
+    status: Box<RunStatus>,
 }
 
 impl<S: EventSink> Out<'_, S> {
@@ -423,7 +424,7 @@ pub fn run<F: VmFactory, S: EventSink>(cfg: RunConfig, factory: &mut F, sink: &m
     let mut out = Out {
         sink,
         errors: 0,
-        status,
+        status: Box::new(status),
     };
     if !starts(cfg.strategy) {
         out.emit(Event::Info {
