@@ -12,7 +12,7 @@
 //! | `console` | `line` (one line the guest printed on COM1) |
 //! | `watchdog` | `action`, `device` (the watchdog's name from the manifest) |
 //! | `liveness` | `action` (`stop`, `reset`, `shutdown`), `message`: the liveness probe failed |
-//! | `stopped` | `reason` (`watchdog`, `liveness`, `guest`, `shutdown`, `runtime`, `error`), optional `trigger` (`watchdog`, `liveness`) and `forced` (shutdowns only) |
+//! | `stopped` | `reason` (`watchdog`, `liveness`, `guest`, `shutdown`, `runtime`, `error`, `signal`, `api`), optional `trigger` (`watchdog`, `liveness`, `api`) and `forced` (shutdowns only) |
 //! | `restart` | `count` (1, 2, …), `delay_ms` (the back-off before the new VM starts; emitted when the restart is decided) |
 //! | `probe` | `probe`, `result` (`success`/`failure`), `message`, `address`, `duration_ms` (a float, microsecond precision), for exec `exit_code` and `output` |
 //! | `ready` | `ready` (true/false), on every readiness transition |

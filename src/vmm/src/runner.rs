@@ -31,7 +31,7 @@
 //!
 //! With [`OpsConfig`]'s API socket or metrics address, the [`HttpServer`] is one more
 //! subscriber of the same manager; its requests are answered after each dispatch
-//! ([`api::answer`](super::api::answer)), and `PUT /vm/...` goes through the router as
+//! ([`api::answer`]), and `PUT /vm/...` goes through the router as
 //! [`Trigger::Api`]. Every event passes through a [`RunStatus`] on its way to the sink,
 //! which keeps the status, the metrics and the end-of-run `summary`.
 

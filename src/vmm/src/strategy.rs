@@ -26,6 +26,7 @@
 //!
 //! See [`exit_code`]: 0 when the run ended as the manifest and flags ask and no `error`
 //! event was reported; 1 when any `error` event was reported; 2 for a bad manifest or flag.
+//! The README's "Exit codes" section is the reference, `--exit-code-from-phase`'s 3 included.
 
 use std::time::Duration;
 
