@@ -1112,6 +1112,11 @@ impl<F: VmFactory, S: EventSink> Control for Runner<'_, F, S> {
             return Err(CommandError::Conflict("the VM is not running".into()));
         }
         let errors = self.out.errors;
+        if action == ApiAction::Reset && self.phase == Phase::Paused {
+            // A paused machine would stay paused through a reset (QEMU's `system_reset`);
+            // asked through the API, the user wants the guest to boot again.
+            self.carry_out(Trigger::Api(ApiAction::Resume));
+        }
         self.carry_out(Trigger::Api(action));
         if self.out.errors > errors {
             return Err(CommandError::Failed(format!(
@@ -1814,7 +1819,7 @@ mod tests {
             let (_, body) = http(&socket, "GET", "/status");
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             seen.push(format!("{} {} {}", v["vm"], v["phase"], v["paused"]));
-            for action in ["pause", "resume", "reset"] {
+            for action in ["pause", "resume", "pause", "reset"] {
                 let (code, _) = http(&socket, "PUT", &format!("/vm/{action}"));
                 let (_, body) = http(&socket, "GET", "/status");
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -1832,11 +1837,16 @@ mod tests {
                 "\"testvm\" \"Running\" false",
                 "pause 204 true 1",
                 "resume 204 false 1",
+                "pause 204 true 1",
                 "reset 204 false 2",
                 "stop 204"
             ]
         );
-        assert_eq!(log.calls, ["start", "pause", "resume", "reset", "stop"]);
+        // A reset of a paused VM resumes it first, so that the guest boots again.
+        assert_eq!(
+            log.calls,
+            ["start", "pause", "resume", "pause", "resume", "reset", "stop"]
+        );
         // Stopped through the API: runStrategy Always does not restart it.
         assert_eq!(
             outcome.ending,
