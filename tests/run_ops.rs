@@ -789,3 +789,62 @@ fn the_agent_probes_example_reports_exec_results_in_the_status() {
     let run = live.finish();
     run.assert_story_ends(&["stopped shutdown", "finished 0"]);
 }
+
+#[test]
+fn unusable_addresses_and_files_are_clear_errors() {
+    // Checked before any VM is created: no KVM needed.
+    let m = manifest(&Vm::default().yaml());
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmpulse"))
+        .args(["run", "--events", "json", "--metrics-addr", &addr])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let error = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["type"] == "error")
+        .unwrap_or_else(|| panic!("no error event: {stdout}"));
+    let message = error["message"].as_str().unwrap();
+    assert!(message.starts_with("cannot listen: "), "{message}");
+    assert!(message.contains(&addr), "{message}");
+
+    // A regular file where the API socket should go is left alone.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmpulse"))
+        .args(["run", "--api-socket"])
+        .arg(&file)
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+    // Bad --metrics-addr and --events-file values are flag errors (exit 2).
+    for (flag, value, expected) in [
+        ("--metrics-addr", "no-port", "--metrics-addr"),
+        (
+            "--events-file",
+            "/nonexistent/dir/events.jsonl",
+            "--events-file",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmpulse"))
+            .args(["run", flag, value])
+            .arg(&m.path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expected),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
