@@ -130,6 +130,20 @@ impl Metrics {
         m
     }
 
+    /// Show the expiry counter of `action` (at 0) before its first expiry, so that rates
+    /// and alerts have a series from the start.
+    pub fn declare_expiry(&self, action: &str) {
+        self.expiries.with_label_values(&[action]);
+    }
+
+    /// Show the result counters of a probe (at 0) before its first attempt.
+    pub fn declare_probe(&self, kind: &str, probe_type: &str) {
+        for result in ["success", "failure"] {
+            self.probe_results
+                .with_label_values(&[kind, probe_type, result]);
+        }
+    }
+
     /// The VM booted.
     pub fn boot(&self) {
         self.boots.inc();
@@ -205,6 +219,32 @@ mod tests {
             .filter_map(|l| l.rsplit_once(' '))
             .find(|(s, _)| key(s) == want)
             .and_then(|(_, v)| v.parse().ok())
+    }
+
+    #[test]
+    fn declared_series_start_at_zero() {
+        let mut m = Metrics::new("vm2");
+        m.declare_expiry("poweroff");
+        m.declare_probe("exec", "liveness");
+        let text = m.encode(false, "Scheduled", 0);
+        assert_eq!(
+            sample(
+                &text,
+                "vmpulse_watchdog_expiries_total{vm=\"vm2\",action=\"poweroff\"}"
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "vmpulse_probe_results_total{vm=\"vm2\",probe=\"exec\",type=\"liveness\",result=\"failure\"}"
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "vmpulse_vm_phase{vm=\"vm2\",phase=\"Scheduled\"}"),
+            Some(1.0)
+        );
     }
 
     #[test]

@@ -221,6 +221,11 @@ pub struct RunStatus {
 impl RunStatus {
     /// The status of a run of `vm` with these probes and watchdog action, before it starts.
     pub fn new(vm: &str, action: &str, probes: &[(ProbeKind, ProbeConfig)]) -> Self {
+        let metrics = Metrics::new(vm);
+        metrics.declare_expiry(action);
+        for (kind, cfg) in probes {
+            metrics.declare_probe(handler_kind(&cfg.handler), kind.name());
+        }
         RunStatus {
             vm: vm.to_string(),
             action: action.to_string(),
@@ -251,7 +256,7 @@ impl RunStatus {
             last_stop_failed: false,
             ready_since: None,
             ready_total: Duration::ZERO,
-            metrics: Metrics::new(vm),
+            metrics,
             exit_code_from_phase: false,
         }
     }
