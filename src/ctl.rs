@@ -38,6 +38,10 @@ pub enum CtlCommand {
 
 /// Arguments of `vmpulse ctl`.
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Exit code: 0 when the request was carried out; 1 when the API socket cannot be \
+reached or the request was refused (the reason on stderr)."
+)]
 pub struct CtlArgs {
     /// The API socket of `vmpulse run --api-socket PATH`.
     #[arg(long, value_name = "PATH")]
