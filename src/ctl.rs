@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// How long the client waits for an answer (a shutdown is answered once requested).
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client waits for an answer. A shutdown is answered once the VM is off, and
+/// the server closes it at the latest 5 s after the VM's grace period: this only guards
+/// against a server that is not vmpulse.
+const TIMEOUT: Duration = Duration::from_secs(600);
 /// The largest answer read.
 const MAX_ANSWER: u64 = 4 << 20;
 
@@ -32,7 +34,7 @@ pub enum CtlCommand {
     Reset,
     /// Stop the VM at once (it is not restarted).
     Stop,
-    /// Press the power button; the VM is powered off after its grace period.
+    /// Press the power button; answered once the VM is off (forced after its grace period).
     Shutdown,
 }
 

@@ -8,7 +8,7 @@
 //! | both | `GET /livez` | 200 while the loop runs and the VM has not failed, else 503 |
 //! | both | `GET /metrics` | the Prometheus series ([`super::metrics`]) |
 //! | API socket | `GET /status` | the run's status object ([`super::status::StatusDoc`]) |
-//! | API socket | `PUT /vm/pause`, `/vm/resume`, `/vm/reset`, `/vm/stop`, `/vm/shutdown` | 204 once carried out; 409 when there is no VM to act on |
+//! | API socket | `PUT /vm/pause`, `/vm/resume`, `/vm/reset`, `/vm/stop`, `/vm/shutdown` | 204 once carried out (`shutdown`: once the VM is off, within the grace period); 409 when there is no VM to act on |
 //!
 //! # No thread per connection, and bounded
 //!
@@ -407,6 +407,13 @@ impl HttpServer {
     /// The complete requests received since the last call.
     pub fn take_requests(&mut self) -> Vec<Request> {
         std::mem::take(&mut self.requests)
+    }
+
+    /// Keep connection `conn` open for `wait` from now, for an answer that comes later.
+    pub fn hold(&mut self, conn: u32, wait: Duration) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.deadline = Instant::now() + wait;
+        }
     }
 
     /// Answer the request of connection `conn` (ignored if the connection is gone).

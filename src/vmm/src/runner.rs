@@ -204,6 +204,9 @@ pub enum RunnerError {
     Listen(io::Error),
 }
 
+/// How long past the grace period a `PUT /vm/shutdown` may wait for its answer.
+const SHUTDOWN_ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
 // Tokens of the runner's own fds.
 const TOKEN_MACHINE: u32 = 1;
 const TOKEN_PROBES: u32 = 2;
@@ -409,6 +412,8 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     interrupts: Option<Interrupts>,
     /// The API and metrics server, when asked for.
     api: Option<(Rc<RefCell<HttpServer>>, SubscriberId)>,
+    /// Connections whose `PUT /vm/shutdown` is answered once the shutdown is over.
+    held: Vec<u32>,
 }
 
 /// Run the VM described by `cfg` until the run ends; report every event to `sink`.
@@ -582,6 +587,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             ending: None,
             interrupts,
             api,
+            held: Vec::new(),
         })
     }
 
@@ -614,6 +620,8 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             self.dispatch();
             self.serve_requests();
         }
+        // Answer what is still waiting (a shutdown that ended the run, among others).
+        self.serve_requests();
         // Whatever ended the run, leave nothing running.
         if let Some(mut vm) = self.take_vm() {
             vm.stop();
@@ -1079,15 +1087,38 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             return;
         };
         let requests = server.borrow_mut().take_requests();
+        let mut answers = Vec::new();
         for request in requests {
             let response = api::answer(&request, self);
-            match self.manager.event_ops(id) {
-                Ok(mut ops) => server
+            if response.status == 204 && request.path == "/vm/shutdown" && self.shutting_down() {
+                // Answered once done: when the VM is off (or a reset or pause ended the
+                // shutdown), within the grace period.
+                server
                     .borrow_mut()
-                    .respond(&mut ops, request.conn, &response),
+                    .hold(request.conn, self.cfg.grace_period + SHUTDOWN_ANSWER_MARGIN);
+                self.held.push(request.conn);
+                continue;
+            }
+            answers.push((request.conn, response));
+        }
+        if !self.shutting_down() {
+            answers.extend(
+                self.held
+                    .drain(..)
+                    .map(|c| (c, api::Response::no_content())),
+            );
+        }
+        for (conn, response) in answers {
+            match self.manager.event_ops(id) {
+                Ok(mut ops) => server.borrow_mut().respond(&mut ops, conn, &response),
                 Err(e) => log::warn!("cannot answer an API request: {e}"),
             }
         }
+    }
+
+    /// A shutdown request is in progress.
+    fn shutting_down(&self) -> bool {
+        matches!(self.phase, Phase::ShuttingDown(_)) && self.vm.is_some() && self.ending.is_none()
     }
 
     fn run_for_expired(&mut self) {
@@ -1857,5 +1888,45 @@ mod tests {
             trigger: Some(Cause::Api),
             forced: None
         }));
+    }
+
+    #[test]
+    fn an_api_shutdown_is_answered_once_the_vm_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut cfg = config(RunStrategy::Always, WatchdogAction::Reset);
+        cfg.ops.api_socket = Some(socket.clone());
+        cfg.grace_period = Duration::from_millis(300);
+        let client = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(4);
+            while UnixStream::connect(&socket).is_err() {
+                assert!(Instant::now() < end, "no API socket");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let asked = Instant::now();
+            let (code, _) = http(&socket, "PUT", "/vm/shutdown");
+            (code, asked.elapsed())
+        });
+        // The guest ignores the power button: the VM is forced off after the grace period.
+        let script = Script {
+            ignore_shutdown: true,
+            ..Script::default()
+        };
+        let (outcome, events, _) = run_fake(cfg, script);
+        let (code, waited) = client.join().unwrap();
+        assert_eq!(code, 204);
+        assert!(
+            waited >= Duration::from_millis(290),
+            "answered after {waited:?}"
+        );
+        assert!(events.contains(&Event::Stopped {
+            reason: StopReason::Shutdown,
+            trigger: Some(Cause::Api),
+            forced: Some(true)
+        }));
+        assert_eq!(
+            outcome.ending,
+            Ending::NoRestart(RunStrategy::Always, StopReason::Shutdown)
+        );
     }
 }
