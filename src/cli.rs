@@ -28,13 +28,18 @@
 //! `qemu-ga -m unix-listen`) or, with `--agent-serial`, through the VM's second serial port
 //! (COM2, I/O port 0x2F8), for guests running `qemu-ga -m isa-serial`.
 //!
+//! # Operations
+//!
+//! `--api-socket PATH` serves status and control (`vmpulse ctl`), `--metrics-addr HOST:PORT`
+//! Prometheus metrics and `/readyz`, `/livez` ([`vmpulse_vmm::api`]); `--events-file PATH`
+//! appends the JSON events to a file while the chosen format goes to stdout.
+//!
 //! # Output and exit code
 //!
-//! See [`vmpulse_vmm::events`] for the events and [`vmpulse_vmm::strategy`] for runStrategy. Exit code:
-//! 0 when the run ended as the manifest and flags ask (the `--run-for` limit, runStrategy
-//! Halted, the VM stopped and runStrategy does not restart it, or `--max-restarts` reached)
-//! and no `error` event was reported; 1 when an `error` event was reported; 2 when the
-//! manifest does not validate or a flag or annotation is invalid.
+//! See [`vmpulse_vmm::events`] for the events and [`vmpulse_vmm::strategy`] for runStrategy.
+//! The exit codes have one home: the README's "Exit codes" section (0 as asked, 1 error,
+//! 2 bad manifest or flag, 3 final phase `Failed` with `--exit-code-from-phase`, 128 + N
+//! signal N).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -49,7 +54,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use vmpulse_manifest::{self as manifest, ManifestProblem, VmSpec};
 use vmpulse_probes::config::{ProbeHandler, ProbeKind};
-use vmpulse_vmm::events::{stdout_printer, Event, EventSink, Format};
+use vmpulse_vmm::api::OpsConfig;
+use vmpulse_vmm::events::{stdout_printer, Event, EventSink, Format, Printer, Tee};
 use vmpulse_vmm::machine::{GuestOptions, Machine, MachineConfig, SharedEsb};
 use vmpulse_vmm::runner::{self, AgentSpec, RunConfig, Vm, VmFactory};
 
@@ -69,8 +75,9 @@ const EXIT_HELP: &str =
 runStrategy Halted, the VM stopped and runStrategy does not restart it, or --max-restarts \
 reached) and no error was reported; 1 when an error was reported (the VM could not be created \
 or failed, an action could not be carried out); 2 when the manifest does not validate or a \
-flag or annotation is invalid; 130 or 143 when SIGINT or SIGTERM ended the run (the VM is \
-stopped cleanly first, `stopped` reason `signal`).\n\nManifest annotations vmpulse.io/guest-timeout, \
+flag or annotation is invalid; 3 with --exit-code-from-phase when the final phase is Failed; \
+130 or 143 when SIGINT or SIGTERM ended the run (the VM is stopped cleanly first, `stopped` \
+reason `signal`). The README's \"Exit codes\" section has the details.\n\nManifest annotations vmpulse.io/guest-timeout, \
 vmpulse.io/guest-kick-every, vmpulse.io/guest-hang-after, vmpulse.io/guest-ignore-shutdown, \
 vmpulse.io/max-restarts, vmpulse.io/run-for and vmpulse.io/restart-backoff give defaults for \
 the flags of the same name; flags win.";
@@ -125,6 +132,42 @@ pub struct RunArgs {
     /// allowed, e.g. `127.0.0.1,::1`); with several, every address must answer.
     #[arg(long, value_name = "ADDR[,ADDR...]", default_value = "127.0.0.1")]
     pub probe_host: String,
+    /// Serve status and control (HTTP/1.1, JSON) on this Unix socket; see `vmpulse ctl`.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`) and `/readyz`, `/livez` on this TCP address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Also append every event as a JSON line to this file (stdout keeps `--events`).
+    #[arg(long, value_name = "PATH")]
+    pub events_file: Option<PathBuf>,
+    /// Exit 3 when the run's final phase is `Failed` (a watchdog or liveness stop that was
+    /// not restarted, or --max-restarts reached after failures).
+    #[arg(long)]
+    pub exit_code_from_phase: bool,
+}
+
+/// Resolve `--metrics-addr HOST:PORT` to one socket address.
+pub fn parse_metrics_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not HOST:PORT: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// The operations options of `args`.
+fn ops_config(args: &RunArgs) -> Result<OpsConfig, SettingError> {
+    let metrics_addr = match &args.metrics_addr {
+        Some(a) => Some(parse_metrics_addr(a).map_err(|m| bad("--metrics-addr", m))?),
+        None => None,
+    };
+    Ok(OpsConfig {
+        api_socket: args.api_socket.clone(),
+        metrics_addr,
+        exit_code_from_phase: args.exit_code_from_phase,
+        ..OpsConfig::default()
+    })
 }
 
 /// A bad flag or annotation value.
@@ -463,8 +506,36 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let ops = match ops_config(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{}: {e}", args.manifest.display());
+            return ExitCode::from(2);
+        }
+    };
     let memory = guest_memory(spec.memory_bytes);
-    let mut printer = stdout_printer(args.events);
+    let stdout = stdout_printer(args.events).with_vm(&spec.name);
+    let mut printer: Box<dyn EventSink> = match &args.events_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            match file {
+                Ok(f) => {
+                    let json = Printer::new(f, Format::Json)
+                        .with_vm(&spec.name)
+                        .with_origin(stdout.origin());
+                    Box::new(Tee(stdout, json))
+                }
+                Err(e) => {
+                    eprintln!("--events-file {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => Box::new(stdout),
+    };
     for message in start_notes(&spec, memory, &settings) {
         printer.emit(Event::Info { message });
     }
@@ -506,6 +577,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         run_for: settings.run_for,
         backoff: settings.backoff,
         handle_signals: true,
+        ops,
     };
     let mut factory = KvmFactory {
         memory_bytes: memory.0,
@@ -656,6 +728,29 @@ mod tests {
             "--agent-serial",
         ];
         assert!(Wrap::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn operations_flags() {
+        let a = args(&[
+            "--api-socket",
+            "/run/vm.sock",
+            "--metrics-addr",
+            "127.0.0.1:9100",
+            "--exit-code-from-phase",
+        ]);
+        let o = ops_config(&a).unwrap();
+        assert_eq!(o.api_socket, Some(PathBuf::from("/run/vm.sock")));
+        assert_eq!(o.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(o.exit_code_from_phase);
+        let o = ops_config(&args(&[])).unwrap();
+        assert!(o.api_socket.is_none() && o.metrics_addr.is_none() && !o.exit_code_from_phase);
+        let e = ops_config(&args(&["--metrics-addr", "9100"])).unwrap_err();
+        assert_eq!(e.what, "--metrics-addr");
+        assert_eq!(
+            parse_metrics_addr("[::1]:0").unwrap(),
+            "[::1]:0".parse().unwrap()
+        );
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! - [`vmm`] (`vmpulse-vmm`, `src/vmm`): the standalone KVM VMM behind `vmpulse run`.
 //!
 //! This crate adds the command line: [`cli`] (`vmpulse run`), [`validate`]
-//! (`vmpulse validate`) and [`replay`] (`vmpulse replay`, the trace checker).
+//! (`vmpulse validate`), [`replay`] (`vmpulse replay`, the trace checker) and [`ctl`]
+//! (`vmpulse ctl`, the client of `vmpulse run --api-socket`).
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+pub mod ctl;
 pub mod replay;
 pub mod validate;
 

@@ -13,6 +13,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Built once per process: the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Boot a KubeVirt VirtualMachine manifest on KVM with the watchdog and probes.
     Run(vmpulse::cli::RunArgs),
@@ -20,6 +22,9 @@ enum Command {
     Validate(vmpulse::validate::ValidateArgs),
     /// Replay an i6300esb register trace against the device model.
     Replay(vmpulse::replay::ReplayArgs),
+    /// Ask a running `vmpulse run --api-socket PATH` for its status, or to pause, resume,
+    /// reset, stop or shut down the VM.
+    Ctl(vmpulse::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,5 +33,6 @@ fn main() -> ExitCode {
         Command::Run(args) => vmpulse::cli::run(args),
         Command::Validate(args) => vmpulse::validate::validate_command(args),
         Command::Replay(args) => vmpulse::replay::replay_command(args),
+        Command::Ctl(args) => vmpulse::ctl::ctl_command(args),
     }
 }

@@ -59,6 +59,8 @@ pub struct ProbeAttempt {
     pub exit_code: Option<i32>,
     /// For exec: a bounded excerpt of the output.
     pub output: Option<String>,
+    /// How long the attempt took, from its start to its result.
+    pub duration: std::time::Duration,
 }
 
 /// What the runner hears from the probes.

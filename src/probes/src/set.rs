@@ -109,6 +109,8 @@ struct Sub {
 /// An attempt in flight.
 #[derive(Debug)]
 struct Attempt {
+    /// When it started, for the attempt's duration.
+    started: Instant,
     deadline: Instant,
     subs: Vec<Sub>,
     /// Exec/ping through the agent (completes from the agent's completions).
@@ -609,6 +611,7 @@ impl ProbeSet {
         let deadline = epoch + deadline;
         let probe = &mut self.probes[i];
         let mut attempt = Attempt {
+            started: now,
             deadline,
             subs: Vec::new(),
             agent: false,
@@ -774,6 +777,7 @@ impl ProbeSet {
             address,
             exit_code,
             output,
+            duration: now.saturating_duration_since(attempt.started),
         }));
         self.stats.attempts += 1;
         if success {

@@ -2,7 +2,8 @@
 //!
 //! Every event carries the time since the run started. With `--events json` each event is
 //! one line holding a JSON object with `time_ms` (milliseconds since the run started),
-//! `type`, and the fields of its type:
+//! `timestamp` (the wall-clock time, RFC 3339 in UTC with milliseconds), `vm` (the
+//! manifest's name), `type`, and the fields of its type:
 //!
 //! | `type` | fields |
 //! | --- | --- |
@@ -11,19 +12,21 @@
 //! | `console` | `line` (one line the guest printed on COM1) |
 //! | `watchdog` | `action`, `device` (the watchdog's name from the manifest) |
 //! | `liveness` | `action` (`stop`, `reset`, `shutdown`), `message`: the liveness probe failed |
-//! | `stopped` | `reason` (`watchdog`, `liveness`, `guest`, `shutdown`, `runtime`, `error`), optional `trigger` (`watchdog`, `liveness`) and `forced` (shutdowns only) |
+//! | `stopped` | `reason` (`watchdog`, `liveness`, `guest`, `shutdown`, `runtime`, `error`, `signal`, `api`), optional `trigger` (`watchdog`, `liveness`, `api`) and `forced` (shutdowns only) |
 //! | `restart` | `count` (1, 2, …), `delay_ms` (the back-off before the new VM starts; emitted when the restart is decided) |
-//! | `probe` | `probe`, `result` (`success`/`failure`), `message`, `address`, for exec `exit_code` and `output` |
+//! | `probe` | `probe`, `result` (`success`/`failure`), `message`, `address`, `duration_ms` (a float, microsecond precision), for exec `exit_code` and `output` |
 //! | `ready` | `ready` (true/false), on every readiness transition |
 //! | `error` | `message` |
+//! | `summary` | the run in figures, just before `finished` (see [`Summary`]) |
 //! | `finished` | `exit_code`, `message`: the last line of every run |
 //!
 //! Absent optional fields are left out, never `null`.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// Why a run of the VM ended (`stopped`'s `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -43,6 +46,8 @@ pub enum StopReason {
     Error,
     /// vmpulse itself was asked to stop (SIGINT or SIGTERM).
     Signal,
+    /// `PUT /vm/stop` on the API socket.
+    Api,
 }
 
 impl StopReason {
@@ -56,6 +61,7 @@ impl StopReason {
             StopReason::Runtime => "runtime",
             StopReason::Error => "error",
             StopReason::Signal => "signal",
+            StopReason::Api => "api",
         }
     }
 }
@@ -68,6 +74,8 @@ pub enum Cause {
     Watchdog,
     /// The liveness probe reached its failure threshold.
     Liveness,
+    /// A request on the API socket (`PUT /vm/...`).
+    Api,
 }
 
 /// One thing that happened during a run.
@@ -102,6 +110,9 @@ pub enum Event {
         action: String,
         /// The last failure's message.
         message: String,
+        /// The failure threshold that was reached, for the human line; not in JSON.
+        #[serde(skip)]
+        failures: Option<u32>,
     },
     /// The VM stopped.
     Stopped {
@@ -137,6 +148,13 @@ pub enum Event {
         /// Exec probes: an excerpt of the output.
         #[serde(skip_serializing_if = "Option::is_none")]
         output: Option<String>,
+        /// How long the attempt took, in microseconds (JSON: `duration_ms`, a float).
+        #[serde(rename = "duration_ms", serialize_with = "micros_as_millis")]
+        duration_us: u64,
+        /// Consecutive results of this kind and the threshold they count towards, for the
+        /// human line (`(2/3)`); filled in by the run's status keeper, not in JSON.
+        #[serde(skip)]
+        streak: Option<(u32, u32)>,
     },
     /// The Ready condition changed.
     Ready {
@@ -148,6 +166,8 @@ pub enum Event {
         /// What.
         message: String,
     },
+    /// The run in figures, just before `finished`.
+    Summary(Summary),
     /// The run is over.
     Finished {
         /// The process exit code that follows.
@@ -167,8 +187,23 @@ impl Event {
             Event::Watchdog { action, device } => {
                 format!("watchdog {device:?} fired: action {action}")
             }
-            Event::Liveness { action, message } => {
-                format!("liveness probe failed ({message}): action {action}")
+            Event::Liveness {
+                action,
+                message,
+                failures,
+            } => {
+                let consequence = match action.as_str() {
+                    "stop" => "the VM will be stopped",
+                    "reset" => "the VM will be reset",
+                    "shutdown" => "the VM will be shut down",
+                    _ => "the VM's liveness action follows",
+                };
+                match failures {
+                    Some(n) => {
+                        format!("Liveness probe failed {n} times: {consequence} ({message})")
+                    }
+                    None => format!("Liveness probe failed: {consequence} ({message})"),
+                }
             }
             Event::Stopped {
                 reason,
@@ -182,6 +217,7 @@ impl Event {
                     | (_, None) => {}
                     (_, Some(Cause::Watchdog)) => s.push_str(" (asked by the watchdog)"),
                     (_, Some(Cause::Liveness)) => s.push_str(" (asked by the liveness probe)"),
+                    (_, Some(Cause::Api)) => s.push_str(" (asked through the API)"),
                 }
                 match forced {
                     Some(true) => s.push_str(", forced after the grace period"),
@@ -200,8 +236,21 @@ impl Event {
                 address,
                 exit_code,
                 output,
+                duration_us: _,
+                streak,
             } => {
-                let mut s = format!("{probe} probe {result}: {message}");
+                let mut s = capitalized(probe);
+                s.push_str(" probe ");
+                s.push_str(match result.as_str() {
+                    "success" => "succeeded",
+                    "failure" => "failed",
+                    other => other,
+                });
+                if let Some((n, threshold)) = streak {
+                    s.push_str(&format!(" ({n}/{threshold})"));
+                }
+                s.push_str(": ");
+                s.push_str(message);
                 if let Some(a) = address {
                     s.push_str(&format!(" [{a}]"));
                 }
@@ -221,10 +270,112 @@ impl Event {
                 }
             }
             Event::Error { message } => format!("error: {message}"),
+            Event::Summary(summary) => summary.human(),
             Event::Finished { exit_code, message } => {
                 format!("run finished: {message} (exit code {exit_code})")
             }
         }
+    }
+}
+
+/// The final phase of a run, as KubeVirt would set the VMI's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FinalPhase {
+    /// The VM ended as asked: the guest powered off, a clean shutdown, `--run-for`, a signal
+    /// or an API stop (or it was never started).
+    Succeeded,
+    /// The last stop was a failure (see [`crate::strategy::is_failure`]) that was not
+    /// restarted, or the run could not go on.
+    Failed,
+}
+
+impl FinalPhase {
+    /// `Succeeded` or `Failed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FinalPhase::Succeeded => "Succeeded",
+            FinalPhase::Failed => "Failed",
+        }
+    }
+}
+
+/// One probe in the [`Summary`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProbeSummary {
+    /// `liveness` or `readiness`.
+    #[serde(rename = "type")]
+    pub probe_type: String,
+    /// The handler: `httpGet`, `tcpSocket`, `exec` or `guestAgentPing`.
+    pub kind: String,
+    /// Completed attempts.
+    pub attempts: u64,
+    /// Failed attempts.
+    pub failures: u64,
+    /// The last failure's message (`null` when it never failed).
+    pub last_failure: Option<String>,
+}
+
+/// The run in figures: the `summary` event, reported just before `finished`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Boots, warm resets included.
+    pub boots: u32,
+    /// runStrategy restarts.
+    pub restarts: u32,
+    /// Watchdog expiries by action name.
+    pub watchdog_expiries: BTreeMap<String, u64>,
+    /// Every probe of the manifest.
+    pub probes: Vec<ProbeSummary>,
+    /// Time spent Ready, in milliseconds.
+    pub ready_ms: u64,
+    /// `Succeeded` or `Failed`.
+    pub phase: FinalPhase,
+}
+
+impl Summary {
+    /// The summary as one human-readable line.
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "summary: VM {}, {} boot(s), {} restart(s), ready for {}.{:03} s",
+            self.phase.name(),
+            self.boots,
+            self.restarts,
+            self.ready_ms / 1000,
+            self.ready_ms % 1000
+        );
+        if self.watchdog_expiries.is_empty() {
+            s.push_str(", no watchdog expiry");
+        } else {
+            let list: Vec<String> = self
+                .watchdog_expiries
+                .iter()
+                .map(|(a, n)| format!("{a} {n}"))
+                .collect();
+            s.push_str(&format!(", watchdog expiries: {}", list.join(", ")));
+        }
+        for p in &self.probes {
+            s.push_str(&format!(
+                "; {} probe ({}): {} attempt(s), {} failure(s)",
+                p.probe_type, p.kind, p.attempts, p.failures
+            ));
+            if let Some(m) = &p.last_failure {
+                s.push_str(&format!(", last failure: {m}"));
+            }
+        }
+        s
+    }
+}
+
+fn micros_as_millis<S: Serializer>(us: &u64, s: S) -> Result<S::Ok, S::Error> {
+    // Exact to the microsecond: the float is the integer count of microseconds over 1000.
+    s.serialize_f64(*us as f64 / 1000.0)
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -257,8 +408,15 @@ impl std::str::FromStr for Format {
 #[derive(Serialize)]
 struct Line<'a> {
     time_ms: u64,
+    timestamp: &'a str,
+    vm: &'a str,
     #[serde(flatten)]
     event: &'a Event,
+}
+
+/// The wall-clock time as RFC 3339 in UTC with milliseconds (`2026-01-02T03:04:05.678Z`).
+pub fn rfc3339_now() -> String {
+    format!("{:.3}", jiff::Timestamp::now())
 }
 
 /// Anything that takes the run's events (the terminal, or a recorder in tests).
@@ -272,6 +430,7 @@ pub struct Printer<W: Write> {
     out: W,
     format: Format,
     origin: Instant,
+    vm: String,
     failed: bool,
 }
 
@@ -282,19 +441,44 @@ impl<W: Write> Printer<W> {
             out,
             format,
             origin: Instant::now(),
+            vm: String::new(),
             failed: false,
         }
     }
 
-    /// The event as the line this printer writes at `time_ms`.
-    pub fn render(format: Format, time_ms: u64, event: &Event) -> String {
+    /// The VM's name for the `vm` field of JSON lines.
+    pub fn with_vm(mut self, vm: &str) -> Self {
+        self.vm = vm.to_string();
+        self
+    }
+
+    /// Count `time_ms` from `origin` (so that two printers of one run agree).
+    pub fn with_origin(mut self, origin: Instant) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// The event as the line this printer writes at `time_ms` (wall-clock `timestamp`) for
+    /// the VM `vm`.
+    pub fn render(
+        format: Format,
+        time_ms: u64,
+        timestamp: &str,
+        vm: &str,
+        event: &Event,
+    ) -> String {
         match format {
-            Format::Json => serde_json::to_string(&Line { time_ms, event })
+            Format::Json => serde_json::to_string(&Line { time_ms, timestamp, vm, event })
                 .unwrap_or_else(|e| format!("{{\"time_ms\":{time_ms},\"type\":\"error\",\"message\":\"cannot encode an event: {e}\"}}")),
             Format::Human => {
                 format!("[{:>4}.{:03}s] {}", time_ms / 1000, time_ms % 1000, event.human())
             }
         }
+    }
+
+    /// The instant `time_ms` counts from.
+    pub fn origin(&self) -> Instant {
+        self.origin
     }
 
     /// Give back the stream.
@@ -306,7 +490,7 @@ impl<W: Write> Printer<W> {
 impl<W: Write> EventSink for Printer<W> {
     fn emit(&mut self, event: Event) {
         let time_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let line = Self::render(self.format, time_ms, &event);
+        let line = Self::render(self.format, time_ms, &rfc3339_now(), &self.vm, &event);
         let written = writeln!(self.out, "{line}").and_then(|()| self.out.flush());
         if let Err(e) = written {
             // A closed stdout (e.g. `| head`) must not kill the VM loop; say it once.
@@ -315,6 +499,22 @@ impl<W: Write> EventSink for Printer<W> {
                 log::warn!("cannot write events: {e}");
             }
         }
+    }
+}
+
+/// Sends every event to two sinks (the terminal and `--events-file`).
+pub struct Tee<A: EventSink, B: EventSink>(pub A, pub B);
+
+impl<A: EventSink, B: EventSink> EventSink for Tee<A, B> {
+    fn emit(&mut self, event: Event) {
+        self.0.emit(event.clone());
+        self.1.emit(event);
+    }
+}
+
+impl<T: EventSink + ?Sized> EventSink for Box<T> {
+    fn emit(&mut self, event: Event) {
+        (**self).emit(event);
     }
 }
 
@@ -333,8 +533,102 @@ pub fn stdout_printer(format: Format) -> Printer<io::Stdout> {
 mod tests {
     use super::*;
 
+    const STAMP: &str = "2026-01-02T03:04:05.678Z";
+
+    /// The JSON line of `event`, without the `timestamp` and `vm` every line has (checked).
     fn json(event: &Event) -> serde_json::Value {
-        serde_json::from_str(&Printer::<Vec<u8>>::render(Format::Json, 1234, event)).unwrap()
+        let mut v: serde_json::Value = serde_json::from_str(&Printer::<Vec<u8>>::render(
+            Format::Json,
+            1234,
+            STAMP,
+            "testvm",
+            event,
+        ))
+        .unwrap();
+        let o = v.as_object_mut().unwrap();
+        assert_eq!(o.remove("timestamp").unwrap(), STAMP);
+        assert_eq!(o.remove("vm").unwrap(), "testvm");
+        v
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let t = rfc3339_now();
+        // 2026-01-02T03:04:05.678Z
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.');
+        let parsed: jiff::Timestamp = t.parse().unwrap();
+        let now = jiff::Timestamp::now();
+        assert!((now.as_millisecond() - parsed.as_millisecond()).abs() < 10_000);
+    }
+
+    #[test]
+    fn probe_durations_are_float_milliseconds_to_the_microsecond() {
+        let v = json(&Event::Probe {
+            probe: "readiness".into(),
+            result: "failure".into(),
+            message: "HTTP probe failed with statuscode: 503".into(),
+            address: Some("127.0.0.1:80".into()),
+            exit_code: None,
+            output: None,
+            duration_us: 12_345,
+            streak: Some((2, 3)),
+        });
+        assert_eq!(v["duration_ms"], serde_json::json!(12.345));
+        assert!(v.get("streak").is_none());
+    }
+
+    #[test]
+    fn human_probe_lines_read_like_the_kubelet() {
+        let e = Event::Probe {
+            probe: "readiness".into(),
+            result: "failure".into(),
+            message: "HTTP probe failed with statuscode: 503".into(),
+            address: None,
+            exit_code: None,
+            output: None,
+            duration_us: 1,
+            streak: Some((2, 3)),
+        };
+        assert_eq!(
+            e.human(),
+            "Readiness probe failed (2/3): HTTP probe failed with statuscode: 503"
+        );
+        let e = Event::Liveness {
+            action: "stop".into(),
+            message: "connect: Connection refused".into(),
+            failures: Some(3),
+        };
+        assert_eq!(
+            e.human(),
+            "Liveness probe failed 3 times: the VM will be stopped (connect: Connection refused)"
+        );
+    }
+
+    #[test]
+    fn the_summary_serializes_flat_beside_its_type() {
+        let v = json(&Event::Summary(Summary {
+            boots: 2,
+            restarts: 1,
+            watchdog_expiries: [("poweroff".to_string(), 1)].into_iter().collect(),
+            probes: vec![ProbeSummary {
+                probe_type: "liveness".into(),
+                kind: "tcpSocket".into(),
+                attempts: 4,
+                failures: 3,
+                last_failure: Some("refused".into()),
+            }],
+            ready_ms: 1500,
+            phase: FinalPhase::Failed,
+        }));
+        assert_eq!(
+            v,
+            serde_json::json!({"time_ms": 1234, "type": "summary", "boots": 2, "restarts": 1,
+                "watchdog_expiries": {"poweroff": 1},
+                "probes": [{"type": "liveness", "kind": "tcpSocket", "attempts": 4, "failures": 3,
+                    "last_failure": "refused"}],
+                "ready_ms": 1500, "phase": "Failed"})
+        );
     }
 
     #[test]
@@ -381,11 +675,13 @@ mod tests {
             address: Some("127.0.0.1:8080".into()),
             exit_code: None,
             output: None,
+            duration_us: 1500,
+            streak: None,
         });
         assert_eq!(
             v,
             serde_json::json!({"time_ms": 1234, "type": "probe", "probe": "liveness", "result": "failure",
-                "message": "connection refused", "address": "127.0.0.1:8080"})
+                "message": "connection refused", "address": "127.0.0.1:8080", "duration_ms": 1.5})
         );
         // An exec probe has no address: the field is there, null, so scripts can rely on it.
         let v = json(&Event::Probe {
@@ -395,11 +691,14 @@ mod tests {
             address: None,
             exit_code: Some(0),
             output: Some("ok".into()),
+            duration_us: 2000,
+            streak: None,
         });
         assert_eq!(
             v,
             serde_json::json!({"time_ms": 1234, "type": "probe", "probe": "readiness", "result": "success",
-                "message": "exited with code 0", "address": null, "exit_code": 0, "output": "ok"})
+                "message": "exited with code 0", "address": null, "exit_code": 0, "output": "ok",
+                "duration_ms": 2.0})
         );
         let v = json(&Event::Ready { ready: true });
         assert_eq!(
@@ -413,6 +712,8 @@ mod tests {
         let line = Printer::<Vec<u8>>::render(
             Format::Human,
             65_432,
+            STAMP,
+            "testvm",
             &Event::Console {
                 line: "guest: kick".into(),
             },

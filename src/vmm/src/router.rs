@@ -17,6 +17,9 @@
 //! | liveness, default (`stop`) | stop at once; `stopped` reason `liveness` |
 //! | liveness, `vmpulse.io/liveness-action: reset` | warm reset |
 //! | liveness, `vmpulse.io/liveness-action: shutdown` | as watchdog `shutdown`, trigger `liveness` |
+//! | API `PUT /vm/pause`, `/vm/reset`, `/vm/shutdown` | as the watchdog action of the same name, trigger `api` |
+//! | API `PUT /vm/stop` | stop at once; `stopped` reason `api` (never restarted, as `virtctl stop`) |
+//! | API `PUT /vm/resume` | resume a paused VM |
 
 use i6300esb::WatchdogAction;
 
@@ -30,6 +33,39 @@ pub enum Trigger {
     Watchdog(WatchdogAction),
     /// The liveness probe failed; the manifest's liveness action.
     Liveness(LivenessAction),
+    /// A request on the API socket.
+    Api(ApiAction),
+}
+
+/// What a `PUT /vm/...` request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiAction {
+    /// `PUT /vm/pause`.
+    Pause,
+    /// `PUT /vm/resume`.
+    Resume,
+    /// `PUT /vm/reset`.
+    Reset,
+    /// `PUT /vm/stop`.
+    Stop,
+    /// `PUT /vm/shutdown`.
+    Shutdown,
+}
+
+impl ApiAction {
+    /// Every action with the last part of its path.
+    pub const ALL: [(&'static str, ApiAction); 5] = [
+        ("pause", ApiAction::Pause),
+        ("resume", ApiAction::Resume),
+        ("reset", ApiAction::Reset),
+        ("stop", ApiAction::Stop),
+        ("shutdown", ApiAction::Shutdown),
+    ];
+
+    /// The action named by the last part of its path.
+    pub fn from_name(name: &str) -> Option<ApiAction> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|&(_, a)| a)
+    }
 }
 
 impl Trigger {
@@ -38,6 +74,7 @@ impl Trigger {
         match self {
             Trigger::Watchdog(_) => Cause::Watchdog,
             Trigger::Liveness(_) => Cause::Liveness,
+            Trigger::Api(_) => Cause::Api,
         }
     }
 }
@@ -53,6 +90,8 @@ pub enum Decision {
     Shutdown,
     /// Pause the VM.
     Pause,
+    /// Resume a paused VM.
+    Resume,
     /// Inject an NMI.
     InjectNmi,
     /// Report only (`none`); `log` also writes a log line (`debug`).
@@ -81,6 +120,13 @@ pub fn route(trigger: Trigger) -> Decision {
             LivenessAction::Stop => Decision::PowerOff(StopReason::Liveness),
             LivenessAction::Reset => Decision::Reset,
             LivenessAction::Shutdown => Decision::Shutdown,
+        },
+        Trigger::Api(action) => match action {
+            ApiAction::Pause => Decision::Pause,
+            ApiAction::Resume => Decision::Resume,
+            ApiAction::Reset => Decision::Reset,
+            ApiAction::Stop => Decision::PowerOff(StopReason::Api),
+            ApiAction::Shutdown => Decision::Shutdown,
         },
     }
 }
@@ -141,6 +187,25 @@ mod tests {
             Trigger::Watchdog(WatchdogAction::Reset).cause(),
             Cause::Watchdog
         );
+    }
+
+    #[test]
+    fn api_requests_share_the_watchdog_paths() {
+        for (name, action) in [
+            ("pause", WatchdogAction::Pause),
+            ("reset", WatchdogAction::Reset),
+            ("shutdown", WatchdogAction::Shutdown),
+        ] {
+            let api = ApiAction::from_name(name).unwrap();
+            assert_eq!(route(Trigger::Api(api)), route(Trigger::Watchdog(action)));
+        }
+        assert_eq!(
+            route(Trigger::Api(ApiAction::Stop)),
+            Decision::PowerOff(StopReason::Api)
+        );
+        assert_eq!(route(Trigger::Api(ApiAction::Resume)), Decision::Resume);
+        assert_eq!(Trigger::Api(ApiAction::Stop).cause(), Cause::Api);
+        assert_eq!(ApiAction::from_name("explode"), None);
     }
 
     #[test]

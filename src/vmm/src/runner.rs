@@ -28,6 +28,12 @@
 //! After a liveness-triggered reset the probes resume only after the restart back-off
 //! (1 s, doubling, as for restarts; a fourth timerfd), so a probe that fails at once cannot
 //! reset the VM in a tight loop.
+//!
+//! With [`OpsConfig`]'s API socket or metrics address, the [`HttpServer`] is one more
+//! subscriber of the same manager; its requests are answered after each dispatch
+//! ([`api::answer`]), and `PUT /vm/...` goes through the router as
+//! [`Trigger::Api`]. Every event passes through a [`RunStatus`] on its way to the sink,
+//! which keeps the status, the metrics and the end-of-run `summary`.
 
 use std::cell::RefCell;
 use std::io;
@@ -47,9 +53,11 @@ use i6300esb::{ActionSink, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::events::{Cause, Event, EventSink, StopReason};
+use super::api::{self, CommandError, Control, HttpServer, OpsConfig};
+use super::events::{Cause, Event, EventSink, FinalPhase, StopReason};
 use super::machine::{Machine, MachineEvent, SharedEsb};
-use super::router::{liveness_action_name, route, Decision, Trigger};
+use super::router::{liveness_action_name, route, ApiAction, Decision, Trigger};
+use super::status::{RunStatus, StatusDoc, WatchdogLive};
 use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};
 use vmpulse_manifest::{LivenessAction, RunStrategy};
 use vmpulse_probes::config::{ProbeConfig, ProbeKind};
@@ -65,6 +73,8 @@ pub trait Vm {
     fn drain_events(&mut self) -> Vec<MachineEvent>;
     /// Freeze the vCPU and the watchdog.
     fn pause(&mut self) -> Result<(), String>;
+    /// Undo [`Vm::pause`].
+    fn resume(&mut self) -> Result<(), String>;
     /// Warm reset; the guest boots again.
     fn reset(&mut self) -> Result<(), String>;
     /// Graceful shutdown request.
@@ -87,6 +97,9 @@ impl Vm for Machine {
     }
     fn pause(&mut self) -> Result<(), String> {
         Machine::pause(self).map_err(|e| e.to_string())
+    }
+    fn resume(&mut self) -> Result<(), String> {
+        Machine::resume(self).map_err(|e| e.to_string())
     }
     fn reset(&mut self) -> Result<(), String> {
         Machine::reset(self).map_err(|e| e.to_string())
@@ -154,6 +167,8 @@ pub struct RunConfig {
     /// Stop the VM cleanly and end the run on SIGINT or SIGTERM (the `vmpulse` binary sets
     /// this; an embedding program that handles signals itself leaves it off).
     pub handle_signals: bool,
+    /// The API socket, the metrics listener and `--exit-code-from-phase`.
+    pub ops: OpsConfig,
 }
 
 /// How a run ended.
@@ -167,9 +182,13 @@ pub struct Outcome {
     pub boots: u32,
     /// runStrategy restarts.
     pub restarts: u32,
-    /// The exit code ([`exit_code`]).
+    /// The exit code ([`exit_code`]; 3 instead of 0 when [`OpsConfig::exit_code_from_phase`]
+    /// is set and the final phase is `Failed`).
     pub exit_code: u8,
 }
+
+/// The exit code of a run whose final phase is `Failed`, with `--exit-code-from-phase`.
+pub const EXIT_FAILED_PHASE: u8 = 3;
 
 /// Errors setting up the loop.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +199,13 @@ pub enum RunnerError {
     /// The event manager refused something.
     #[error("event loop: {0}")]
     EventManager(String),
+    /// The API socket or the metrics address cannot be listened on.
+    #[error("cannot listen: {0}")]
+    Listen(io::Error),
 }
+
+/// How long past the grace period a `PUT /vm/shutdown` may wait for its answer.
+const SHUTDOWN_ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
 // Tokens of the runner's own fds.
 const TOKEN_MACHINE: u32 = 1;
@@ -329,18 +354,21 @@ enum Phase {
     BackingOff { count: u32 },
 }
 
-/// Counts errors on their way to the real sink.
+/// Counts errors and keeps the status on the events' way to the real sink.
 struct Out<'s, S: EventSink> {
     sink: &'s mut S,
     errors: u32,
+    /// Boxed: large, and carried through `Runner::new`'s error path.
+    status: Box<RunStatus>,
 }
 
 impl<S: EventSink> Out<'_, S> {
-    fn emit(&mut self, event: Event) {
+    fn emit(&mut self, mut event: Event) {
         if let Event::Error { message } = &event {
             self.errors += 1;
             log::debug!("error event: {message}");
         }
+        self.status.observe(&mut event, Instant::now());
         self.sink.emit(event);
     }
     fn error(&mut self, message: String) {
@@ -382,13 +410,27 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     ending: Option<Ending>,
     /// SIGINT/SIGTERM, when [`RunConfig::handle_signals`] is set.
     interrupts: Option<Interrupts>,
+    /// The API and metrics server, when asked for.
+    api: Option<(Rc<RefCell<HttpServer>>, SubscriberId)>,
+    /// Connections whose `PUT /vm/shutdown` is answered once the shutdown is over.
+    held: Vec<u32>,
 }
 
 /// Run the VM described by `cfg` until the run ends; report every event to `sink`.
 ///
 /// Never panics on machine or probe failures: they become `error` events and an exit code.
 pub fn run<F: VmFactory, S: EventSink>(cfg: RunConfig, factory: &mut F, sink: &mut S) -> Outcome {
-    let mut out = Out { sink, errors: 0 };
+    let action = cfg
+        .watchdog
+        .as_ref()
+        .map_or(WatchdogAction::None, |(_, a)| *a);
+    let mut status = RunStatus::new(&cfg.vm_name, action.name(), &cfg.probes);
+    status.exit_code_from_phase = cfg.ops.exit_code_from_phase;
+    let mut out = Out {
+        sink,
+        errors: 0,
+        status: Box::new(status),
+    };
     if !starts(cfg.strategy) {
         out.emit(Event::Info {
             message: "runStrategy Halted: the VM is not started".into(),
@@ -407,7 +449,13 @@ pub fn run<F: VmFactory, S: EventSink>(cfg: RunConfig, factory: &mut F, sink: &m
 }
 
 fn finish<S: EventSink>(mut out: Out<'_, S>, ending: Ending, boots: u32, restarts: u32) -> Outcome {
-    let code = exit_code(&ending, out.errors);
+    let summary = out.status.summary(&ending, Instant::now());
+    let failed = summary.phase == FinalPhase::Failed;
+    out.emit(Event::Summary(summary));
+    let mut code = exit_code(&ending, out.errors);
+    if code == 0 && failed && out.status.exit_code_from_phase {
+        code = EXIT_FAILED_PHASE;
+    }
     out.emit(Event::Finished {
         exit_code: code,
         message: ending.message(),
@@ -494,6 +542,21 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             Ok(p) => p,
             Err(e) => return Err((out, e)),
         };
+        let (mut manager, mut api) = (manager, None);
+        if cfg.ops.api_socket.is_some() || cfg.ops.metrics_addr.is_some() {
+            match HttpServer::bind(
+                cfg.ops.api_socket.as_deref(),
+                cfg.ops.metrics_addr,
+                cfg.ops.limits,
+            ) {
+                Ok(server) => {
+                    let server = Rc::new(RefCell::new(server));
+                    let id = manager.add_subscriber(server.clone());
+                    api = Some((server, id));
+                }
+                Err(e) => return Err((out, RunnerError::Listen(e))),
+            }
+        }
         let policy = RestartPolicy::new(cfg.strategy, cfg.max_restarts, Backoff::new(cfg.backoff));
         let cfg_backoff = cfg.backoff;
         Ok(Runner {
@@ -523,6 +586,8 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             run_started: Instant::now(),
             ending: None,
             interrupts,
+            api,
+            held: Vec::new(),
         })
     }
 
@@ -553,7 +618,10 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 break;
             }
             self.dispatch();
+            self.serve_requests();
         }
+        // Answer what is still waiting (a shutdown that ended the run, among others).
+        self.serve_requests();
         // Whatever ended the run, leave nothing running.
         if let Some(mut vm) = self.take_vm() {
             vm.stop();
@@ -830,6 +898,8 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                     address: a.address,
                     exit_code: a.exit_code,
                     output: a.output,
+                    duration_us: u64::try_from(a.duration.as_micros()).unwrap_or(u64::MAX),
+                    streak: None,
                 }),
                 ProbeEvent::Ready(ready) => self.out.emit(Event::Ready { ready }),
                 ProbeEvent::LivenessFailed { message } => {
@@ -837,6 +907,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                     self.out.emit(Event::Liveness {
                         action: liveness_action_name(action).to_string(),
                         message,
+                        failures: None,
                     });
                     failed = true;
                 }
@@ -886,11 +957,30 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                     Some(Err(e)) => self.out.error(format!("cannot pause the VM: {e}")),
                     Some(Ok(())) => {
                         self.phase = Phase::Paused;
+                        self.out.status.set_paused(true, Instant::now());
                         self.grace.disarm();
                         self.out.emit(Event::Info {
                             message: "the VM is paused".into(),
                         });
                         self.drop_probes_schedule();
+                    }
+                    None => {}
+                }
+                self.service_watchdog();
+            }
+            Decision::Resume => {
+                if self.phase != Phase::Paused {
+                    return;
+                }
+                match self.vm.as_mut().map(|vm| vm.resume()) {
+                    Some(Err(e)) => self.out.error(format!("cannot resume the VM: {e}")),
+                    Some(Ok(())) => {
+                        self.phase = Phase::Running;
+                        self.out.status.set_paused(false, Instant::now());
+                        self.out.emit(Event::Info {
+                            message: "the VM is resumed".into(),
+                        });
+                        self.resume_probes();
                     }
                     None => {}
                 }
@@ -991,11 +1081,80 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         self.ending = Some(Ending::Interrupted(sig));
     }
 
+    /// Answer the API and metrics requests that arrived in this round.
+    fn serve_requests(&mut self) {
+        let Some((server, id)) = self.api.clone() else {
+            return;
+        };
+        let requests = server.borrow_mut().take_requests();
+        let mut answers = Vec::new();
+        for request in requests {
+            let response = api::answer(&request, self);
+            if response.status == 204 && request.path == "/vm/shutdown" && self.shutting_down() {
+                // Answered once done: when the VM is off (or a reset or pause ended the
+                // shutdown), within the grace period.
+                server
+                    .borrow_mut()
+                    .hold(request.conn, self.cfg.grace_period + SHUTDOWN_ANSWER_MARGIN);
+                self.held.push(request.conn);
+                continue;
+            }
+            answers.push((request.conn, response));
+        }
+        if !self.shutting_down() {
+            answers.extend(
+                self.held
+                    .drain(..)
+                    .map(|c| (c, api::Response::no_content())),
+            );
+        }
+        for (conn, response) in answers {
+            match self.manager.event_ops(id) {
+                Ok(mut ops) => server.borrow_mut().respond(&mut ops, conn, &response),
+                Err(e) => log::warn!("cannot answer an API request: {e}"),
+            }
+        }
+    }
+
+    /// A shutdown request is in progress.
+    fn shutting_down(&self) -> bool {
+        matches!(self.phase, Phase::ShuttingDown(_)) && self.vm.is_some() && self.ending.is_none()
+    }
+
     fn run_for_expired(&mut self) {
         if self.vm.is_some() {
             self.stop_vm(Stop::plain(StopReason::Runtime));
         }
         self.ending = Some(Ending::RunFor);
+    }
+}
+
+impl<F: VmFactory, S: EventSink> Control for Runner<'_, F, S> {
+    fn status(&mut self) -> StatusDoc {
+        self.out.status.status(WatchdogLive::read(&self.esb))
+    }
+
+    fn metrics(&mut self) -> String {
+        self.out.status.metrics_text(WatchdogLive::read(&self.esb))
+    }
+
+    fn command(&mut self, action: ApiAction) -> Result<(), CommandError> {
+        if self.vm.is_none() || self.ending.is_some() {
+            return Err(CommandError::Conflict("the VM is not running".into()));
+        }
+        let errors = self.out.errors;
+        if action == ApiAction::Reset && self.phase == Phase::Paused {
+            // A paused machine would stay paused through a reset (QEMU's `system_reset`);
+            // asked through the API, the user wants the guest to boot again.
+            self.carry_out(Trigger::Api(ApiAction::Resume));
+        }
+        self.carry_out(Trigger::Api(action));
+        if self.out.errors > errors {
+            return Err(CommandError::Failed(format!(
+                "{action:?} failed: see the error event"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -1102,6 +1261,11 @@ mod tests {
             self.esb.lock().unwrap().pause();
             Ok(())
         }
+        fn resume(&mut self) -> Result<(), String> {
+            self.log.borrow_mut().calls.push("resume");
+            self.esb.lock().unwrap().resume();
+            Ok(())
+        }
         fn reset(&mut self) -> Result<(), String> {
             self.log.borrow_mut().calls.push("reset");
             self.esb.lock().unwrap().warm_reset();
@@ -1169,6 +1333,7 @@ mod tests {
             run_for: Some(Duration::from_secs(5)),
             backoff: Duration::from_millis(10),
             handle_signals: false,
+            ops: OpsConfig::default(),
         }
     }
 
@@ -1188,7 +1353,12 @@ mod tests {
     fn kinds(events: &[Event]) -> Vec<String> {
         events
             .iter()
-            .filter(|e| !matches!(e, Event::Console { .. } | Event::Info { .. }))
+            .filter(|e| {
+                !matches!(
+                    e,
+                    Event::Console { .. } | Event::Info { .. } | Event::Summary(_)
+                )
+            })
             .map(|e| match e {
                 Event::Started { boot } => format!("started {boot}"),
                 Event::Watchdog { action, device } => format!("watchdog {action} {device}"),
@@ -1537,11 +1707,11 @@ mod tests {
             story,
             [
                 "started 1",
-                "Liveness { action: \"stop\", message: \"connect: Connection refused\" }",
+                "Liveness { action: \"stop\", message: \"connect: Connection refused\", failures: Some(1) }",
                 "stopped liveness Some(Liveness) None",
                 "restart 1",
                 "started 2",
-                "Liveness { action: \"stop\", message: \"connect: Connection refused\" }",
+                "Liveness { action: \"stop\", message: \"connect: Connection refused\", failures: Some(1) }",
                 "stopped liveness Some(Liveness) None",
                 "finished 0"
             ]
@@ -1617,5 +1787,146 @@ mod tests {
             matches!(outcome.ending, Ending::Fatal(ref m) if m == "cannot start the VM: KVM_RUN refused")
         );
         assert_eq!(log.calls, ["start", "stop"]);
+    }
+
+    #[test]
+    fn the_summary_comes_just_before_finished_and_the_phase_can_set_the_exit_code() {
+        for (flag, code) in [(false, 0), (true, EXIT_FAILED_PHASE)] {
+            let mut cfg = config(RunStrategy::Once, WatchdogAction::Poweroff);
+            cfg.ops.exit_code_from_phase = flag;
+            let (outcome, events, _) = run_fake(cfg, ARMED);
+            assert_eq!(outcome.exit_code, code);
+            let n = events.len();
+            let Event::Summary(summary) = &events[n - 2] else {
+                panic!("no summary before finished: {events:?}");
+            };
+            assert_eq!(summary.phase, FinalPhase::Failed);
+            assert_eq!(summary.watchdog_expiries["poweroff"], 1);
+            assert_eq!((summary.boots, summary.restarts), (1, 0));
+            assert!(
+                matches!(events[n - 1], Event::Finished { exit_code, .. } if exit_code == code)
+            );
+        }
+        // A guest that powers itself off succeeds: exit code 0 even with the flag.
+        let mut cfg = config(RunStrategy::Once, WatchdogAction::Poweroff);
+        cfg.ops.exit_code_from_phase = true;
+        let script = Script {
+            poweroff_at_boot: true,
+            ..Script::default()
+        };
+        let (outcome, events, _) = run_fake(cfg, script);
+        assert_eq!(outcome.exit_code, 0);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, Event::Summary(s) if s.phase == FinalPhase::Succeeded)));
+    }
+
+    /// One request on the API socket; the status code and body.
+    fn http(path: &std::path::Path, method: &str, target: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let code = answer[9..12].parse().unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (code, body)
+    }
+
+    #[test]
+    fn api_requests_go_through_the_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut cfg = config(RunStrategy::Always, WatchdogAction::Reset);
+        cfg.ops.api_socket = Some(socket.clone());
+        let client = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(4);
+            while UnixStream::connect(&socket).is_err() {
+                assert!(Instant::now() < end, "no API socket");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut seen = Vec::new();
+            let (_, body) = http(&socket, "GET", "/status");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            seen.push(format!("{} {} {}", v["vm"], v["phase"], v["paused"]));
+            for action in ["pause", "resume", "pause", "reset"] {
+                let (code, _) = http(&socket, "PUT", &format!("/vm/{action}"));
+                let (_, body) = http(&socket, "GET", "/status");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                seen.push(format!("{action} {code} {} {}", v["paused"], v["boots"]));
+            }
+            let (code, _) = http(&socket, "PUT", "/vm/stop");
+            seen.push(format!("stop {code}"));
+            seen
+        });
+        let (outcome, events, log) = run_fake(cfg, Script::default());
+        let seen = client.join().unwrap();
+        assert_eq!(
+            seen,
+            [
+                "\"testvm\" \"Running\" false",
+                "pause 204 true 1",
+                "resume 204 false 1",
+                "pause 204 true 1",
+                "reset 204 false 2",
+                "stop 204"
+            ]
+        );
+        // A reset of a paused VM resumes it first, so that the guest boots again.
+        assert_eq!(
+            log.calls,
+            ["start", "pause", "resume", "pause", "resume", "reset", "stop"]
+        );
+        // Stopped through the API: runStrategy Always does not restart it.
+        assert_eq!(
+            outcome.ending,
+            Ending::NoRestart(RunStrategy::Always, StopReason::Api)
+        );
+        assert!(events.contains(&Event::Stopped {
+            reason: StopReason::Api,
+            trigger: Some(Cause::Api),
+            forced: None
+        }));
+    }
+
+    #[test]
+    fn an_api_shutdown_is_answered_once_the_vm_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut cfg = config(RunStrategy::Always, WatchdogAction::Reset);
+        cfg.ops.api_socket = Some(socket.clone());
+        cfg.grace_period = Duration::from_millis(300);
+        let client = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(4);
+            while UnixStream::connect(&socket).is_err() {
+                assert!(Instant::now() < end, "no API socket");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let asked = Instant::now();
+            let (code, _) = http(&socket, "PUT", "/vm/shutdown");
+            (code, asked.elapsed())
+        });
+        // The guest ignores the power button: the VM is forced off after the grace period.
+        let script = Script {
+            ignore_shutdown: true,
+            ..Script::default()
+        };
+        let (outcome, events, _) = run_fake(cfg, script);
+        let (code, waited) = client.join().unwrap();
+        assert_eq!(code, 204);
+        assert!(
+            waited >= Duration::from_millis(290),
+            "answered after {waited:?}"
+        );
+        assert!(events.contains(&Event::Stopped {
+            reason: StopReason::Shutdown,
+            trigger: Some(Cause::Api),
+            forced: Some(true)
+        }));
+        assert_eq!(
+            outcome.ending,
+            Ending::NoRestart(RunStrategy::Always, StopReason::Shutdown)
+        );
     }
 }

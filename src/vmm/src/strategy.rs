@@ -26,6 +26,7 @@
 //!
 //! See [`exit_code`]: 0 when the run ended as the manifest and flags ask and no `error`
 //! event was reported; 1 when any `error` event was reported; 2 for a bad manifest or flag.
+//! The README's "Exit codes" section is the reference, `--exit-code-from-phase`'s 3 included.
 
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ impl Stop {
 pub fn is_failure(stop: &Stop) -> bool {
     match stop.reason {
         StopReason::Watchdog | StopReason::Liveness | StopReason::Error => true,
-        StopReason::Guest | StopReason::Runtime | StopReason::Signal => false,
+        StopReason::Guest | StopReason::Runtime | StopReason::Signal | StopReason::Api => false,
         StopReason::Shutdown => stop.forced == Some(true) || stop.trigger == Some(Cause::Liveness),
     }
 }
@@ -70,7 +71,12 @@ pub fn starts(strategy: RunStrategy) -> bool {
 
 /// Whether the strategy restarts the VM after this stop (ignoring `--max-restarts`).
 pub fn wants_restart(strategy: RunStrategy, stop: &Stop) -> bool {
-    if matches!(stop.reason, StopReason::Runtime | StopReason::Signal) {
+    // An API stop or shutdown is the user's `virtctl stop`: never restarted.
+    if matches!(
+        stop.reason,
+        StopReason::Runtime | StopReason::Signal | StopReason::Api
+    ) || stop.trigger == Some(Cause::Api)
+    {
         return false;
     }
     match strategy {
@@ -136,6 +142,7 @@ impl Ending {
     pub fn message(&self) -> String {
         match self {
             Ending::RunFor => "the --run-for limit was reached".into(),
+            Ending::NoRestart(_, StopReason::Api) => "the VM was stopped through the API".into(),
             Ending::Halted => "runStrategy Halted: the VM is not started".into(),
             Ending::NoRestart(s, r) => format!(
                 "the VM stopped ({}) and runStrategy {s:?} does not restart it",
@@ -391,5 +398,26 @@ mod tests {
         for strategy in RunStrategy::ALL {
             assert!(!wants_restart(strategy, &Stop::plain(StopReason::Signal)));
         }
+    }
+
+    #[test]
+    fn api_stops_and_shutdowns_are_never_restarted_nor_failures() {
+        let api_stop = Stop::plain(StopReason::Api);
+        let api_shutdown = stop(StopReason::Shutdown, Some(Cause::Api), Some(false));
+        for strategy in RunStrategy::ALL {
+            assert!(!wants_restart(strategy, &api_stop));
+            assert!(!wants_restart(strategy, &api_shutdown));
+        }
+        assert!(!is_failure(&api_stop));
+        assert!(!is_failure(&api_shutdown));
+        assert!(is_failure(&stop(
+            StopReason::Shutdown,
+            Some(Cause::Api),
+            Some(true)
+        )));
+        assert_eq!(
+            Ending::NoRestart(RunStrategy::Always, StopReason::Api).message(),
+            "the VM was stopped through the API"
+        );
     }
 }
