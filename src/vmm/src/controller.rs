@@ -201,6 +201,8 @@ pub enum Command {
     Reset,
     /// Pause the VM (vCPU and watchdog frozen). Report the outcome.
     Pause,
+    /// Resume a paused VM (vCPU and watchdog run again). Report the outcome.
+    Resume,
     /// Press the power button.
     PowerButton,
     /// Inject an NMI into the vCPU. Report the outcome.
@@ -238,7 +240,7 @@ impl Command {
     pub fn needs_outcome(&self) -> bool {
         matches!(
             self,
-            Command::Start | Command::Reset | Command::Pause | Command::InjectNmi
+            Command::Start | Command::Reset | Command::Pause | Command::Resume | Command::InjectNmi
         )
     }
 }
@@ -274,6 +276,7 @@ enum Pending {
         probe_delay: Option<Duration>,
     },
     Pause,
+    Resume,
     Nmi,
 }
 
@@ -395,6 +398,14 @@ impl Controller {
                 });
             }
             (Pending::Pause, Err(e)) => self.error(format!("cannot pause the VM: {e}")),
+            (Pending::Resume, Ok(())) => {
+                self.phase = Phase::Running;
+                self.emit(Event::Info {
+                    message: "the VM is resumed".into(),
+                });
+                self.resume_probes();
+            }
+            (Pending::Resume, Err(e)) => self.error(format!("cannot resume the VM: {e}")),
             (Pending::Nmi, Ok(())) => {}
             (Pending::Nmi, Err(e)) => self.error(format!("cannot inject an NMI: {e}")),
         }
@@ -703,6 +714,7 @@ impl Controller {
                     self.emit(Event::Liveness {
                         action: liveness_action_name(self.cfg.liveness_action).to_string(),
                         message,
+                        failures: None,
                     });
                     failed = true;
                 }
@@ -778,6 +790,11 @@ impl Controller {
                 self.arm(Timer::Grace, self.cfg.grace_period);
             }
             Decision::Pause => self.request(Command::Pause, Pending::Pause),
+            // Only a paused VM can be resumed; anything else ignores the request.
+            Decision::Resume if self.phase == Phase::Paused => {
+                self.request(Command::Resume, Pending::Resume)
+            }
+            Decision::Resume => {}
             Decision::InjectNmi => self.request(Command::InjectNmi, Pending::Nmi),
             Decision::Report { log } => {
                 if log {

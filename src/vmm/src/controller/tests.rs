@@ -225,6 +225,10 @@ impl Sim {
                     }
                     Some(r)
                 }
+                Command::Resume => {
+                    self.calls.push("resume");
+                    Some(Ok(()))
+                }
                 Command::PowerButton => {
                     self.calls.push("power_button");
                     if !self.script.ignore_shutdown {
@@ -423,6 +427,8 @@ fn attempt(probe: &str, success: bool) -> ProbeReport {
         address: Some("127.0.0.1:1".into()),
         exit_code: None,
         output: None,
+        duration_us: 0,
+        streak: None,
     })
 }
 
@@ -1077,7 +1083,8 @@ fn every_liveness_action_is_carried_out_as_the_router_says() {
             events[1],
             Event::Liveness {
                 action: liveness_action_name(action).into(),
-                message: "refused".into()
+                message: "refused".into(),
+                failures: None,
             },
             "the attempt, then the failure: {events:?}"
         );
@@ -1583,6 +1590,7 @@ fn from_run_config_takes_what_the_controller_needs() {
         run_for: Some(Duration::from_secs(9)),
         backoff: Duration::from_secs(2),
         handle_signals: true,
+        ops: Default::default(),
     };
     assert_eq!(
         ControllerConfig::from_run_config(&cfg),
