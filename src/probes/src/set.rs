@@ -1095,3 +1095,74 @@ impl ProbeSet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> ProbeEnv {
+        ProbeEnv {
+            vm_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            agent: None,
+        }
+    }
+
+    #[test]
+    fn next_deadline_follows_the_callers_clock() {
+        let config = ProbeConfig::builder(ProbeKind::Liveness, ProbeHandler::tcp_socket(9))
+            .initial_delay(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut set = ProbeSet::new(vec![config], env()).unwrap();
+        assert_eq!(set.next_deadline(), None);
+        // An instant far from the real clock: only the caller's time counts.
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        set.vm_started(t0);
+        // Ready(true) (no readiness probe) waits to be delivered: due at once.
+        assert_eq!(set.next_deadline(), Some(t0));
+        assert_eq!(set.process(t0), vec![ProbeEvent::Ready(true)]);
+        assert_eq!(set.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        // Early calls change nothing.
+        assert!(set.process(t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(set.stats().started, 0);
+        let stop = t0 + Duration::from_secs(4);
+        set.vm_stopped(stop);
+        assert_eq!(set.next_deadline(), Some(stop));
+        assert_eq!(set.process(stop), vec![ProbeEvent::Ready(false)]);
+        assert_eq!(set.next_deadline(), None);
+    }
+
+    #[cfg(not(feature = "agent"))]
+    #[test]
+    fn agent_probes_need_the_agent_feature() {
+        for handler in [ProbeHandler::exec(["true"]), ProbeHandler::GuestAgentPing] {
+            let config = ProbeConfig::new(ProbeKind::Readiness, handler).unwrap();
+            let err = ProbeSet::new(vec![config], env()).unwrap_err();
+            assert!(matches!(
+                err,
+                ProbeSetError::FeatureDisabled {
+                    probe: ProbeKind::Readiness,
+                    feature: "agent"
+                }
+            ));
+        }
+    }
+
+    #[cfg(not(feature = "https"))]
+    #[test]
+    fn https_probes_need_the_https_feature() {
+        let handler = ProbeHandler::HttpGet {
+            path: "/".into(),
+            port: 443,
+            host: None,
+            scheme: HttpScheme::Https,
+            headers: vec![],
+        };
+        let config = ProbeConfig::new(ProbeKind::Liveness, handler).unwrap();
+        let err = ProbeSet::new(vec![config], env()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "liveness probe: needs the `https` feature of vmpulse-probes"
+        );
+    }
+}
