@@ -467,21 +467,18 @@ impl ProbeConfigBuilder {
         }
         let mut handler = self.handler.ok_or(ConfigError::NoHandler)?;
         // Kubernetes' own normalisations: an empty host is the VM, an empty path is `/`.
-        match &mut handler {
+        let host = match &mut handler {
             ProbeHandler::HttpGet { path, host, .. } => {
                 if path.is_empty() {
                     *path = "/".into();
                 }
-                if host.as_deref() == Some("") {
-                    *host = None;
-                }
+                Some(host)
             }
-            ProbeHandler::TcpSocket { host, .. } => {
-                if host.as_deref() == Some("") {
-                    *host = None;
-                }
-            }
-            _ => {}
+            ProbeHandler::TcpSocket { host, .. } => Some(host),
+            _ => None,
+        };
+        if let Some(host) = host.filter(|h| h.as_deref() == Some("")) {
+            *host = None;
         }
         Ok(ProbeConfig {
             kind: self.kind,
