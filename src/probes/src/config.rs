@@ -168,6 +168,7 @@ impl ProbeHandler {
 /// A broken rule of a probe configuration. [`ConfigError::field`] names the
 /// Kubernetes field at fault, relative to the probe object.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The period is shorter than [`MIN_PERIOD`] (`periodSeconds` ≥ 1).
     PeriodTooShort(Duration),
@@ -559,6 +560,7 @@ fn handler_problems(handler: &ProbeHandler, out: &mut Vec<ConfigError>) {
 
 /// Why a probe object could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SpecError {
     /// Not a probe object: bad syntax, a wrong type, an unknown field.
     Syntax(String),
