@@ -134,7 +134,7 @@ fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
 /// N probes on one ProbeSet, spread over the period; one warm-up round, then
 /// `rounds` measured rounds.
 fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
-    let probes = (0..n)
+    let probes: Vec<ProbeConfig> = (0..n)
         .map(|i| {
             let handler = match kind {
                 Kind::Tcp => ProbeHandler::TcpSocket {
@@ -149,15 +149,12 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
                     headers: vec![],
                 },
             };
-            let config = ProbeConfig {
-                initial_delay: PERIOD * i as u32 / n as u32,
-                period: PERIOD,
-                timeout: Duration::from_secs(1),
-                success_threshold: 1,
-                failure_threshold: 3,
-                handler,
-            };
-            (ProbeKind::Readiness, config)
+            ProbeConfig::builder(ProbeKind::Readiness, handler)
+                .initial_delay(PERIOD * i as u32 / n as u32)
+                .period(PERIOD)
+                .timeout(Duration::from_secs(1))
+                .build()
+                .expect("a valid probe configuration")
         })
         .collect();
     let env = ProbeEnv {
@@ -168,7 +165,7 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
     let epoll = epoll_on(&set);
     let mut ev = [EpollEvent::default(); 4];
     let start = Instant::now();
-    set.vm_started_at(start);
+    set.vm_started(start);
     let measure_from = start + PERIOD;
     let end = measure_from + PERIOD * rounds;
     let mut measuring = false;
@@ -193,7 +190,7 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         if measuring {
             calls += 1;
         }
-        for e in set.process() {
+        for e in set.process(Instant::now()) {
             if let ProbeEvent::Attempt(a) = e {
                 if measuring {
                     ops += 1;

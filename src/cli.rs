@@ -53,7 +53,6 @@ use clap::builder::TypedValueParser as _;
 use vmm_sys_util::eventfd::EventFd;
 
 use vmpulse_manifest::{self as manifest, ManifestProblem, VmSpec};
-use vmpulse_probes::config::{ProbeHandler, ProbeKind};
 use vmpulse_vmm::api::OpsConfig;
 use vmpulse_vmm::events::{stdout_printer, Event, EventSink, Format, Printer, Tee};
 use vmpulse_vmm::machine::{GuestOptions, Machine, MachineConfig, SharedEsb};
@@ -539,24 +538,18 @@ pub fn run(args: RunArgs) -> ExitCode {
     for message in start_notes(&spec, memory, &settings) {
         printer.emit(Event::Info { message });
     }
-    let mut probes = Vec::new();
-    if let Some(p) = &spec.liveness {
-        probes.push((ProbeKind::Liveness, p.clone()));
-    }
-    if let Some(p) = &spec.readiness {
-        probes.push((ProbeKind::Readiness, p.clone()));
-    }
+    let probes: Vec<_> = spec
+        .liveness
+        .iter()
+        .chain(&spec.readiness)
+        .cloned()
+        .collect();
     let agent = match (&args.guest_agent, args.agent_serial) {
         (Some(path), _) => AgentSpec::Socket(path.clone()),
         (None, true) => AgentSpec::Com2,
         (None, false) => AgentSpec::None,
     };
-    let needs_agent = probes.iter().any(|(_, p)| {
-        matches!(
-            p.handler,
-            ProbeHandler::Exec { .. } | ProbeHandler::GuestAgentPing
-        )
-    });
+    let needs_agent = probes.iter().any(|p| p.handler().needs_agent());
     if needs_agent && agent == AgentSpec::None {
         printer.emit(Event::Info {
             message: "exec and guestAgentPing probes need the guest agent (--guest-agent PATH or \

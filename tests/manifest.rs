@@ -8,7 +8,7 @@ use std::time::Duration;
 use i6300esb::WatchdogAction;
 use serde_yaml_ng::Value;
 use vmpulse::manifest::{self, LivenessAction, ManifestProblem, RunStrategy, VmSpec};
-use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler};
+use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmpulse");
 
@@ -109,6 +109,7 @@ fn every_example_manifest_validates() {
 }
 
 fn probe(
+    kind: ProbeKind,
     delay: u64,
     period: u64,
     timeout: u64,
@@ -116,14 +117,14 @@ fn probe(
     failure: u32,
     handler: ProbeHandler,
 ) -> ProbeConfig {
-    ProbeConfig {
-        initial_delay: Duration::from_secs(delay),
-        period: Duration::from_secs(period),
-        timeout: Duration::from_secs(timeout),
-        success_threshold: success,
-        failure_threshold: failure,
-        handler,
-    }
+    ProbeConfig::builder(kind, handler)
+        .initial_delay(Duration::from_secs(delay))
+        .period(Duration::from_secs(period))
+        .timeout(Duration::from_secs(timeout))
+        .success_threshold(success)
+        .failure_threshold(failure)
+        .build()
+        .unwrap()
 }
 
 fn http(port: u16) -> ProbeHandler {
@@ -150,17 +151,26 @@ fn seed_probes_parse_to_the_numbers_in_the_yaml() {
     let exec = ProbeHandler::Exec {
         command: vec!["cat".into(), "/tmp/healthy.txt".into()],
     };
-    assert_eq!(s.readiness, Some(probe(120, 10, 5, 1, 10, exec)));
+    assert_eq!(
+        s.readiness,
+        Some(probe(ProbeKind::Readiness, 120, 10, 5, 1, 10, exec))
+    );
     assert_eq!(s.watchdog, None);
     assert_eq!(s.liveness_action, LivenessAction::Stop);
 
     let s = seed("example-http-liveness-probe.yaml");
     assert_eq!(s.termination_grace_period, Duration::ZERO);
-    assert_eq!(s.liveness, Some(probe(120, 20, 10, 1, 3, http(1500))));
+    assert_eq!(
+        s.liveness,
+        Some(probe(ProbeKind::Liveness, 120, 20, 10, 1, 3, http(1500)))
+    );
     assert_eq!(s.readiness, None);
 
     let s = seed("example-readiness-probe.yaml");
-    assert_eq!(s.readiness, Some(probe(120, 20, 10, 3, 3, http(1500))));
+    assert_eq!(
+        s.readiness,
+        Some(probe(ProbeKind::Readiness, 120, 20, 10, 3, 3, http(1500)))
+    );
     assert_eq!(s.liveness, None);
 
     let s = seed("example-tcp-liveness-probe.yaml");
@@ -168,7 +178,10 @@ fn seed_probes_parse_to_the_numbers_in_the_yaml() {
         port: 1501,
         host: None,
     };
-    assert_eq!(s.liveness, Some(probe(120, 20, 10, 1, 3, tcp)));
+    assert_eq!(
+        s.liveness,
+        Some(probe(ProbeKind::Liveness, 120, 20, 10, 1, 3, tcp))
+    );
     assert_eq!(s.memory_bytes, Some(GIB));
 
     let s = seed("example-watchdog.yaml");
@@ -570,19 +583,33 @@ fn probe_defaults_and_explicit_zero() {
         port: 80,
         host: None,
     };
-    assert_eq!(s.liveness, Some(probe(0, 10, 1, 1, 3, tcp.clone())));
+    assert_eq!(
+        s.liveness,
+        Some(probe(ProbeKind::Liveness, 0, 10, 1, 1, 3, tcp.clone()))
+    );
     let s = liveness(
         "{tcpSocket: {port: 80}, initialDelaySeconds: 0, periodSeconds: 0, timeoutSeconds: 0, successThreshold: 0, failureThreshold: 0}",
     )
     .unwrap();
-    assert_eq!(s.liveness, Some(probe(0, 10, 1, 1, 3, tcp)));
+    assert_eq!(
+        s.liveness,
+        Some(probe(ProbeKind::Liveness, 0, 10, 1, 1, 3, tcp))
+    );
     let s = readiness("{guestAgentPing: {}, successThreshold: 2, initialDelaySeconds: 5}").unwrap();
     assert_eq!(
         s.readiness,
-        Some(probe(5, 10, 1, 2, 3, ProbeHandler::GuestAgentPing))
+        Some(probe(
+            ProbeKind::Readiness,
+            5,
+            10,
+            1,
+            2,
+            3,
+            ProbeHandler::GuestAgentPing
+        ))
     );
     let s = liveness("{guestAgentPing: {}}").unwrap();
-    assert_eq!(s.liveness.unwrap().handler, ProbeHandler::GuestAgentPing);
+    assert_eq!(*s.liveness.unwrap().handler(), ProbeHandler::GuestAgentPing);
 }
 
 #[test]
@@ -626,7 +653,7 @@ fn liveness_success_threshold_must_be_1() {
             .unwrap()
             .readiness
             .unwrap()
-            .success_threshold,
+            .success_threshold(),
         2
     );
 }
@@ -678,7 +705,8 @@ fn ports() {
             .unwrap()
             .liveness
             .unwrap()
-            .handler,
+            .handler()
+            .clone(),
         ProbeHandler::TcpSocket {
             port: 65535,
             host: None
@@ -693,7 +721,7 @@ fn ports() {
         (&lp, Some("{httpGet: {port: http}}")),
     ]);
     assert!(matches!(
-        s.liveness.unwrap().handler,
+        *s.liveness.unwrap().handler(),
         ProbeHandler::HttpGet { port: 8080, .. }
     ));
     assert!(s
@@ -704,7 +732,7 @@ fn ports() {
         (&lp, Some("{tcpSocket: {port: ssh}}")),
     ]);
     assert!(matches!(
-        s.liveness.unwrap().handler,
+        *s.liveness.unwrap().handler(),
         ProbeHandler::TcpSocket { port: 22, .. }
     ));
     fails_at(
@@ -746,7 +774,7 @@ fn http_get_fields() {
     )
     .unwrap();
     assert_eq!(
-        s.liveness.unwrap().handler,
+        *s.liveness.unwrap().handler(),
         ProbeHandler::HttpGet {
             path: "/healthz?x=1".into(),
             port: 80,
@@ -817,7 +845,7 @@ fn exec_command() {
     );
     let s = readiness("{exec: {command: [cat, /tmp/x]}}").unwrap();
     assert_eq!(
-        s.readiness.unwrap().handler,
+        *s.readiness.unwrap().handler(),
         ProbeHandler::Exec {
             command: vec!["cat".into(), "/tmp/x".into()]
         }

@@ -38,7 +38,7 @@ fn exec(argv: &[&str]) -> ProbeHandler {
 
 /// Run probes until `n` attempts completed (bounded by `limit`).
 fn attempts(
-    probes: Vec<(ProbeKind, ProbeConfig)>,
+    probes: Vec<ProbeConfig>,
     env: ProbeEnv,
     n: usize,
     limit: Duration,
@@ -56,7 +56,7 @@ fn attempts(
 }
 
 fn once(handler: ProbeHandler, timeout_ms: u64, qga: &TempQga) -> (Duration, ProbeAttempt) {
-    let probes = vec![(ProbeKind::Readiness, config(handler, 60_000, timeout_ms))];
+    let probes = vec![config(ProbeKind::Readiness, handler, 60_000, timeout_ms)];
     attempts(probes, env(qga), 1, Duration::from_secs(10)).remove(0)
 }
 
@@ -126,13 +126,15 @@ fn guest_agent_ping_and_two_probes_on_one_agent() {
     let (t, a) = once(ProbeHandler::GuestAgentPing, 1000, &qga);
     assert!(a.success, "{a:?}");
     assert!(t < ms(500), "{t:?}");
-    // Readiness ping and liveness exec on the same agent, 300 ms apart.
+    // Readiness ping and liveness exec on the same agent, 1 s apart.
     let probes = vec![
-        (
+        config(
             ProbeKind::Readiness,
-            config(ProbeHandler::GuestAgentPing, 300, 1000),
+            ProbeHandler::GuestAgentPing,
+            1000,
+            1000,
         ),
-        (ProbeKind::Liveness, config(exec(&["true"]), 300, 1000)),
+        config(ProbeKind::Liveness, exec(&["true"]), 1000, 1000),
     ];
     let got = attempts(probes, env(&qga), 6, Duration::from_secs(5));
     assert!(got.iter().all(|(_, a)| a.success), "{got:?}");
@@ -150,9 +152,11 @@ fn absent_agent_fails_within_the_timeout() {
         vm_addresses: vec![V4],
         agent: Some(AgentChannel::UnixSocket(dir.path().join("nobody.sock"))),
     };
-    let probes = vec![(
+    let probes = vec![config(
         ProbeKind::Readiness,
-        config(ProbeHandler::GuestAgentPing, 60_000, 500),
+        ProbeHandler::GuestAgentPing,
+        60_000,
+        500,
     )];
     let got = attempts(probes, env, 1, Duration::from_secs(5));
     let (t, a) = &got[0];

@@ -1,5 +1,10 @@
-//! `ProbeSet` end to end: schedules and thresholds over real sockets, driven by
-//! epoll-waiting on `ProbeSet::fd()` and calling `process()`, with hard time bounds.
+//! `ProbeSet` end to end over real loopback sockets.
+//!
+//! The schedule tests run in virtual time ([`VirtualDriver`]): the test passes
+//! `now`, real I/O settles at each instant, and every start, completion and
+//! transition is asserted at its exact instant. A few tests run the set from a
+//! real epoll loop and clock ([`Driver`]) with generous bounds, to show the fd
+//! and the timerfd wake the caller in time.
 
 mod probes_util;
 
@@ -11,18 +16,25 @@ use std::time::Duration;
 
 use probes_util::*;
 use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
-use vmpulse::probes::{ProbeEvent, ProbeStats};
+use vmpulse::probes::{ProbeEnv, ProbeEvent, ProbeSet, ProbeSetError, ProbeStats};
+
+const R: ProbeKind = ProbeKind::Readiness;
+const L: ProbeKind = ProbeKind::Liveness;
 
 fn ms(x: u64) -> Duration {
     Duration::from_millis(x)
 }
 
-fn tcp(port: u16) -> ProbeHandler {
-    ProbeHandler::TcpSocket { port, host: None }
+fn s(x: u64) -> Duration {
+    Duration::from_secs(x)
 }
 
-fn ready_events(d: &Driver) -> Vec<(Duration, bool)> {
-    d.events
+fn tcp(port: u16) -> ProbeHandler {
+    ProbeHandler::tcp_socket(port)
+}
+
+fn ready_events(events: &[(Duration, ProbeEvent)]) -> Vec<(Duration, bool)> {
+    events
         .iter()
         .filter_map(|(t, e)| match e {
             ProbeEvent::Ready(r) => Some((*t, *r)),
@@ -31,228 +43,195 @@ fn ready_events(d: &Driver) -> Vec<(Duration, bool)> {
         .collect()
 }
 
-/// Completion times modulo the period: attempts start on the grid and complete
-/// quickly, so each should be just past a multiple of the period.
-fn assert_on_grid(times: &[Duration], period: Duration, slack: Duration) {
-    for t in times {
-        let phase = Duration::from_nanos((t.as_nanos() % period.as_nanos()) as u64);
-        assert!(
-            phase < slack,
-            "completion at {t:?} is {phase:?} past the grid"
-        );
-    }
+/// (virtual start, virtual report time, success) of every attempt of `kind`.
+fn schedule(d: &VirtualDriver, kind: ProbeKind) -> Vec<(Duration, Duration, bool)> {
+    d.attempts()
+        .iter()
+        .filter(|(_, a)| a.probe == kind)
+        .map(|(t, a)| (d.started(a), *t, a.success))
+        .collect()
+}
+
+/// A server that accepts, reads the request and never answers.
+fn silent_server() -> Server {
+    Server::start(
+        V4,
+        0,
+        Arc::new(|mut conn: TcpStream, _| {
+            let _ = read_head(&mut conn);
+            thread::sleep(s(30));
+            let _ = conn.write_all(b"");
+        }),
+    )
 }
 
 #[test]
-fn readiness_thresholds_end_to_end() {
+fn readiness_thresholds_on_an_exact_schedule() {
     let listener = TcpListener::bind((V4, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let config = ProbeConfig {
-        success_threshold: 2,
-        failure_threshold: 2,
-        ..config(tcp(port), 250, 200)
-    };
-    let mut d = Driver::new(vec![(ProbeKind::Readiness, config)], env(&[V4]));
+    let config = ProbeConfig::builder(R, tcp(port))
+        .period(s(10))
+        .success_threshold(2)
+        .failure_threshold(2)
+        .build()
+        .unwrap();
+    let mut d = VirtualDriver::new(vec![config], env(&[V4]));
+    assert_eq!(d.set.next_deadline(), None, "nothing before the VM starts");
     assert!(!d.set.ready());
     d.start_vm();
-    assert!(d.run_until(ms(3000), |ev| ev
+    assert_eq!(d.set.next_deadline(), Some(d.at(s(10))));
+    d.advance_to(s(35));
+    // Connections on loopback complete at the instant they start.
+    assert_eq!(
+        schedule(&d, R),
+        [
+            (s(0), s(0), true),
+            (s(10), s(10), true),
+            (s(20), s(20), true),
+            (s(30), s(30), true)
+        ]
+    );
+    assert!(d
+        .attempts()
         .iter()
-        .any(|(_, e)| *e == ProbeEvent::Ready(true))));
-    let attempts = d.attempts();
-    // Ready after exactly the second success, at about one period.
-    assert_eq!(attempts.len(), 2);
-    assert!(attempts.iter().all(|(_, a)| a.success));
-    let ready_at = ready_events(&d)[0].0;
-    assert!(ready_at >= ms(250) && ready_at < ms(400), "{ready_at:?}");
+        .all(|(_, a)| a.duration == Duration::ZERO
+            && a.message == "connected"
+            && a.address.as_deref() == Some(&*format!("127.0.0.1:{port}"))));
+    // Ready after exactly the second success.
+    assert_eq!(ready_events(&d.events), [(s(10), true)]);
     assert!(d.set.ready());
-    // Let it run healthy for a while: no more transitions.
-    d.run_for(ms(600));
-    assert_eq!(ready_events(&d).len(), 1);
     // Take the port down: two consecutive failures make it not ready.
     drop(listener);
-    let before = d.attempts().len();
-    assert!(d.run_until(ms(5000), |ev| ev
+    d.advance_to(s(60));
+    let after: Vec<_> = schedule(&d, R)[4..].to_vec();
+    assert_eq!(
+        after,
+        [
+            (s(40), s(40), false),
+            (s(50), s(50), false),
+            (s(60), s(60), false)
+        ]
+    );
+    assert_eq!(ready_events(&d.events), [(s(10), true), (s(50), false)]);
+    assert!(d.attempts()[4..]
         .iter()
-        .any(|(_, e)| *e == ProbeEvent::Ready(false))));
-    let after: Vec<_> = d.attempts()[before..].to_vec();
-    assert_eq!(after.len(), 2, "{after:?}");
-    assert!(after
-        .iter()
-        .all(|(_, a)| !a.success && a.message == "connect: Connection refused"));
+        .all(|(_, a)| a.message == "connect: Connection refused"));
     assert!(!d.set.ready());
-    let times: Vec<Duration> = d.attempts().iter().map(|(t, _)| *t).collect();
-    assert_on_grid(&times, ms(250), ms(100));
-    // Idle between attempts: no busy loop.
-    assert!(d.calls < 60, "{} process calls", d.calls);
+    assert_eq!(d.set.next_deadline(), Some(d.at(s(70))));
 }
 
 #[test]
 fn liveness_fails_at_the_threshold_then_holds_until_restart() {
     let port = free_port(V4);
-    let mut d = Driver::new(
-        vec![(ProbeKind::Liveness, config(tcp(port), 200, 100))],
-        env(&[V4]),
-    );
+    let mut d = VirtualDriver::new(vec![config(L, tcp(port), 10_000, 1000)], env(&[V4]));
     d.start_vm();
-    assert!(d.run_until(ms(3000), |ev| ev
-        .iter()
-        .any(|(_, e)| matches!(e, ProbeEvent::LivenessFailed { .. }))));
-    let (t, failed) = d
+    d.advance_to(s(100));
+    assert_eq!(
+        schedule(&d, L),
+        [
+            (s(0), s(0), false),
+            (s(10), s(10), false),
+            (s(20), s(20), false)
+        ]
+    );
+    let failed: Vec<_> = d
         .events
         .iter()
-        .find(|(_, e)| matches!(e, ProbeEvent::LivenessFailed { .. }))
+        .filter(|(_, e)| matches!(e, ProbeEvent::LivenessFailed { .. }))
         .cloned()
-        .unwrap();
+        .collect();
     assert_eq!(
         failed,
-        ProbeEvent::LivenessFailed {
-            message: "connect: Connection refused".into()
-        }
+        [(
+            s(20),
+            ProbeEvent::LivenessFailed {
+                message: "connect: Connection refused".into()
+            }
+        )]
     );
-    assert!(t >= ms(400) && t < ms(600), "{t:?}");
-    assert_eq!(d.attempts().len(), 3);
-    // On hold: nothing more.
-    d.run_for(ms(700));
-    assert_eq!(d.attempts().len(), 3);
-    // A new run of the VM: alive again, probing again from t = 0.
-    d.events.clear();
+    // On hold: nothing scheduled, nothing more.
+    assert_eq!(d.set.next_deadline(), None);
+    // A new run of the VM at 100 s: alive again, probing again from its time 0.
     d.start_vm();
-    assert!(d.run_until(ms(3000), |ev| ev
+    d.advance_to(s(150));
+    let restarted: Vec<_> = schedule(&d, L)[3..].iter().map(|(t, _, _)| *t).collect();
+    assert_eq!(restarted, [s(100), s(110), s(120)]);
+    let failures: Vec<Duration> = d
+        .events
         .iter()
-        .any(|(_, e)| matches!(e, ProbeEvent::LivenessFailed { .. }))));
-    let times: Vec<Duration> = d.attempts().iter().map(|(t, _)| *t).collect();
-    assert_eq!(times.len(), 3);
-    assert!(times[0] < ms(100), "{times:?}");
-    assert_on_grid(&times, ms(200), ms(80));
+        .filter(|(_, e)| matches!(e, ProbeEvent::LivenessFailed { .. }))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(failures, [s(20), s(120)]);
 }
 
 #[test]
-fn vm_stopped_publishes_not_ready_and_cancels_attempts() {
-    // An HTTP server that answers 200 after 150 ms (so one attempt is in flight).
-    let s = Server::http(V4, |_, _| {
-        thread::sleep(ms(150));
-        response("200 OK", "", "")
-    });
-    let mut d = Driver::new(
-        vec![(
-            ProbeKind::Readiness,
-            config(http_get(s.port(), "/", HttpScheme::Http), 300, 1000),
-        )],
-        env(&[V4]),
-    );
-    d.start_vm();
-    assert!(d.run_until(ms(3000), |ev| ev
-        .iter()
-        .any(|(_, e)| *e == ProbeEvent::Ready(true))));
-    // Stop in the middle of the next attempt.
-    d.run_until(ms(350), |_| false);
-    let attempts = d.attempts().len();
-    assert!(d.set.in_flight() > 0);
-    d.set.vm_stopped();
-    assert!(!d.set.ready());
-    assert_eq!(d.set.in_flight(), 0);
-    let stop_at = d.start.elapsed();
-    assert!(d.run_until(stop_at + ms(1000), |ev| ev
-        .iter()
-        .any(|(_, e)| *e == ProbeEvent::Ready(false))));
-    let (t, _) = *ready_events(&d).last().unwrap();
-    assert!(
-        t - stop_at < ms(100),
-        "Ready(false) {:?} after the stop",
-        t - stop_at
-    );
-    d.run_for(ms(800));
-    assert_eq!(d.attempts().len(), attempts, "attempts after the stop");
-}
-
-#[test]
-fn initial_delay_is_honoured_exactly() {
+fn initial_delay_and_period_are_honoured_exactly() {
     let l = TcpListener::bind((V6, 0)).unwrap();
     let port = l.local_addr().unwrap().port();
-    let config = ProbeConfig {
-        initial_delay: ms(300),
-        ..config(tcp(port), 10_000, 1000)
-    };
-    let mut d = Driver::new(vec![(ProbeKind::Readiness, config)], env(&[V6]));
+    let config = ProbeConfig::builder(R, tcp(port))
+        .initial_delay(ms(7_250))
+        .period(s(10))
+        .build()
+        .unwrap();
+    let mut d = VirtualDriver::new(vec![config], env(&[V6]));
     d.start_vm();
-    assert!(d.run_until(ms(3000), |ev| ev
-        .iter()
-        .any(|(_, e)| *e == ProbeEvent::Ready(true))));
-    let (t, a) = d.attempts()[0].clone();
-    assert!(a.success);
-    assert!(t >= ms(300) && t < ms(450), "{t:?}");
+    d.advance_to(ms(7_249));
+    assert!(d.attempts().is_empty());
+    d.advance_to(s(40));
+    let starts: Vec<Duration> = schedule(&d, R).iter().map(|(t, _, _)| *t).collect();
+    assert_eq!(starts, [ms(7_250), ms(17_250), ms(27_250), ms(37_250)]);
+    assert_eq!(ready_events(&d.events), [(ms(7_250), true)]);
 }
 
 #[test]
-fn without_a_readiness_probe_ready_follows_the_vm() {
-    let l = TcpListener::bind((V4, 0)).unwrap();
-    let port = l.local_addr().unwrap().port();
-    let mut d = Driver::new(
-        vec![(ProbeKind::Liveness, config(tcp(port), 10_000, 1000))],
-        env(&[V4]),
-    );
+fn timeouts_fail_exactly_at_the_deadline_and_carry_their_duration() {
+    let server = silent_server();
+    let config = ProbeConfig::builder(L, ProbeHandler::http_get(server.port(), "/"))
+        .period(s(10))
+        .timeout(s(2))
+        .failure_threshold(1)
+        .build()
+        .unwrap();
+    let mut d = VirtualDriver::new(vec![config], env(&[V4]));
     d.start_vm();
-    assert!(d.set.ready());
-    assert!(d.run_until(ms(1000), |ev| ev.len() >= 2));
-    assert_eq!(d.events[0].1, ProbeEvent::Ready(true));
-    assert!(matches!(&d.events[1].1, ProbeEvent::Attempt(a) if a.success));
-    d.set.vm_stopped();
-    d.run_until(ms(2000), |ev| ev.len() >= 3);
-    assert_eq!(d.events[2].1, ProbeEvent::Ready(false));
-}
-
-#[test]
-fn agent_probes_without_an_agent_fail_clearly() {
-    let exec = ProbeHandler::Exec {
-        command: vec!["true".into()],
-    };
-    for handler in [exec, ProbeHandler::GuestAgentPing] {
-        let (a, t) = probe_once(handler, 1000, &[V4]);
-        assert!(!a.success);
-        assert_eq!(a.message, "no guest agent configured (--guest-agent)");
-        assert_eq!(a.address, None);
-        assert!(t < ms(200));
-    }
+    assert_eq!(d.set.in_flight(), 1);
+    assert_eq!(d.set.next_deadline(), Some(d.at(s(2))));
+    d.advance_to(ms(1_999));
+    assert!(d.attempts().is_empty(), "{:?}", d.events);
+    d.advance_to(s(5));
+    let (t, a) = d.attempts().remove(0);
+    assert_eq!(t, s(2));
+    assert_eq!(d.started(&a), s(0));
+    assert_eq!(a.duration, s(2));
+    assert!(!a.success);
+    assert!(a.message.contains("timed out"), "{}", a.message);
+    assert!(matches!(d.events.last(), Some((t, ProbeEvent::LivenessFailed { .. })) if *t == s(2)));
+    assert_eq!(d.set.in_flight(), 0);
 }
 
 #[test]
 fn overrunning_attempts_start_at_completion() {
-    // Accepts, reads, never answers: every attempt times out after 500 ms,
-    // longer than the 200 ms period.
-    let s = Server::start(
-        V4,
-        0,
-        Arc::new(|mut conn: TcpStream, _| {
-            let _ = read_head(&mut conn);
-            thread::sleep(ms(3000));
-            let _ = conn.write_all(b"");
-        }),
-    );
-    let config = ProbeConfig {
-        failure_threshold: 3,
-        ..config(http_get(s.port(), "/", HttpScheme::Http), 200, 500)
-    };
-    let mut d = Driver::new(vec![(ProbeKind::Liveness, config)], env(&[V4]));
+    // Every attempt times out after 3 s, longer than the 1 s period.
+    let server = silent_server();
+    let config = ProbeConfig::builder(L, ProbeHandler::http_get(server.port(), "/"))
+        .period(s(1))
+        .timeout(s(3))
+        .build()
+        .unwrap();
+    let mut d = VirtualDriver::new(vec![config], env(&[V4]));
     d.start_vm();
-    assert!(d.run_until(ms(4000), |ev| ev
-        .iter()
-        .any(|(_, e)| matches!(e, ProbeEvent::LivenessFailed { .. }))));
-    let times: Vec<Duration> = d.attempts().iter().map(|(t, _)| *t).collect();
-    assert_eq!(times.len(), 3);
-    // Attempts at 0, 0.5, 1.0 failing at 0.5, 1.0, 1.5: each starts when the
-    // previous one times out, not on the 200 ms grid.
-    let mut previous = Duration::ZERO;
-    for (k, t) in times.iter().enumerate() {
-        let gap = *t - previous;
-        assert!(gap >= ms(500) && gap < ms(600), "attempt {k} took {gap:?}");
-        previous = *t;
-    }
-    for (_, a) in d.attempts() {
-        assert_eq!(
-            a.message,
-            "timed out after 500ms (waiting for the response)"
-        );
-    }
+    d.advance_to(s(10));
+    // Attempts at 0, 3, 6 failing at 3, 6, 9: each starts when the previous one
+    // times out, not on the 1 s grid; the third failure fails liveness.
+    assert_eq!(
+        schedule(&d, L),
+        [
+            (s(0), s(3), false),
+            (s(3), s(6), false),
+            (s(6), s(9), false)
+        ]
+    );
     assert_eq!(
         d.set.stats(),
         ProbeStats {
@@ -268,30 +247,92 @@ fn overrunning_attempts_start_at_completion() {
 
 #[test]
 fn a_body_stall_counts_as_a_failure_and_is_counted() {
-    let s = Server::start(
+    let server = Server::start(
         V6,
         0,
         Arc::new(|mut conn: TcpStream, _| {
             let _ = read_head(&mut conn);
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
-            thread::sleep(ms(3000));
+            thread::sleep(s(30));
         }),
     );
-    let mut d = Driver::new(
-        vec![(
-            ProbeKind::Readiness,
-            config(http_get(s.port(), "/", HttpScheme::Http), 10_000, 300),
-        )],
-        env(&[V6]),
-    );
+    let config = ProbeConfig::builder(R, ProbeHandler::http_get(server.port(), "/"))
+        .timeout(s(3))
+        .build()
+        .unwrap();
+    let mut d = VirtualDriver::new(vec![config], env(&[V6]));
     d.start_vm();
-    assert!(d.run_until(ms(2000), |ev| !ev.is_empty()));
+    d.advance_to(s(5));
     let (t, a) = d.attempts().remove(0);
     assert!(!a.success);
-    assert_eq!(a.message, "timed out after 300ms (reading the body)");
-    assert!(t >= ms(300) && t < ms(450), "{t:?}");
+    assert_eq!(t, s(3));
+    assert_eq!(a.duration, s(3));
+    assert!(a.message.contains("timed out"), "{}", a.message);
     let st = d.set.stats();
     assert_eq!((st.failures, st.timeouts, st.body_stalls), (1, 1, 1));
+}
+
+#[test]
+fn vm_stopped_publishes_not_ready_and_cancels_attempts() {
+    // Answers the first connection, never the later ones.
+    let server = Server::start(
+        V4,
+        0,
+        Arc::new(|mut conn: TcpStream, n| {
+            let _ = read_head(&mut conn);
+            if n == 0 {
+                let _ = conn.write_all(&response("200 OK", "", ""));
+            } else {
+                thread::sleep(s(30));
+            }
+        }),
+    );
+    let config = ProbeConfig::builder(R, ProbeHandler::http_get(server.port(), "/"))
+        .period(s(10))
+        .timeout(s(5))
+        .build()
+        .unwrap();
+    let mut d = VirtualDriver::new(vec![config], env(&[V4]));
+    d.start_vm();
+    d.advance_to(s(12));
+    assert_eq!(ready_events(&d.events), [(s(0), true)]);
+    assert_eq!(d.attempts().len(), 1);
+    assert_eq!(d.set.in_flight(), 1, "the attempt of 10 s hangs");
+    d.stop_vm();
+    assert!(!d.set.ready());
+    assert_eq!(d.set.in_flight(), 0);
+    assert_eq!(ready_events(&d.events), [(s(0), true), (s(12), false)]);
+    assert_eq!(d.set.next_deadline(), None);
+    d.advance_to(s(60));
+    assert_eq!(d.attempts().len(), 1, "no attempt after the stop");
+}
+
+#[test]
+fn without_a_readiness_probe_ready_follows_the_vm() {
+    let l = TcpListener::bind((V4, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut d = VirtualDriver::new(vec![config(L, tcp(port), 10_000, 1000)], env(&[V4]));
+    d.now = s(3);
+    d.start_vm();
+    assert!(d.set.ready());
+    assert_eq!(d.events[0], (s(3), ProbeEvent::Ready(true)));
+    assert!(matches!(&d.events[1], (t, ProbeEvent::Attempt(a)) if *t == s(3) && a.success));
+    d.advance_to(s(4));
+    d.stop_vm();
+    assert_eq!(d.events[2], (s(4), ProbeEvent::Ready(false)));
+}
+
+#[test]
+fn agent_probes_without_an_agent_fail_clearly() {
+    for handler in [ProbeHandler::exec(["true"]), ProbeHandler::GuestAgentPing] {
+        let mut d = VirtualDriver::new(vec![config(R, handler, 10_000, 1000)], env(&[V4]));
+        d.start_vm();
+        let (t, a) = d.attempts().remove(0);
+        assert!(!a.success);
+        assert_eq!(a.message, "no guest agent channel configured");
+        assert_eq!(a.address, None);
+        assert_eq!((t, d.started(&a), a.duration), (s(0), s(0), Duration::ZERO));
+    }
 }
 
 #[test]
@@ -301,40 +342,101 @@ fn two_probes_share_one_loop() {
     let port6 = l.local_addr().unwrap().port();
     // The HTTP server only listens on 127.0.0.1: the readiness probe names its
     // host, the TCP probe uses the VM address (::1).
-    let mut d = Driver::new(
+    let http = ProbeHandler::HttpGet {
+        path: "/".into(),
+        port: ok.port(),
+        host: Some("127.0.0.1".into()),
+        scheme: HttpScheme::Http,
+        headers: vec![],
+    };
+    let mut d = VirtualDriver::new(
         vec![
-            (
-                ProbeKind::Readiness,
-                config(
-                    ProbeHandler::HttpGet {
-                        path: "/".into(),
-                        port: ok.port(),
-                        host: Some("127.0.0.1".into()),
-                        scheme: HttpScheme::Http,
-                        headers: vec![],
-                    },
-                    200,
-                    500,
-                ),
-            ),
-            (ProbeKind::Liveness, config(tcp(port6), 300, 500)),
+            config(R, http, 2_000, 1_000),
+            config(L, tcp(port6), 3_000, 1_000),
         ],
         env(&[V6]),
     );
     d.start_vm();
-    d.run_for(ms(1000));
+    d.advance_to(s(10));
+    let starts = |kind| -> Vec<Duration> {
+        schedule(&d, kind)
+            .iter()
+            .filter(|(_, _, ok)| *ok)
+            .map(|(t, _, _)| *t)
+            .collect()
+    };
+    assert_eq!(starts(R), [s(0), s(2), s(4), s(6), s(8), s(10)]);
+    assert_eq!(starts(L), [s(0), s(3), s(6), s(9)]);
+    assert_eq!(d.attempts().len(), 10);
+    assert_eq!(ready_events(&d.events), [(s(0), true)]);
+    assert_eq!(ok.requests().len(), 6);
+}
+
+#[test]
+fn new_refuses_network_probes_without_an_address() {
+    let no_address = ProbeEnv {
+        vm_addresses: vec![],
+        agent: None,
+    };
+    let err = ProbeSet::new(vec![config(L, tcp(80), 10_000, 1000)], no_address).unwrap_err();
+    assert!(
+        matches!(err, ProbeSetError::NoAddress(ProbeKind::Liveness)),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "liveness probe: no host and no VM address to probe"
+    );
+    // A probe with its own host, or through the agent, needs no VM address.
+    let own_host = ProbeHandler::TcpSocket {
+        port: 80,
+        host: Some("127.0.0.1".into()),
+    };
+    for handler in [own_host, ProbeHandler::GuestAgentPing] {
+        let env = ProbeEnv {
+            vm_addresses: vec![],
+            agent: None,
+        };
+        assert!(ProbeSet::new(vec![config(R, handler, 10_000, 1000)], env).is_ok());
+    }
+}
+
+// Real time: the caller only watches the fd and passes the clock's `now`.
+
+#[test]
+fn real_time_loop_is_woken_on_schedule() {
+    let listener = TcpListener::bind((V4, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = ProbeConfig::builder(R, tcp(port))
+        .period(s(1))
+        .success_threshold(2)
+        .build()
+        .unwrap();
+    let mut d = Driver::new(vec![config], env(&[V4]));
+    d.start_vm();
+    assert!(d.run_until(s(5), |ev| ev
+        .iter()
+        .any(|(_, e)| *e == ProbeEvent::Ready(true))));
     let attempts = d.attempts();
-    let readiness = attempts
-        .iter()
-        .filter(|(_, a)| a.probe == ProbeKind::Readiness && a.success)
-        .count();
-    let liveness = attempts
-        .iter()
-        .filter(|(_, a)| a.probe == ProbeKind::Liveness && a.success)
-        .count();
-    // 0, 200, 400, 600, 800 (maybe 1000) and 0, 300, 600, 900.
-    assert!((5..=6).contains(&readiness), "{attempts:?}");
-    assert!((4..=4).contains(&liveness), "{attempts:?}");
-    assert_eq!(ready_events(&d).len(), 1);
-    assert_eq!(attempts.len(), readiness + liveness);
+    assert_eq!(attempts.len(), 2);
+    // The second attempt starts at 1 s: the timerfd woke the loop in time.
+    let second = attempts[1].1.started.duration_since(d.start);
+    assert!(second >= s(1) && second < ms(1_500), "{second:?}");
+    let ready_at = ready_events(&d.events)[0].0;
+    assert!(ready_at >= s(1) && ready_at < ms(1_500), "{ready_at:?}");
+    // Idle between attempts: no busy loop.
+    assert!(d.calls < 20, "{} process calls", d.calls);
+}
+
+#[test]
+fn real_time_timeout_is_measured() {
+    let server = silent_server();
+    let (a, t) = probe_once(ProbeHandler::http_get(server.port(), "/"), 300, &[V4]);
+    assert!(!a.success);
+    assert!(
+        a.duration >= ms(300) && a.duration < ms(1_000),
+        "{:?}",
+        a.duration
+    );
+    assert!(t >= ms(300) && t < ms(1_000), "{t:?}");
 }

@@ -1,5 +1,6 @@
 //! Shared helpers of the probe integration tests: loopback servers started in
-//! threads, and a tiny runner loop that drives a `ProbeSet` through its fd.
+//! threads, a tiny runner loop that drives a `ProbeSet` through its fd in real
+//! time ([`Driver`]), and one that drives it in virtual time ([`VirtualDriver`]).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -131,15 +132,18 @@ pub fn free_port(ip: IpAddr) -> u16 {
     l.local_addr().unwrap().port()
 }
 
-pub fn config(handler: ProbeHandler, period_ms: u64, timeout_ms: u64) -> ProbeConfig {
-    ProbeConfig {
-        initial_delay: Duration::ZERO,
-        period: Duration::from_millis(period_ms),
-        timeout: Duration::from_millis(timeout_ms),
-        success_threshold: 1,
-        failure_threshold: 3,
-        handler,
-    }
+/// A valid configuration: no initial delay, thresholds 1 and 3.
+pub fn config(
+    kind: ProbeKind,
+    handler: ProbeHandler,
+    period_ms: u64,
+    timeout_ms: u64,
+) -> ProbeConfig {
+    ProbeConfig::builder(kind, handler)
+        .period(Duration::from_millis(period_ms))
+        .timeout(Duration::from_millis(timeout_ms))
+        .build()
+        .expect("a valid probe configuration")
 }
 
 pub fn http_get(port: u16, path: &str, scheme: HttpScheme) -> ProbeHandler {
@@ -184,7 +188,7 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(probes: Vec<(ProbeKind, ProbeConfig)>, env: ProbeEnv) -> Driver {
+    pub fn new(probes: Vec<ProbeConfig>, env: ProbeEnv) -> Driver {
         let set = ProbeSet::new(probes, env).expect("ProbeSet::new");
         let epoll = epoll_on(&set);
         Driver {
@@ -199,7 +203,7 @@ impl Driver {
     /// Start the VM now (time 0 of the recorded events).
     pub fn start_vm(&mut self) {
         self.start = Instant::now();
-        self.set.vm_started_at(self.start);
+        self.set.vm_started(self.start);
     }
 
     /// Run until `done(events)` holds or `limit` (since start) passes. Returns
@@ -223,7 +227,7 @@ impl Driver {
             if n > 0 {
                 self.calls += 1;
                 let t = self.start.elapsed();
-                for e in self.set.process() {
+                for e in self.set.process(Instant::now()) {
                     self.events.push((t, e));
                 }
             }
@@ -256,7 +260,7 @@ pub fn probe_once(
     addrs: &[IpAddr],
 ) -> (ProbeAttempt, Duration) {
     let mut d = Driver::new(
-        vec![(ProbeKind::Readiness, config(handler, 60_000, timeout_ms))],
+        vec![config(ProbeKind::Readiness, handler, 60_000, timeout_ms)],
         env(addrs),
     );
     d.start_vm();
@@ -273,5 +277,121 @@ trait Swap<A, B> {
 impl<A, B> Swap<A, B> for (A, B) {
     fn swap(self) -> (B, A) {
         (self.1, self.0)
+    }
+}
+
+/// A caller loop in virtual time: `now` is `origin + t`, chosen by the test. At
+/// each instant it lets real I/O on loopback settle (connects, refusals and
+/// answers of the test's servers) without moving `now`, so the schedule is
+/// exact whatever the machine's speed.
+pub struct VirtualDriver {
+    pub set: ProbeSet,
+    epoll: Epoll,
+    /// Virtual time 0.
+    pub origin: Instant,
+    /// The current virtual time.
+    pub now: Duration,
+    /// Every event with the virtual time of the `process` call that returned it.
+    pub events: Vec<(Duration, ProbeEvent)>,
+    /// How long (real time) to wait for I/O at one instant before deciding it is
+    /// quiet (a peer that never answers).
+    pub quiet: Duration,
+}
+
+impl VirtualDriver {
+    pub fn new(probes: Vec<ProbeConfig>, env: ProbeEnv) -> VirtualDriver {
+        let set = ProbeSet::new(probes, env).expect("ProbeSet::new");
+        let epoll = epoll_on(&set);
+        VirtualDriver {
+            set,
+            epoll,
+            origin: Instant::now(),
+            now: Duration::ZERO,
+            events: Vec::new(),
+            quiet: Duration::from_millis(300),
+        }
+    }
+
+    /// The instant of virtual time `t`.
+    pub fn at(&self, t: Duration) -> Instant {
+        self.origin + t
+    }
+
+    /// Start the VM at the current virtual time.
+    pub fn start_vm(&mut self) {
+        let now = self.at(self.now);
+        self.set.vm_started(now);
+        self.settle();
+    }
+
+    /// Stop the VM at the current virtual time.
+    pub fn stop_vm(&mut self) {
+        let now = self.at(self.now);
+        self.set.vm_stopped(now);
+        self.settle();
+    }
+
+    /// Process at the current virtual time until no check is in flight or the
+    /// sockets stay quiet for `quiet` (real time).
+    pub fn settle(&mut self) {
+        let now = self.at(self.now);
+        let mut ev = [EpollEvent::default(); 4];
+        loop {
+            for e in self.set.process(now) {
+                self.events.push((self.now, e));
+            }
+            if self.set.in_flight() == 0 {
+                return;
+            }
+            let quiet_ms = self.quiet.as_millis() as i32;
+            if self.epoll.wait(quiet_ms, &mut ev).unwrap_or(0) == 0 {
+                // Quiet: once more, for anything the last round left over.
+                for e in self.set.process(now) {
+                    self.events.push((self.now, e));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Advance virtual time to `t`, stopping at every deadline the set announces
+    /// on the way (and settling there).
+    pub fn advance_to(&mut self, t: Duration) {
+        assert!(t >= self.now, "time goes forward");
+        while let Some(next) = self.set.next_deadline() {
+            let next = next.saturating_duration_since(self.origin);
+            if next > t {
+                break;
+            }
+            self.now = self.now.max(next);
+            self.settle();
+            // Whatever was due at `now` was done: the next deadline is later.
+            if let Some(again) = self.set.next_deadline() {
+                assert!(
+                    again > self.at(self.now),
+                    "next_deadline() stays at {:?} after processing at {:?}",
+                    again.saturating_duration_since(self.origin),
+                    self.now
+                );
+            }
+        }
+        self.now = t;
+        self.settle();
+    }
+
+    /// The attempts so far, with the virtual time they were reported at.
+    pub fn attempts(&self) -> Vec<(Duration, ProbeAttempt)> {
+        self.events
+            .iter()
+            .filter_map(|(t, e)| match e {
+                ProbeEvent::Attempt(a) => Some((*t, a.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The virtual start time of an attempt.
+    pub fn started(&self, a: &ProbeAttempt) -> Duration {
+        a.started.saturating_duration_since(self.origin)
     }
 }

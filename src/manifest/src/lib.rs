@@ -72,7 +72,9 @@ use serde_yaml_ng::{Mapping, Value};
 
 use doc::{Field, Lenient};
 pub use quantity::{parse_bytes as parse_quantity_bytes, QuantityError};
-use vmpulse_probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
+use vmpulse_probes::config::{
+    ConfigError, HttpScheme, ProbeConfig, ProbeConfigBuilder, ProbeHandler, ProbeKind,
+};
 
 /// KubeVirt's `spec.runStrategy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -872,12 +874,6 @@ impl Cx {
             .unwrap_or(1);
         let stp = join(pp, "successThreshold");
         let success = self.count(&stp, &p.success_threshold, false).unwrap_or(1);
-        if kind == ProbeKind::Liveness && success != 1 {
-            self.error(
-                &stp,
-                format!("must be 1 for a liveness probe, found {success}"),
-            );
-        }
         let failure = self
             .count(&join(pp, "failureThreshold"), &p.failure_threshold, false)
             .unwrap_or(3);
@@ -898,13 +894,8 @@ impl Cx {
             .map(|which| self.handler(pp, which, p, ports))
             .collect();
         let handler = match handlers.len() {
-            0 => {
-                self.error(
-                    pp,
-                    "must specify a handler type: exactly one of httpGet, tcpSocket, exec or guestAgentPing",
-                );
-                None
-            }
+            // The builder's rule (ConfigError::NoHandler) reports it below.
+            0 => None,
             1 => handlers.into_iter().next().flatten(),
             _ => {
                 self.error(
@@ -917,17 +908,34 @@ impl Cx {
                 None
             }
         };
+        // One set of rules: the probes crate's builder checks what it can, and
+        // each broken rule is reported at its field (one problem per field).
+        let mut builder = ProbeConfigBuilder::without_handler(kind)
+            .initial_delay(Duration::from_secs(u64::from(delay)))
+            .period(Duration::from_secs(u64::from(period)))
+            .timeout(Duration::from_secs(u64::from(timeout)))
+            .success_threshold(success)
+            .failure_threshold(failure);
+        if let Some(h) = handler {
+            builder = builder.handler(h);
+        }
+        for e in builder.problems() {
+            if e == ConfigError::NoHandler && !given.is_empty() {
+                // A handler was given, with problems already reported.
+                continue;
+            }
+            let path = match e.field() {
+                f if f.is_empty() => pp.to_string(),
+                f => join(pp, &f),
+            };
+            if !self.problems.iter().any(|p| p.path == path) {
+                self.error(&path, e.to_string());
+            }
+        }
         if self.problems.len() != before {
             return None;
         }
-        Some(ProbeConfig {
-            initial_delay: Duration::from_secs(u64::from(delay)),
-            period: Duration::from_secs(u64::from(period)),
-            timeout: Duration::from_secs(u64::from(timeout)),
-            success_threshold: success,
-            failure_threshold: failure,
-            handler: handler?,
-        })
+        builder.build().ok()
     }
 
     fn handler(
@@ -949,18 +957,11 @@ impl Cx {
                 );
                 let port = self.port(&join(&hp, "port"), h.port.as_ref(), ports);
                 let host = self.host(&join(&hp, "host"), &h.host);
-                let path = match self.get(&join(&hp, "path"), &h.path) {
-                    None => "/".to_string(),
-                    Some(s) if s.is_empty() => "/".to_string(),
-                    Some(s) if s.chars().any(|c| c.is_control() || c == ' ') => {
-                        self.error(
-                            &join(&hp, "path"),
-                            format!("{s:?} contains spaces or control characters"),
-                        );
-                        return None;
-                    }
-                    Some(s) => s.clone(),
-                };
+                // Spaces and control characters: the builder's rule.
+                let path = self
+                    .get(&join(&hp, "path"), &h.path)
+                    .cloned()
+                    .unwrap_or_default();
                 let scheme = match self
                     .get(&join(&hp, "scheme"), &h.scheme)
                     .map(String::as_str)
@@ -981,30 +982,14 @@ impl Cx {
                     for (i, hd) in list.iter().enumerate() {
                         let ip = format!("{hhp}[{i}]");
                         self.rest(&ip, &hd.other, &["name", "value"], &[]);
+                        // A missing name is reported here; the empty name
+                        // keeps the indices of the builder's header rules.
                         let name = self.required(&join(&ip, "name"), &hd.name).cloned();
                         let value = self
                             .get(&join(&ip, "value"), &hd.value)
                             .cloned()
                             .unwrap_or_default();
-                        if let Some(n) = &name {
-                            if !is_http_token(n) {
-                                self.error(
-                                    &join(&ip, "name"),
-                                    format!(
-                                        "{n:?} is not a valid HTTP header name (an RFC 7230 token)"
-                                    ),
-                                );
-                            }
-                        }
-                        if value.chars().any(|c| c.is_control() && c != '\t') {
-                            self.error(
-                                &join(&ip, "value"),
-                                "header values may not contain control characters",
-                            );
-                        }
-                        if let Some(n) = name {
-                            headers.push((n, value));
-                        }
+                        headers.push((name.unwrap_or_default(), value));
                     }
                 }
                 Some(ProbeHandler::HttpGet {
@@ -1029,11 +1014,8 @@ impl Cx {
                 let e = self.get(&hp, &p.exec)?;
                 self.rest(&hp, &e.other, &["command"], &[]);
                 let cp = join(&hp, "command");
+                // An empty command: the builder's rule.
                 let command = self.required(&cp, &e.command)?;
-                if command.is_empty() || command[0].is_empty() {
-                    self.error(&cp, "must not be empty: give the program and its arguments");
-                    return None;
-                }
                 Some(ProbeHandler::Exec {
                     command: command.clone(),
                 })
@@ -1055,13 +1037,7 @@ impl Cx {
         match self.get(path, field) {
             None => Some(None),
             Some(h) if h.is_empty() => Some(None),
-            Some(h)
-                if h.chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == '/') =>
-            {
-                self.error(path, format!("{h:?} is not a host name or IP address"));
-                None
-            }
+            // Which characters a host may hold: the builder's rule.
             Some(h) => Some(Some(h.clone())),
         }
     }
@@ -1153,16 +1129,10 @@ fn iana_message(s: &str) -> String {
     format!("{s:?} is not a valid port name (IANA_SVC_NAME: at most 15 of a-z, 0-9 and '-', with a letter, no leading, trailing or double '-')")
 }
 
-/// An RFC 7230 token (`tchar`s only).
-fn is_http_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmpulse_probes::config::is_http_token;
 
     #[test]
     fn names_and_tokens() {

@@ -16,11 +16,16 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+#[cfg(feature = "https")]
+use std::sync::OnceLock;
 use std::time::Duration;
 
+#[cfg(feature = "https")]
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+#[cfg(feature = "https")]
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+#[cfg(feature = "https")]
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 
 use super::config::HttpScheme;
@@ -211,9 +216,11 @@ fn build_request(spec: &HttpSpec, url: &Url) -> Vec<u8> {
 }
 
 /// A certificate verifier that accepts everything (the kubelet does not verify).
+#[cfg(feature = "https")]
 #[derive(Debug)]
 struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
 
+#[cfg(feature = "https")]
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
         &self,
@@ -250,6 +257,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 }
 
 /// The shared TLS client configuration (built once).
+#[cfg(feature = "https")]
 fn tls_config() -> Result<Arc<ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
     CONFIG
@@ -270,9 +278,11 @@ fn tls_config() -> Result<Arc<ClientConfig>, String> {
 #[derive(Debug)]
 enum Transport {
     Plain(TcpStream),
+    #[cfg(feature = "https")]
     Tls(Box<ClientConnection>, TcpStream),
 }
 
+#[cfg(feature = "https")]
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
@@ -280,11 +290,14 @@ fn tls_error(e: rustls::Error) -> io::Error {
 impl Transport {
     fn fd(&self) -> RawFd {
         match self {
-            Transport::Plain(s) | Transport::Tls(_, s) => s.as_raw_fd(),
+            Transport::Plain(s) => s.as_raw_fd(),
+            #[cfg(feature = "https")]
+            Transport::Tls(_, s) => s.as_raw_fd(),
         }
     }
 
     /// Send pending TLS records as far as the socket takes them.
+    #[cfg(feature = "https")]
     fn flush_tls(conn: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<()> {
         while conn.wants_write() {
             match conn.write_tls(sock) {
@@ -300,6 +313,7 @@ impl Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.write(buf),
+            #[cfg(feature = "https")]
             Transport::Tls(conn, sock) => {
                 let n = conn.writer().write(buf)?;
                 Self::flush_tls(conn, sock)?;
@@ -312,6 +326,7 @@ impl Transport {
     fn wants_write(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
+            #[cfg(feature = "https")]
             Transport::Tls(conn, _) => conn.wants_write(),
         }
     }
@@ -320,6 +335,7 @@ impl Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
+            #[cfg(feature = "https")]
             Transport::Tls(conn, sock) => loop {
                 match conn.reader().read(buf) {
                     Ok(n) => return Ok(n),
@@ -525,10 +541,14 @@ impl HttpCheck {
             let stream = c.into_stream();
             let transport = match self.url.scheme {
                 HttpScheme::Http => Transport::Plain(stream),
+                #[cfg(feature = "https")]
                 HttpScheme::Https => match self.tls_client() {
                     Ok(conn) => Transport::Tls(Box::new(conn), stream),
                     Err(m) => return self.fail(m),
                 },
+                // `ProbeSet::new` refuses HTTPS probes without the feature.
+                #[cfg(not(feature = "https"))]
+                HttpScheme::Https => return self.fail("HTTPS support not built in".into()),
             };
             self.phase = Phase::Exchange {
                 transport,
@@ -545,6 +565,7 @@ impl HttpCheck {
         }
     }
 
+    #[cfg(feature = "https")]
     fn tls_client(&self) -> Result<ClientConnection, String> {
         let config = tls_config()?;
         let name = match self.url.host.parse::<IpAddr>() {

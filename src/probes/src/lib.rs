@@ -1,34 +1,53 @@
-//! Liveness and readiness probes with Kubernetes/KubeVirt semantics.
+//! Liveness and readiness probes with Kubernetes/KubeVirt semantics, for a VMM's
+//! own epoll loop.
 //!
-//! The runner owns one epoll loop. A [`ProbeSet`] keeps its own timerfd and
-//! sockets in an inner epoll instance whose fd ([`ProbeSet::fd`]) the runner adds
-//! to its loop: when that fd is readable, the runner calls [`ProbeSet::process`].
-//! There is no thread and no process per probe.
+//! The caller owns one epoll loop and the clock. A [`ProbeSet`] keeps its own
+//! timerfd and sockets in an inner epoll instance whose fd ([`ProbeSet::fd`]) the
+//! caller adds to its loop: when that fd is readable (or at
+//! [`ProbeSet::next_deadline`]), the caller calls [`ProbeSet::process`] with the
+//! current time. Every decision (when an attempt starts, when it times out) uses
+//! the `now` the caller passes, so tests run the schedule in virtual time. There
+//! is no thread and no process per probe.
 //!
+//! - [`config`]: a validated [`config::ProbeConfig`], built by a builder with typed
+//!   errors or parsed from one Kubernetes probe object (JSON; YAML with `yaml`);
 //! - [`tracker`]: the pure schedule and threshold state of one probe (virtual time);
 //! - [`tcp`], [`http`]: non-blocking handlers for `tcpSocket` and `httpGet`;
-//! - [`agent`]: the QEMU guest agent client for `exec` and `guestAgentPing`;
+//! - `agent` (feature `agent`): the QEMU guest agent client for `exec` and
+//!   `guestAgentPing`;
 //! - [`ProbeSet`] (`set.rs`): the event-loop shell tying them together.
+//!
+//! Cargo features: `https` (default; HTTPS probes through rustls), `agent`
+//! (default; `exec` and `guestAgentPing` through the QEMU guest agent), `yaml`
+//! (off by default; `ProbeConfig::from_yaml`). Without `https` or `agent`,
+//! [`ProbeSet::new`] refuses the probes that need them.
 
+#![deny(missing_docs)]
+
+#[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(not(feature = "agent"))]
+#[path = "agent_off.rs"]
+mod agent;
 pub mod config;
 pub mod http;
 mod set;
 pub mod tcp;
 pub mod tracker;
 
-pub use set::{ProbeSet, ProbeStats};
+pub use set::{ProbeSet, ProbeSetError, ProbeStats};
 
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use config::ProbeKind;
 
 /// How to reach the QEMU guest agent of the VM.
 #[derive(Debug)]
 pub enum AgentChannel {
-    /// A Unix socket where `qemu-ga -m unix-listen` listens (`--guest-agent PATH`).
+    /// A Unix socket where `qemu-ga -m unix-listen` listens.
     UnixSocket(PathBuf),
     /// An already connected stream, e.g. the host end of the VM's COM2.
     Stream(UnixStream),
@@ -37,8 +56,9 @@ pub enum AgentChannel {
 /// What the probes need to know about the VM.
 #[derive(Debug)]
 pub struct ProbeEnv {
-    /// The VM's addresses for probes without `host` (`--probe-host`; default 127.0.0.1).
-    /// With several, a probe succeeds only if every address answers.
+    /// The VM's addresses for `httpGet` and `tcpSocket` probes without `host`.
+    /// With several, a probe succeeds only if every address answers; with none,
+    /// [`ProbeSet::new`] refuses such probes.
     pub vm_addresses: Vec<IpAddr>,
     /// The guest agent, for `exec` and `guestAgentPing` probes.
     pub agent: Option<AgentChannel>,
@@ -59,8 +79,10 @@ pub struct ProbeAttempt {
     pub exit_code: Option<i32>,
     /// For exec: a bounded excerpt of the output.
     pub output: Option<String>,
-    /// How long the attempt took, from its start to its result.
-    pub duration: std::time::Duration,
+    /// When the attempt started (the `now` of the [`ProbeSet`] call that started it).
+    pub started: Instant,
+    /// From the start to the completion (the `now` of the call that completed it).
+    pub duration: Duration,
 }
 
 /// What the runner hears from the probes.

@@ -1,9 +1,12 @@
 //! [`ProbeSet`]: every probe of one VM in one inner epoll instance.
 //!
 //! The set owns one timerfd, the sockets of the attempts in flight and the guest
-//! agent's fds, all registered in an inner epoll whose fd the runner watches.
-//! Wake-ups (attempt starts and deadlines) sit in a min-heap keyed by instant; the
-//! timerfd is armed for the earliest of them (and of the agent's deadline).
+//! agent's fds, all registered in an inner epoll whose fd the caller watches.
+//! Time comes from the caller: every method that decides anything takes `now`.
+//! Wake-ups (attempt starts and deadlines) sit in a min-heap keyed by instant;
+//! [`ProbeSet::next_deadline`] is the earliest of them (and of the agent's
+//! deadline), and the timerfd is armed for it relative to the caller's last `now`,
+//! so a caller that only watches [`ProbeSet::fd`] is woken in time too.
 //! Each probe's schedule and thresholds live in a pure [`Tracker`] that works in
 //! time since the VM started.
 
@@ -19,8 +22,10 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::agent::{AgentClient, AgentOutcome};
-use super::config::{ProbeConfig, ProbeHandler, ProbeKind};
+use super::agent::AgentClient;
+#[cfg(feature = "agent")]
+use super::agent::AgentOutcome;
+use super::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
 use super::http::{HttpCheck, HttpSpec};
 use super::tcp::TcpCheck;
 use super::tracker::{Outcome, Tracker, Transition};
@@ -39,6 +44,7 @@ const AGENT_GRACE: Duration = Duration::from_millis(500);
 /// Smallest timer arming, to never spin on a deadline already past.
 const MIN_ARM: Duration = Duration::from_micros(50);
 /// Bytes of exec output kept in an attempt event.
+#[cfg(feature = "agent")]
 const MAX_OUTPUT: usize = 1024;
 
 /// The handler of a probe, ready to start attempts.
@@ -147,13 +153,21 @@ struct Probe {
     attempt: Option<Attempt>,
 }
 
-/// Every probe of one VM, driven from the runner's epoll loop.
+/// Every probe of one VM, driven from the caller's epoll loop and clock.
 ///
 /// Readiness: with a readiness probe, [`ProbeSet::ready`] follows it; without one,
 /// the VM is ready while it runs (as in KubeVirt). [`ProbeEvent::Ready`] is
 /// published on every change, including those caused by [`ProbeSet::vm_started`]
 /// and [`ProbeSet::vm_stopped`] (delivered by the next [`ProbeSet::process`]; the
-/// fd becomes readable at once).
+/// fd becomes readable at once and [`ProbeSet::next_deadline`] is the `now` of
+/// that call).
+///
+/// Time: the caller passes `now` to every call; the set never reads the clock
+/// for a decision. Attempts start when `now` reaches their scheduled instant,
+/// fail when `now` reaches their deadline, and carry the `now`s of their start
+/// and completion ([`ProbeAttempt::started`], [`ProbeAttempt::duration`]). I/O
+/// readiness is real: [`ProbeSet::process`] drains the inner epoll without
+/// blocking, whatever `now` says.
 ///
 /// ```
 /// use std::net::TcpListener;
@@ -164,27 +178,21 @@ struct Probe {
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let listener = TcpListener::bind("127.0.0.1:0")?;
-/// let config = ProbeConfig {
-///     initial_delay: Duration::ZERO,
-///     period: Duration::from_secs(10),
-///     timeout: Duration::from_secs(1),
-///     success_threshold: 1,
-///     failure_threshold: 3,
-///     handler: ProbeHandler::TcpSocket { port: listener.local_addr()?.port(), host: None },
-/// };
+/// let port = listener.local_addr()?.port();
+/// let config = ProbeConfig::new(ProbeKind::Readiness, ProbeHandler::tcp_socket(port))?;
 /// let env = ProbeEnv { vm_addresses: vec!["127.0.0.1".parse()?], agent: None };
-/// let mut probes = ProbeSet::new(vec![(ProbeKind::Readiness, config)], env)?;
+/// let mut probes = ProbeSet::new(vec![config], env)?;
 ///
-/// // The runner's loop: watch probes.fd(), call process() when it is readable.
+/// // The caller's loop: watch probes.fd(), call process(now) when it is readable.
 /// let epoll = Epoll::new()?;
 /// epoll.ctl(ControlOperation::Add, probes.fd(), EpollEvent::new(EventSet::IN, 0))?;
-/// probes.vm_started();
+/// probes.vm_started(Instant::now());
 /// let until = Instant::now() + Duration::from_secs(5);
 /// let mut ready = false;
 /// while !ready && Instant::now() < until {
 ///     let mut ev = [EpollEvent::default(); 1];
 ///     if epoll.wait(100, &mut ev)? > 0 {
-///         ready = probes.process().contains(&ProbeEvent::Ready(true));
+///         ready = probes.process(Instant::now()).contains(&ProbeEvent::Ready(true));
 ///     }
 /// }
 /// assert!(ready && probes.ready());
@@ -218,6 +226,8 @@ pub struct ProbeSet {
     /// Buffer for `epoll_wait`.
     ready_events: Vec<EpollEvent>,
     stats: ProbeStats,
+    /// The `now` of the last call that armed the timer.
+    last_now: Instant,
 }
 
 impl fmt::Debug for ProbeSet {
@@ -232,11 +242,87 @@ impl fmt::Debug for ProbeSet {
 }
 
 /// The parts of an `httpGet` probe that make its URL: scheme, path, headers.
-type HttpParts<'a> = (
-    &'a super::config::HttpScheme,
-    &'a str,
-    &'a [(String, String)],
-);
+type HttpParts<'a> = (&'a HttpScheme, &'a str, &'a [(String, String)]);
+
+/// Why a [`ProbeSet`] could not be made.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProbeSetError {
+    /// The epoll instance or the timerfd could not be created.
+    Io(io::Error),
+    /// An `httpGet` or `tcpSocket` probe without `host`, and no VM address.
+    NoAddress(ProbeKind),
+    /// A probe needs a cargo feature this build lacks (`https` or `agent`).
+    FeatureDisabled {
+        /// Which probe.
+        probe: ProbeKind,
+        /// The missing feature.
+        feature: &'static str,
+    },
+}
+
+impl fmt::Display for ProbeSetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeSetError::Io(e) => write!(f, "epoll or timerfd: {e}"),
+            ProbeSetError::NoAddress(k) => {
+                write!(f, "{} probe: no host and no VM address to probe", k.name())
+            }
+            ProbeSetError::FeatureDisabled { probe, feature } => write!(
+                f,
+                "{} probe: needs the `{feature}` feature of vmpulse-probes",
+                probe.name()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProbeSetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProbeSetError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ProbeSetError {
+    fn from(e: io::Error) -> Self {
+        ProbeSetError::Io(e)
+    }
+}
+
+/// Refuse what this build or `env` cannot run.
+fn check_runnable(config: &ProbeConfig, env: &ProbeEnv) -> Result<(), ProbeSetError> {
+    let kind = config.kind();
+    let disabled = |feature| {
+        Err(ProbeSetError::FeatureDisabled {
+            probe: kind,
+            feature,
+        })
+    };
+    match config.handler() {
+        ProbeHandler::HttpGet { scheme, host, .. } => {
+            if *scheme == HttpScheme::Https && !cfg!(feature = "https") {
+                return disabled("https");
+            }
+            if host.is_none() && env.vm_addresses.is_empty() {
+                return Err(ProbeSetError::NoAddress(kind));
+            }
+        }
+        ProbeHandler::TcpSocket { host, .. } => {
+            if host.is_none() && env.vm_addresses.is_empty() {
+                return Err(ProbeSetError::NoAddress(kind));
+            }
+        }
+        ProbeHandler::Exec { .. } | ProbeHandler::GuestAgentPing => {
+            if !cfg!(feature = "agent") {
+                return disabled("agent");
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Resolve the targets of a network probe.
 fn targets(
@@ -294,7 +380,20 @@ fn targets(
         .collect())
 }
 
+/// The guest agent client, when a channel is given and the feature built in.
+#[cfg(feature = "agent")]
+fn new_agent(channel: Option<super::AgentChannel>) -> Option<AgentClient> {
+    channel.map(AgentClient::new)
+}
+
+/// Without the `agent` feature [`ProbeSet::new`] refused agent probes: no client.
+#[cfg(not(feature = "agent"))]
+fn new_agent(_channel: Option<super::AgentChannel>) -> Option<AgentClient> {
+    None
+}
+
 /// A bounded excerpt of exec output.
+#[cfg(feature = "agent")]
 fn excerpt(s: &str) -> String {
     if s.len() <= MAX_OUTPUT {
         return s.to_string();
@@ -308,26 +407,35 @@ fn excerpt(s: &str) -> String {
 
 impl ProbeSet {
     /// Build the probes; nothing runs until [`ProbeSet::vm_started`].
-    pub fn new(probes: Vec<(ProbeKind, ProbeConfig)>, env: ProbeEnv) -> io::Result<Self> {
+    ///
+    /// Each configuration is valid by construction ([`ProbeConfig`]); what is
+    /// checked here is what depends on `env` and on this build: a network probe
+    /// without `host` needs at least one VM address, HTTPS needs the `https`
+    /// feature, `exec` and `guestAgentPing` need the `agent` feature. Without a
+    /// guest agent in `env`, agent probes run and fail each attempt with a clear
+    /// message.
+    pub fn new(
+        probes: impl IntoIterator<Item = ProbeConfig>,
+        env: ProbeEnv,
+    ) -> Result<Self, ProbeSetError> {
+        let probes: Vec<ProbeConfig> = probes.into_iter().collect();
+        for config in &probes {
+            check_runnable(config, &env)?;
+        }
         let epoll = Epoll::new()?;
-        let timer = TimerFd::new()?;
+        let timer = TimerFd::new().map_err(io::Error::from)?;
         epoll.ctl(
             ControlOperation::Add,
             timer.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TIMER_TOKEN),
         )?;
-        let has_readiness = probes.iter().any(|(k, _)| *k == ProbeKind::Readiness);
+        let has_readiness = probes.iter().any(|c| c.kind() == ProbeKind::Readiness);
         // Only probes that go through the agent need a connection to it.
-        let needs_agent = probes.iter().any(|(_, c)| {
-            matches!(
-                c.handler,
-                ProbeHandler::Exec { .. } | ProbeHandler::GuestAgentPing
-            )
-        });
+        let needs_agent = probes.iter().any(|c| c.handler().needs_agent());
         let probes = probes
             .into_iter()
-            .map(|(kind, config)| {
-                let (handler, targets) = match &config.handler {
+            .map(|config| {
+                let (handler, targets) = match config.handler() {
                     ProbeHandler::HttpGet {
                         path,
                         port,
@@ -345,8 +453,8 @@ impl ProbeSet {
                     ProbeHandler::GuestAgentPing => (Handler::Ping, Ok(vec![])),
                 };
                 Probe {
-                    kind,
-                    tracker: Tracker::new(kind, &config),
+                    kind: config.kind(),
+                    tracker: Tracker::new(&config),
                     handler,
                     targets,
                     attempt: None,
@@ -357,7 +465,7 @@ impl ProbeSet {
             probes,
             epoll,
             timer,
-            agent: env.agent.filter(|_| needs_agent).map(AgentClient::new),
+            agent: new_agent(env.agent.filter(|_| needs_agent)),
             agent_fds: HashMap::new(),
             tokens: HashMap::new(),
             next_token: 1,
@@ -371,6 +479,8 @@ impl ProbeSet {
             fired: false,
             ready_events: vec![EpollEvent::default(); EVENTS_PER_ROUND],
             stats: ProbeStats::default(),
+            // Only read with events pending, which a `vm_*` call queues after setting it.
+            last_now: Instant::now(),
         })
     }
 
@@ -379,17 +489,11 @@ impl ProbeSet {
         self.epoll.as_raw_fd()
     }
 
-    /// The VM (a new run of it) started now: time 0 of every probe's schedule.
-    /// A VM still marked running is stopped first.
-    pub fn vm_started(&mut self) {
-        self.vm_started_at(Instant::now());
-    }
-
-    /// [`ProbeSet::vm_started`] with the start instant given (e.g. taken by the
-    /// runner just before the vCPUs ran).
-    pub fn vm_started_at(&mut self, now: Instant) {
+    /// The VM (a new run of it) started at `now`: time 0 of every probe's
+    /// schedule. A VM still marked running is stopped first.
+    pub fn vm_started(&mut self, now: Instant) {
         if self.epoch.is_some() {
-            self.vm_stopped();
+            self.vm_stopped(now);
         }
         self.epoch = Some(now);
         for (i, p) in self.probes.iter_mut().enumerate() {
@@ -401,11 +505,11 @@ impl ProbeSet {
         if !self.has_readiness {
             self.publish_ready(true);
         }
-        self.arm_timer();
+        self.arm_timer(now);
     }
 
-    /// The VM stopped: cancel attempts, readiness becomes false.
-    pub fn vm_stopped(&mut self) {
+    /// The VM stopped at `now`: cancel attempts, readiness becomes false.
+    pub fn vm_stopped(&mut self, now: Instant) {
         self.epoch = None;
         for i in 0..self.probes.len() {
             self.cancel_attempt(i);
@@ -416,12 +520,13 @@ impl ProbeSet {
         self.publish_ready(false);
         self.wakeups.clear();
         self.sync_agent_fds();
-        self.arm_timer();
+        self.arm_timer(now);
     }
 
-    /// The VM is shutting down gracefully: liveness stops probing (and stays
-    /// alive) so nothing kills the VM during shutdown; readiness keeps probing.
-    pub fn vm_stopping(&mut self) {
+    /// The VM is shutting down gracefully (since `now`): liveness stops probing
+    /// (and stays alive) so nothing kills the VM during shutdown; readiness keeps
+    /// probing.
+    pub fn vm_stopping(&mut self, now: Instant) {
         for i in 0..self.probes.len() {
             if self.probes[i].kind == ProbeKind::Liveness {
                 self.cancel_attempt(i);
@@ -429,7 +534,7 @@ impl ProbeSet {
             }
         }
         self.sync_agent_fds();
-        self.arm_timer();
+        self.arm_timer(now);
     }
 
     /// The current Ready condition.
@@ -467,10 +572,27 @@ impl ProbeSet {
         }
     }
 
-    /// Handle whatever is ready, without blocking; return what happened, in order.
-    pub fn process(&mut self) -> Vec<ProbeEvent> {
+    /// When [`ProbeSet::process`] next has something to do without any I/O: the
+    /// earliest attempt start or deadline, an agent deadline, or, with events
+    /// waiting to be delivered, the instant of the call that queued them (so
+    /// "now"). `None`: nothing until some I/O or a `vm_*` call.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.pending.is_empty() {
+            return Some(self.last_now);
+        }
+        let mut next = self.wakeups.peek().map(|Reverse((t, _))| *t);
+        if let Some(d) = self.agent.as_ref().and_then(AgentClient::next_deadline) {
+            next = Some(next.map_or(d, |n| n.min(d)));
+        }
+        next
+    }
+
+    /// Handle whatever is ready at `now`, without blocking: I/O that is ready,
+    /// attempts due to start, deadlines reached. Returns what happened, in order.
+    /// `now` should not go backwards; an earlier `now` than a previous call's
+    /// only delays what is due.
+    pub fn process(&mut self, now: Instant) -> Vec<ProbeEvent> {
         let mut events = std::mem::take(&mut self.pending);
-        let now = Instant::now();
         for pass in 0..2 {
             let agent_ready = self.drain_epoll(now, &mut events);
             if let Some(agent) = &mut self.agent {
@@ -501,7 +623,7 @@ impl ProbeSet {
         self.sync_agent_fds();
         self.pending.append(&mut events);
         let events = std::mem::take(&mut self.pending);
-        self.arm_timer();
+        self.arm_timer(now);
         events
     }
 
@@ -634,7 +756,7 @@ impl ProbeSet {
                     },
                     None => {
                         sub.result = Some(CheckResult::failure(
-                            "no guest agent configured (--guest-agent)".into(),
+                            "no guest agent channel configured".into(),
                         ))
                     }
                 }
@@ -691,7 +813,12 @@ impl ProbeSet {
         self.maybe_complete(i, now, events);
     }
 
+    /// Feed the agent's completions into their attempts (none without the feature).
+    #[cfg(not(feature = "agent"))]
+    fn agent_completions(&mut self, _now: Instant, _events: &mut Vec<ProbeEvent>) {}
+
     /// Feed the agent's completions into their attempts.
+    #[cfg(feature = "agent")]
     fn agent_completions(&mut self, now: Instant, events: &mut Vec<ProbeEvent>) {
         let Some(agent) = &mut self.agent else { return };
         for (id, outcome) in agent.take_completions() {
@@ -777,6 +904,7 @@ impl ProbeSet {
             address,
             exit_code,
             output,
+            started: attempt.started,
             duration: now.saturating_duration_since(attempt.started),
         }));
         self.stats.attempts += 1;
@@ -908,16 +1036,46 @@ impl ProbeSet {
         self.agent_fds = next;
     }
 
-    /// Arm the timerfd for the earliest wake-up (or at once for pending events).
-    fn arm_timer(&mut self) {
-        let now = Instant::now();
-        let mut next = self.wakeups.peek().map(|Reverse((t, _))| *t);
-        if let Some(d) = self.agent.as_ref().and_then(AgentClient::next_deadline) {
-            next = Some(next.map_or(d, |n| n.min(d)));
+    /// Whether the wake-up `(when, i)` still stands for something: the start of
+    /// probe `i`'s next attempt or the deadline of its attempt in flight.
+    fn wakeup_live(&self, when: Instant, i: usize) -> bool {
+        let Some(p) = self.probes.get(i) else {
+            return false;
+        };
+        if let Some(a) = &p.attempt {
+            let due = if a.agent {
+                a.deadline + AGENT_GRACE
+            } else {
+                a.deadline
+            };
+            if due == when {
+                return true;
+            }
         }
-        if !self.pending.is_empty() {
-            next = Some(now);
+        match (self.epoch, p.tracker.next_start()) {
+            (Some(epoch), Some(next)) => epoch + next == when,
+            _ => false,
         }
+    }
+
+    /// Drop stale wake-ups from the top of the heap (attempts that completed
+    /// before their deadline, cancelled schedules), so that
+    /// [`ProbeSet::next_deadline`] is exact.
+    fn prune_wakeups(&mut self) {
+        while let Some(Reverse((when, i))) = self.wakeups.peek().copied() {
+            if self.wakeup_live(when, i) {
+                break;
+            }
+            self.wakeups.pop();
+        }
+    }
+
+    /// Arm the timerfd for the earliest wake-up (or at once for pending events),
+    /// relative to the caller's `now`.
+    fn arm_timer(&mut self, now: Instant) {
+        self.prune_wakeups();
+        self.last_now = now;
+        let next = self.next_deadline();
         if !self.fired && next == self.armed && next.map_or(true, |t| t > now) {
             // Already set that way (a syscall saved per call).
             return;
@@ -936,5 +1094,76 @@ impl ProbeSet {
         if let Err(e) = result {
             log::warn!("probes: timerfd: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> ProbeEnv {
+        ProbeEnv {
+            vm_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            agent: None,
+        }
+    }
+
+    #[test]
+    fn next_deadline_follows_the_callers_clock() {
+        let config = ProbeConfig::builder(ProbeKind::Liveness, ProbeHandler::tcp_socket(9))
+            .initial_delay(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut set = ProbeSet::new(vec![config], env()).unwrap();
+        assert_eq!(set.next_deadline(), None);
+        // An instant far from the real clock: only the caller's time counts.
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        set.vm_started(t0);
+        // Ready(true) (no readiness probe) waits to be delivered: due at once.
+        assert_eq!(set.next_deadline(), Some(t0));
+        assert_eq!(set.process(t0), vec![ProbeEvent::Ready(true)]);
+        assert_eq!(set.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        // Early calls change nothing.
+        assert!(set.process(t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(set.stats().started, 0);
+        let stop = t0 + Duration::from_secs(4);
+        set.vm_stopped(stop);
+        assert_eq!(set.next_deadline(), Some(stop));
+        assert_eq!(set.process(stop), vec![ProbeEvent::Ready(false)]);
+        assert_eq!(set.next_deadline(), None);
+    }
+
+    #[cfg(not(feature = "agent"))]
+    #[test]
+    fn agent_probes_need_the_agent_feature() {
+        for handler in [ProbeHandler::exec(["true"]), ProbeHandler::GuestAgentPing] {
+            let config = ProbeConfig::new(ProbeKind::Readiness, handler).unwrap();
+            let err = ProbeSet::new(vec![config], env()).unwrap_err();
+            assert!(matches!(
+                err,
+                ProbeSetError::FeatureDisabled {
+                    probe: ProbeKind::Readiness,
+                    feature: "agent"
+                }
+            ));
+        }
+    }
+
+    #[cfg(not(feature = "https"))]
+    #[test]
+    fn https_probes_need_the_https_feature() {
+        let handler = ProbeHandler::HttpGet {
+            path: "/".into(),
+            port: 443,
+            host: None,
+            scheme: HttpScheme::Https,
+            headers: vec![],
+        };
+        let config = ProbeConfig::new(ProbeKind::Liveness, handler).unwrap();
+        let err = ProbeSet::new(vec![config], env()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "liveness probe: needs the `https` feature of vmpulse-probes"
+        );
     }
 }

@@ -90,14 +90,14 @@ pub struct Tracker {
 
 impl Tracker {
     /// A tracker for `config`; nothing is scheduled until [`Tracker::start`].
-    pub fn new(kind: ProbeKind, config: &ProbeConfig) -> Self {
+    pub fn new(config: &ProbeConfig) -> Self {
         Self::with_params(
-            kind,
-            config.initial_delay,
-            config.period,
-            config.timeout,
-            config.success_threshold,
-            config.failure_threshold,
+            config.kind(),
+            config.initial_delay(),
+            config.period(),
+            config.timeout(),
+            config.success_threshold(),
+            config.failure_threshold(),
         )
     }
 

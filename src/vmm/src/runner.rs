@@ -60,7 +60,7 @@ use super::router::{liveness_action_name, route, ApiAction, Decision, Trigger};
 use super::status::{RunStatus, StatusDoc, WatchdogLive};
 use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};
 use vmpulse_manifest::{LivenessAction, RunStrategy};
-use vmpulse_probes::config::{ProbeConfig, ProbeKind};
+use vmpulse_probes::config::ProbeConfig;
 use vmpulse_probes::{AgentChannel, ProbeEnv, ProbeEvent, ProbeSet};
 
 /// What the event loop needs from a virtual machine ([`Machine`] in production).
@@ -152,8 +152,8 @@ pub struct RunConfig {
     pub liveness_action: LivenessAction,
     /// `terminationGracePeriodSeconds`.
     pub grace_period: Duration,
-    /// The probes.
-    pub probes: Vec<(ProbeKind, ProbeConfig)>,
+    /// The probes (each knows whether it is the liveness or the readiness probe).
+    pub probes: Vec<ProbeConfig>,
     /// The VM's addresses for probes (`--probe-host`).
     pub probe_addresses: Vec<IpAddr>,
     /// The guest agent channel.
@@ -760,7 +760,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             let pfd = probes.fd();
             self.watch(pfd, TOKEN_PROBES)?;
             self.probes_fd = Some(pfd);
-            probes.vm_started();
+            probes.vm_started(self.run_started);
             self.probes = Some(probes);
             self.probes_due = true;
         }
@@ -776,8 +776,9 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
 
     fn drop_probes(&mut self) {
         if let Some(mut probes) = self.probes.take() {
-            probes.vm_stopped();
-            let events = probes.process();
+            let now = Instant::now();
+            probes.vm_stopped(now);
+            let events = probes.process(now);
             self.report_probe_events(events, false);
             if let Some(fd) = self.probes_fd.take() {
                 self.unwatch(fd, TOKEN_PROBES);
@@ -881,7 +882,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         let Some(probes) = self.probes.as_mut() else {
             return;
         };
-        let events = probes.process();
+        let events = probes.process(Instant::now());
         self.report_probe_events(events, true);
     }
 
@@ -1002,8 +1003,9 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
     /// The probes stop while the VM is paused (a paused VM is not ready).
     fn drop_probes_schedule(&mut self) {
         if let Some(probes) = self.probes.as_mut() {
-            probes.vm_stopped();
-            let events = probes.process();
+            let now = Instant::now();
+            probes.vm_stopped(now);
+            let events = probes.process(now);
             self.report_probe_events(events, false);
         }
     }
@@ -1025,8 +1027,9 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         self.out.emit(Event::Started { boot: self.boots });
         self.probe_resume.disarm();
         if let Some(probes) = self.probes.as_mut() {
-            probes.vm_stopped();
-            let events = probes.process();
+            let now = Instant::now();
+            probes.vm_stopped(now);
+            let events = probes.process(now);
             self.report_probe_events(events, false);
             match probe_delay {
                 None => self.resume_probes(),
@@ -1052,7 +1055,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             return;
         }
         if let Some(probes) = self.probes.as_mut() {
-            probes.vm_started();
+            probes.vm_started(Instant::now());
             self.probes_due = true;
         }
     }
@@ -1670,33 +1673,35 @@ mod tests {
         assert_eq!(outcome.exit_code, 1);
     }
 
-    fn refused_tcp_liveness() -> (ProbeKind, ProbeConfig) {
+    fn refused_tcp_liveness() -> ProbeConfig {
         // A port nobody listens on: every attempt is refused at once.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        (
-            ProbeKind::Liveness,
-            ProbeConfig {
-                initial_delay: Duration::ZERO,
-                period: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                success_threshold: 1,
-                failure_threshold: 1,
-                handler: vmpulse_probes::config::ProbeHandler::TcpSocket { port, host: None },
-            },
-        )
+        let handler = vmpulse_probes::config::ProbeHandler::tcp_socket(port);
+        ProbeConfig::builder(vmpulse_probes::config::ProbeKind::Liveness, handler)
+            .period(Duration::from_secs(1))
+            .failure_threshold(1)
+            .build()
+            .unwrap()
     }
 
     #[test]
     fn liveness_failure_stops_the_vm_through_the_router() {
         let mut cfg = config(RunStrategy::RerunOnFailure, WatchdogAction::Reset);
         // A readiness probe on the same refused port completes in the same round.
-        let (_, mut readiness) = refused_tcp_liveness();
-        readiness.failure_threshold = 3;
-        cfg.probes = vec![refused_tcp_liveness(), (ProbeKind::Readiness, readiness)];
+        let liveness = refused_tcp_liveness();
+        let readiness = ProbeConfig::builder(
+            vmpulse_probes::config::ProbeKind::Readiness,
+            liveness.handler().clone(),
+        )
+        .period(Duration::from_secs(1))
+        .failure_threshold(3)
+        .build()
+        .unwrap();
+        cfg.probes = vec![liveness, readiness];
         cfg.max_restarts = Some(1);
         let (outcome, events, log) = run_fake(cfg, Script::default());
         let story: Vec<String> = kinds(&events)

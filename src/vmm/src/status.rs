@@ -220,11 +220,11 @@ pub struct RunStatus {
 
 impl RunStatus {
     /// The status of a run of `vm` with these probes and watchdog action, before it starts.
-    pub fn new(vm: &str, action: &str, probes: &[(ProbeKind, ProbeConfig)]) -> Self {
+    pub fn new(vm: &str, action: &str, probes: &[ProbeConfig]) -> Self {
         let metrics = Metrics::new(vm);
         metrics.declare_expiry(action);
-        for (kind, cfg) in probes {
-            metrics.declare_probe(handler_kind(&cfg.handler), kind.name());
+        for cfg in probes {
+            metrics.declare_probe(handler_kind(cfg.handler()), cfg.kind().name());
         }
         RunStatus {
             vm: vm.to_string(),
@@ -232,20 +232,20 @@ impl RunStatus {
             origin: Instant::now(),
             phase: VmPhase::Scheduled,
             paused: false,
-            has_readiness: probes.iter().any(|(k, _)| *k == ProbeKind::Readiness),
+            has_readiness: probes.iter().any(|c| c.kind() == ProbeKind::Readiness),
             probes_ready: false,
             boots: 0,
             restarts: 0,
             expiries: BTreeMap::new(),
             probes: probes
                 .iter()
-                .map(|(kind, cfg)| ProbeStatus {
-                    kind: handler_kind(&cfg.handler),
-                    probe_type: kind.name(),
+                .map(|cfg| ProbeStatus {
+                    kind: handler_kind(cfg.handler()),
+                    probe_type: cfg.kind().name(),
                     consecutive_successes: 0,
                     consecutive_failures: 0,
-                    success_threshold: cfg.success_threshold,
-                    failure_threshold: cfg.failure_threshold,
+                    success_threshold: cfg.success_threshold(),
+                    failure_threshold: cfg.failure_threshold(),
                     attempts: 0,
                     successes: 0,
                     failures: 0,
@@ -471,21 +471,15 @@ mod tests {
     use crate::events::{Cause, StopReason};
     use vmpulse_manifest::RunStrategy;
 
-    fn probe(kind: ProbeKind, failure_threshold: u32) -> (ProbeKind, ProbeConfig) {
-        (
-            kind,
-            ProbeConfig {
-                initial_delay: Duration::ZERO,
-                period: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                success_threshold: 1,
-                failure_threshold,
-                handler: ProbeHandler::TcpSocket {
-                    port: 1,
-                    host: None,
-                },
-            },
-        )
+    fn probe(kind: ProbeKind, failure_threshold: u32) -> ProbeConfig {
+        let handler = ProbeHandler::TcpSocket {
+            port: 1,
+            host: None,
+        };
+        ProbeConfig::builder(kind, handler)
+            .failure_threshold(failure_threshold)
+            .build()
+            .expect("a valid probe")
     }
 
     fn attempt(probe: &str, ok: bool, us: u64) -> Event {
