@@ -748,7 +748,7 @@ mod tests {
             (Some(8 << 20), m(8 << 20, false, false)),
             // 16M, 12345Ki and 1e7: not whole pages.
             (Some(16_000_000), m(16_003_072, false, true)),
-            (Some(12345 << 10), m(12_648_448, false, true)),
+            (Some(12345 << 10), m(12_644_352, false, true)),
             (Some(10_000_000), m(10_002_432, false, true)),
             (Some((64 << 20) + 1), m(64 << 20, true, false)),
             (Some(u64::MAX), m(64 << 20, true, false)),
