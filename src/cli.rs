@@ -9,7 +9,7 @@
 //! | flag | annotation | default |
 //! | --- | --- | --- |
 //! | `--guest-timeout SECONDS` | `vmpulse.io/guest-timeout` | 30 (Linux's heartbeat) |
-//! | `--guest-kick-every SECONDS` (fractions allowed) | `vmpulse.io/guest-kick-every` | a third of the timeout |
+//! | `--guest-kick-every SECONDS` (fractions allowed, at least 0.001; honoured to the millisecond) | `vmpulse.io/guest-kick-every` | a third of the timeout |
 //! | `--guest-hang-after SECONDS` | `vmpulse.io/guest-hang-after` | never |
 //! | `--guest-ignore-shutdown` | `vmpulse.io/guest-ignore-shutdown: "true"` | off |
 //! | `--max-restarts N` | `vmpulse.io/max-restarts` | unbounded |
@@ -99,8 +99,8 @@ pub struct RunArgs {
     /// last kick). Default 30.
     #[arg(long, value_name = "SECONDS")]
     pub guest_timeout: Option<u32>,
-    /// How often the test guest kicks the watchdog, in seconds (fractions allowed).
-    /// Default: a third of the timeout.
+    /// How often the test guest kicks the watchdog, in seconds (fractions allowed, at least
+    /// 0.001, rounded up to whole milliseconds). Default: a third of the timeout.
     #[arg(long, value_name = "SECONDS")]
     pub guest_kick_every: Option<String>,
     /// The test guest stops kicking this many seconds after each boot. Default: never.
@@ -257,13 +257,23 @@ pub fn settings(
         }
         None => DEFAULT_GUEST_TIMEOUT,
     };
+    let mut warnings = Vec::new();
+    // The guest's timer ticks every 10 ms, or every 1 ms for finer periods: the
+    // period is honoured to the millisecond.
     let kick_every = match pick(args.guest_kick_every.clone(), "guest-kick-every") {
         Some((what, v)) => {
             let d = parse_seconds(&v).map_err(|m| bad(&what, m))?;
             if d < Duration::from_millis(1) {
                 return Err(bad(&what, "must be at least 0.001 seconds"));
             }
-            d
+            let whole_ms = Duration::from_millis(d.as_micros().div_ceil(1000) as u64);
+            if whole_ms != d {
+                warnings.push(format!(
+                    "{what}: the guest kicks every {:.3} s (rounded up to whole milliseconds)",
+                    whole_ms.as_secs_f64()
+                ));
+            }
+            whole_ms
         }
         None => Duration::from_secs(u64::from(timeout_secs)) / 3,
     };
@@ -309,7 +319,6 @@ pub fn settings(
     };
     let probe_hosts = parse_probe_hosts(&args.probe_host).map_err(|m| bad("--probe-host", m))?;
 
-    let mut warnings = Vec::new();
     // Both stages together last about the heartbeat (T << 9 ticks of ~0.98 ms each).
     if kick_every >= Duration::from_secs(u64::from(timeout_secs)) {
         warnings.push(format!(
@@ -701,6 +710,34 @@ mod tests {
         );
         let e = settings(&args(&["--guest-kick-every", "0"]), &BTreeMap::new()).unwrap_err();
         assert_eq!(e.what, "--guest-kick-every");
+        let e = settings(&args(&["--guest-kick-every", "0.0009"]), &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--guest-kick-every: must be at least 0.001 seconds"
+        );
+    }
+
+    #[test]
+    fn kick_periods_below_the_10_ms_tick_are_kept_to_the_millisecond() {
+        for (text, ms, rounded) in [
+            ("0.001", 1, false),
+            ("0.002", 2, false),
+            ("0.005", 5, false),
+            ("0.015", 15, false),
+            ("0.0015", 2, true),
+            ("0.0101", 11, true),
+        ] {
+            let s = settings(&args(&["--guest-kick-every", text]), &BTreeMap::new()).unwrap();
+            assert_eq!(s.guest.kick_every, Duration::from_millis(ms), "{text}");
+            assert_eq!(
+                s.notes
+                    .iter()
+                    .any(|n| n.contains("rounded up to whole milliseconds")),
+                rounded,
+                "{text}: {:?}",
+                s.notes
+            );
+        }
     }
 
     #[test]
