@@ -318,9 +318,10 @@ impl PciRig {
         let got = u32::from_le_bytes(v);
         if let Some(want) = expected {
             assert_eq!(
-                got, want,
-                "read of {width} byte(s) at 0xcf{:x} with latch {:#010x}",
-                0xf8 + u32::from(port),
+                got,
+                want,
+                "read of {width} byte(s) at {:#x} with latch {:#010x}",
+                0xcf8 + u32::from(port),
                 self.latch
             );
         }

@@ -28,9 +28,8 @@ fn seed_files_match_their_recipes_and_replay() {
         if write {
             fs::write(&path, &bytes).unwrap();
         }
-        let on_disk = fs::read(&path).unwrap_or_else(|e| {
-            panic!("{}: {e} (run with VMPULSE_WRITE_SEEDS=1)", path.display())
-        });
+        let on_disk = fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with VMPULSE_WRITE_SEEDS=1)", path.display()));
         assert_eq!(on_disk, bytes, "{name} is stale (VMPULSE_WRITE_SEEDS=1)");
         run_pci(&on_disk);
     }
