@@ -3,9 +3,9 @@
 //!
 //! The YAML parser's time grows with the square of the nesting depth and its
 //! memory with the number of nodes, so both are bounded *before* the parser
-//! sees the text: the size when the file is read (at most [`MAX_MANIFEST_BYTES`]
-//! + 1 bytes are ever read), the depth by [`nesting_depth`], a single linear
-//! pass over the text.
+//! sees the text: the size when the file is read (one byte more than
+//! [`MAX_MANIFEST_BYTES`] at most is ever read), the depth by [`nesting_depth`],
+//! a single linear pass over the text.
 
 /// The largest manifest accepted, in bytes (1 MiB; a KubeVirt
 /// `VirtualMachine` is a few KiB, and Kubernetes' own limit on an object in
@@ -116,7 +116,7 @@ pub fn nesting_depth(text: &str, limit: usize) -> usize {
             while let Some(next) = lines.peek() {
                 let indent = next.len() - next.trim_start_matches(' ').len();
                 let blank = next.trim().is_empty();
-                if blank || scalar_parent.is_none_or(|p| indent > p) {
+                if blank || scalar_parent.map_or(true, |p| indent > p) {
                     lines.next();
                 } else {
                     break;
@@ -172,7 +172,7 @@ impl Scan {
             }
             if indent == 0
                 && (content.starts_with(b"---") || content.starts_with(b"..."))
-                && content.get(3).is_none_or(|c| c.is_ascii_whitespace())
+                && content.get(3).map_or(true, |c| c.is_ascii_whitespace())
             {
                 // A new document (or its end): nothing is open any more.
                 self.block.clear();
@@ -237,7 +237,7 @@ impl Scan {
                 i += 1;
                 continue;
             }
-            let next_blank = b.get(i + 1).is_none_or(|c| *c == b' ' || *c == b'\t');
+            let next_blank = b.get(i + 1).map_or(true, |c| *c == b' ' || *c == b'\t');
             match c {
                 b'-' | b'?' if node_start && next_blank => {
                     self.open_block(i);
@@ -280,7 +280,7 @@ impl Scan {
 
 /// A `:` at `i` followed by a blank or the end of the line: a mapping value.
 fn is_value_indicator(b: &[u8], i: usize) -> bool {
-    b.get(i) == Some(&b':') && b.get(i + 1).is_none_or(|c| *c == b' ' || *c == b'\t')
+    b.get(i) == Some(&b':') && b.get(i + 1).map_or(true, |c| *c == b' ' || *c == b'\t')
 }
 
 /// The index just past the quote `q` closing a scalar that continues at
