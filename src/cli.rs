@@ -573,7 +573,11 @@ pub fn run(args: RunArgs) -> ExitCode {
     let cfg = RunConfig {
         vm_name: spec.name.clone(),
         strategy: spec.run_strategy,
-        watchdog: spec.watchdog.as_ref().map(|w| (w.name.clone(), w.action)),
+        // The name is echoed in every `watchdog` event: cut like any echoed value.
+        watchdog: spec
+            .watchdog
+            .as_ref()
+            .map(|w| (clip(&w.name).into_owned(), w.action)),
         liveness_action: spec.liveness_action,
         grace_period: spec.termination_grace_period,
         probes,
