@@ -1123,7 +1123,13 @@ fn deep_nesting_is_refused_before_parsing_by_validate_and_run() {
     let block: String = (0..1_000)
         .map(|d| format!("{}k:\n", " ".repeat(d)))
         .collect();
-    for text in [&flow, &mixed, &compact, &block] {
+    // Quotes inside plain scalars do not hide what follows.
+    let quote_in_plain = format!(
+        "{head}[x'\n  \"{}{}]\n",
+        "[".repeat(40_000),
+        "]".repeat(40_000)
+    );
+    for text in [&flow, &mixed, &compact, &block, &quote_in_plain] {
         let t = std::time::Instant::now();
         let v = manifest::validate_str(text);
         let took = t.elapsed();

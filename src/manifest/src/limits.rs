@@ -106,6 +106,7 @@ pub fn nesting_depth(text: &str, limit: usize) -> usize {
         deepest: 0,
         limit,
         quote: None,
+        prev: None,
     };
     let mut lines = text.split('\n').peekable();
     while let Some(line) = lines.next() {
@@ -139,6 +140,10 @@ struct Scan {
     limit: usize,
     /// Inside a quoted scalar that continues on the next line.
     quote: Option<u8>,
+    /// In flow context, the last character that was not blank (across lines): a
+    /// quote starts a quoted scalar only after `[`, `{`, `,`, `:`, `?`; elsewhere
+    /// it is part of a plain scalar (`[it's]`), as YAML reads it.
+    prev: Option<u8>,
 }
 
 impl Scan {
@@ -160,6 +165,7 @@ impl Scan {
             match close_quote(b, 0, q) {
                 Some(end) => {
                     self.quote = None;
+                    self.prev = Some(q);
                     i = end;
                 }
                 None => return None,
@@ -201,7 +207,12 @@ impl Scan {
                     continue;
                 }
                 b'#' if at_blank => return None,
-                b'"' | b'\'' => {
+                b'"' | b'\''
+                    if (self.flow > 0
+                        && matches!(self.prev, None | Some(b'[' | b'{' | b',' | b':' | b'?')))
+                        || (self.flow == 0 && node_start) =>
+                {
+                    self.prev = Some(c);
                     let key_at = i;
                     match close_quote(b, i + 1, c) {
                         Some(end) => i = end,
@@ -220,6 +231,7 @@ impl Scan {
                     continue;
                 }
                 b'[' | b'{' => {
+                    self.prev = Some(c);
                     self.flow += 1;
                     self.note();
                     node_start = false;
@@ -227,6 +239,7 @@ impl Scan {
                     continue;
                 }
                 b']' | b'}' => {
+                    self.prev = Some(c);
                     self.flow = self.flow.saturating_sub(1);
                     i += 1;
                     continue;
@@ -234,6 +247,7 @@ impl Scan {
                 _ => {}
             }
             if self.flow > 0 {
+                self.prev = Some(c);
                 i += 1;
                 continue;
             }
@@ -335,6 +349,11 @@ mod tests {
             ("url: http://x:80/a\n", 1),
             ("--- [[1]]\n--- {a: 1}\n", 2),
             ("a: [\n  [1,\n   2],\n  3]\n", 3),
+            // A quote inside a plain scalar starts nothing, even on a new line.
+            ("a: [it's, [x]]\n", 3),
+            ("a: [it\n 's [[x]]]\n", 4),
+            ("a: ['x', \"y\", {'k': \"[\"}]\n", 3),
+            ("a: don't [\nb: 1\n", 1),
         ];
         for (text, want) in cases {
             assert_eq!(depth(text), *want, "{text:?}");
