@@ -2,7 +2,7 @@
 //! every problem.
 //!
 //! It checks everything `vmpulse run` checks before it starts: the manifest itself (at most
-//! 1 MiB, nested at most 128 deep), the `vmpulse.io/*` annotations and the guest memory
+//! 1 MiB, nested at most 128 deep, at most 50,000 entries), the `vmpulse.io/*` annotations and the guest memory
 //! (see [`crate::cli::prepare`]), so a manifest that validates does not fail `run` on a
 //! manifest problem.
 

@@ -1271,3 +1271,28 @@ fn echoed_values_are_cut_to_200_characters() {
         assert!(line.chars().count() < 600, "{line}");
     }
 }
+
+#[test]
+fn huge_lists_within_1_mib_are_refused_before_parsing() {
+    let base = build(&[]);
+    // 500,000 numbers in an ignored field: under 1 MiB, over 100 MB once parsed.
+    let list = format!("{base}status: [{}0]\n", "0,".repeat(500_000));
+    assert!(list.len() <= manifest::limits::MAX_MANIFEST_BYTES);
+    let t = std::time::Instant::now();
+    let v = manifest::validate_str(&list);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(v.problems.len(), 1, "{:#?}", v.problems);
+    assert_eq!(
+        v.problems[0].message,
+        "more than 50000 entries (keys and list items); a VirtualMachine has a few hundred"
+    );
+    // As a block sequence too.
+    let block = format!("{base}status:\n{}", "- 0\n".repeat(60_000));
+    let v = manifest::validate_str(&block);
+    assert!(v.problems[0].message.starts_with("more than 50000 entries"));
+    // Ten thousand entries are still a manifest.
+    let many = format!("{base}status: [{}0]\n", "0,".repeat(10_000));
+    let v = manifest::validate_str(&many);
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    assert_eq!(v.ignored, ["status"]);
+}

@@ -240,21 +240,32 @@ fn too_large_message() -> String {
 /// Parse and validate manifest text, keeping warnings and ignored fields even
 /// when there are problems.
 ///
-/// Text longer than [`limits::MAX_MANIFEST_BYTES`] or nested deeper than
-/// [`limits::MAX_NESTING_DEPTH`] is refused before it is parsed, in time
-/// linear in its length.
+/// Text longer than [`limits::MAX_MANIFEST_BYTES`], nested deeper than
+/// [`limits::MAX_NESTING_DEPTH`] or with more than [`limits::MAX_ENTRIES`]
+/// entries is refused before it is parsed, in time linear in its length.
 pub fn validate_str(text: &str) -> Validation {
     let mut cx = Cx::default();
     if text.len() > limits::MAX_MANIFEST_BYTES {
         cx.error(DOCUMENT_PATH, too_large_message());
         return cx.into_validation(None);
     }
-    if limits::nesting_depth(text, limits::MAX_NESTING_DEPTH) > limits::MAX_NESTING_DEPTH {
+    let shape = limits::measure(text, limits::MAX_NESTING_DEPTH, limits::MAX_ENTRIES);
+    if shape.depth > limits::MAX_NESTING_DEPTH {
         cx.error(
             DOCUMENT_PATH,
             format!(
                 "collections are nested more than {} deep",
                 limits::MAX_NESTING_DEPTH
+            ),
+        );
+        return cx.into_validation(None);
+    }
+    if shape.entries > limits::MAX_ENTRIES {
+        cx.error(
+            DOCUMENT_PATH,
+            format!(
+                "more than {} entries (keys and list items); a VirtualMachine has a few hundred",
+                limits::MAX_ENTRIES
             ),
         );
         return cx.into_validation(None);

@@ -17,6 +17,11 @@ pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 /// parsing the whole text; a KubeVirt `VirtualMachine` nests about 15 deep.
 pub const MAX_NESTING_DEPTH: usize = 128;
 
+/// The most entries (mapping keys, sequence items, flow collection items)
+/// accepted. Parsing costs time and memory per entry (a 1 MiB list of 500,000
+/// numbers takes over 100 MB); a KubeVirt `VirtualMachine` has a few hundred.
+pub const MAX_ENTRIES: usize = 50_000;
+
 /// The most characters of a value that a message echoes.
 pub const MAX_ECHO_CHARS: usize = 200;
 
@@ -100,11 +105,30 @@ pub fn clip_quoted(message: &str) -> String {
 /// key's indentation shares the key's level; the deserializer still refuses
 /// what is deeper than 128.
 pub fn nesting_depth(text: &str, limit: usize) -> usize {
+    measure(text, limit, usize::MAX).depth
+}
+
+/// The nesting depth and number of entries of YAML text, as [`nesting_depth`]
+/// finds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// The deepest nesting found.
+    pub depth: usize,
+    /// Mapping keys, block sequence entries, and flow collections and their
+    /// items (an estimate: each `,` in a flow collection starts one).
+    pub entries: usize,
+}
+
+/// Measure `text` in one linear pass; the scan stops as soon as the depth
+/// passes `max_depth` or the entries pass `max_entries`.
+pub fn measure(text: &str, max_depth: usize, max_entries: usize) -> Shape {
     let mut scan = Scan {
         block: Vec::new(),
         flow: 0,
         deepest: 0,
-        limit,
+        entries: 0,
+        max_entries,
+        limit: max_depth,
         quote: None,
         prev: None,
     };
@@ -124,11 +148,14 @@ pub fn nesting_depth(text: &str, limit: usize) -> usize {
                 }
             }
         }
-        if scan.deepest > limit {
+        if scan.over() {
             break;
         }
     }
-    scan.deepest
+    Shape {
+        depth: scan.deepest,
+        entries: scan.entries,
+    }
 }
 
 struct Scan {
@@ -138,6 +165,8 @@ struct Scan {
     flow: usize,
     deepest: usize,
     limit: usize,
+    entries: usize,
+    max_entries: usize,
     /// Inside a quoted scalar that continues on the next line.
     quote: Option<u8>,
     /// In flow context, the last character that was not blank (across lines): a
@@ -149,7 +178,12 @@ struct Scan {
 impl Scan {
     fn open_block(&mut self, column: usize) {
         self.block.push(column);
+        self.entries += 1;
         self.note();
+    }
+
+    fn over(&self) -> bool {
+        self.deepest > self.limit || self.entries > self.max_entries
     }
 
     fn note(&mut self) {
@@ -196,7 +230,7 @@ impl Scan {
         // collection (only at the start of the line or after `- `, `? `, `: `).
         let mut node_start = !continued;
         while i < b.len() {
-            if self.deepest > self.limit {
+            if self.over() {
                 return None;
             }
             let c = b[i];
@@ -232,6 +266,7 @@ impl Scan {
                 }
                 b'[' | b'{' => {
                     self.prev = Some(c);
+                    self.entries += 1;
                     self.flow += 1;
                     self.note();
                     node_start = false;
@@ -247,6 +282,9 @@ impl Scan {
                 _ => {}
             }
             if self.flow > 0 {
+                if c == b',' {
+                    self.entries += 1;
+                }
                 self.prev = Some(c);
                 i += 1;
                 continue;
@@ -368,6 +406,19 @@ mod tests {
         let block: String = (0..200).map(|d| format!("{}k:\n", " ".repeat(d))).collect();
         assert_eq!(depth(&block), 200);
         assert_eq!(depth(&"- ".repeat(300)), 300);
+    }
+
+    #[test]
+    fn entries_are_counted() {
+        let count = |t: &str| measure(t, usize::MAX, usize::MAX).entries;
+        assert_eq!(count("a: 1\nb: 2\n"), 2);
+        assert_eq!(count("a: [1, 2, 3]\n"), 4);
+        assert_eq!(count("- 1\n- 2\n"), 2);
+        assert_eq!(count("a: '1,2,3'\nb: |\n  x, y\n"), 2);
+        let list = format!("a: [{}0]", "0,".repeat(100_000));
+        assert_eq!(count(&list), 100_002);
+        // The scan stops just past the limit.
+        assert_eq!(measure(&list, usize::MAX, 10).entries, 11);
     }
 
     #[test]
