@@ -9,7 +9,7 @@
 //! | flag | annotation | default |
 //! | --- | --- | --- |
 //! | `--guest-timeout SECONDS` | `vmpulse.io/guest-timeout` | 30 (Linux's heartbeat) |
-//! | `--guest-kick-every SECONDS` (fractions allowed) | `vmpulse.io/guest-kick-every` | a third of the timeout |
+//! | `--guest-kick-every SECONDS` (fractions allowed, at least 0.001; honoured to the millisecond) | `vmpulse.io/guest-kick-every` | a third of the timeout |
 //! | `--guest-hang-after SECONDS` | `vmpulse.io/guest-hang-after` | never |
 //! | `--guest-ignore-shutdown` | `vmpulse.io/guest-ignore-shutdown: "true"` | off |
 //! | `--max-restarts N` | `vmpulse.io/max-restarts` | unbounded |
@@ -17,8 +17,13 @@
 //! | `--restart-backoff DURATION` | `vmpulse.io/restart-backoff` | 1s |
 //!
 //! Guest memory is the manifest's, clamped to 2–64 MiB (16 MiB when the manifest gives
-//! none); a note says when it was clamped. Manifest fields the built-in guest does not use
-//! are listed at the start.
+//! none) and rounded up to a whole number of 4 KiB pages (`16M`, `12345Ki` and `1e7` are
+//! not); a note says when it was clamped or rounded. Manifest fields the built-in guest
+//! does not use are listed at the start.
+//!
+//! `vmpulse validate` makes the same checks of the annotations and of the memory
+//! ([`prepare`] without flags), so a manifest that validates does not fail `run` on a
+//! manifest problem. Values echoed in errors and notes are cut to 200 characters.
 //!
 //! # Probes and the guest agent
 //!
@@ -52,6 +57,7 @@ use clap::builder::TypedValueParser as _;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use vmpulse_manifest::limits::{clip, clip_quoted};
 use vmpulse_manifest::{self as manifest, ManifestProblem, VmSpec};
 use vmpulse_vmm::api::OpsConfig;
 use vmpulse_vmm::events::{stdout_printer, Event, EventSink, Format, Printer, Tee};
@@ -64,6 +70,8 @@ pub const MIN_MEMORY: u64 = 2 << 20;
 pub const MAX_MEMORY: u64 = 64 << 20;
 /// Guest memory when the manifest asks for none.
 pub const DEFAULT_MEMORY: u64 = 16 << 20;
+/// Guest memory is a whole number of these (KVM maps whole pages).
+pub const PAGE_SIZE: u64 = 4096;
 /// Linux's default heartbeat for the i6300esb.
 pub const DEFAULT_GUEST_TIMEOUT: u32 = 30;
 /// The largest heartbeat: the preload (`T << 9`) must fit the device's 20 bits.
@@ -97,8 +105,8 @@ pub struct RunArgs {
     /// last kick). Default 30.
     #[arg(long, value_name = "SECONDS")]
     pub guest_timeout: Option<u32>,
-    /// How often the test guest kicks the watchdog, in seconds (fractions allowed).
-    /// Default: a third of the timeout.
+    /// How often the test guest kicks the watchdog, in seconds (fractions allowed, at least
+    /// 0.001, rounded up to whole milliseconds). Default: a third of the timeout.
     #[arg(long, value_name = "SECONDS")]
     pub guest_kick_every: Option<String>,
     /// The test guest stops kicking this many seconds after each boot. Default: never.
@@ -169,9 +177,9 @@ fn ops_config(args: &RunArgs) -> Result<OpsConfig, SettingError> {
     })
 }
 
-/// A bad flag or annotation value.
+/// A bad flag or annotation value (values quoted in the message are cut to 200 characters).
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {message}")]
+#[error("{what}: {}", clip_quoted(message))]
 pub struct SettingError {
     /// The flag or annotation.
     pub what: String,
@@ -291,13 +299,23 @@ pub fn settings(
         }
         None => DEFAULT_GUEST_TIMEOUT,
     };
+    let mut warnings = Vec::new();
+    // The guest's timer ticks every 10 ms, or every 1 ms for finer periods: the
+    // period is honoured to the millisecond.
     let kick_every = match pick(args.guest_kick_every.clone(), "guest-kick-every") {
         Some((what, v)) => {
             let d = parse_seconds(&v).map_err(|m| bad(&what, m))?;
             if d < Duration::from_millis(1) {
                 return Err(bad(&what, "must be at least 0.001 seconds"));
             }
-            d
+            let whole_ms = Duration::from_millis(d.as_micros().div_ceil(1000) as u64);
+            if whole_ms != d {
+                warnings.push(format!(
+                    "{what}: the guest kicks every {:.3} s (rounded up to whole milliseconds)",
+                    whole_ms.as_secs_f64()
+                ));
+            }
+            whole_ms
         }
         None => Duration::from_secs(u64::from(timeout_secs)) / 3,
     };
@@ -343,7 +361,6 @@ pub fn settings(
     };
     let probe_hosts = parse_probe_hosts(&args.probe_host).map_err(|m| bad("--probe-host", m))?;
 
-    let mut warnings = Vec::new();
     // Both stages together last about the heartbeat (T << 9 ticks of ~0.98 ms each).
     if kick_every >= Duration::from_secs(u64::from(timeout_secs)) {
         warnings.push(format!(
@@ -364,7 +381,7 @@ pub fn settings(
             "vmpulse.io/liveness-action",
         ];
         if !KNOWN.contains(&key.as_str()) {
-            warnings.push(format!("unknown annotation {key} is ignored"));
+            warnings.push(format!("unknown annotation {} is ignored", clip(key)));
         }
     }
     Ok(Settings {
@@ -382,15 +399,93 @@ pub fn settings(
     })
 }
 
-/// The guest memory for a manifest's request, and whether it was clamped.
-pub fn guest_memory(requested: Option<u64>) -> (u64, bool) {
+/// The guest memory the test guest gets for a manifest's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestMemory {
+    /// Bytes: a whole number of [`PAGE_SIZE`] pages in `MIN_MEMORY..=MAX_MEMORY`.
+    pub bytes: u64,
+    /// The request was outside `MIN_MEMORY..=MAX_MEMORY`.
+    pub clamped: bool,
+    /// The request (once clamped) was not a whole number of pages and was rounded up.
+    pub rounded: bool,
+}
+
+/// The guest memory for a manifest's request: clamped, then rounded up to the page.
+pub fn guest_memory(requested: Option<u64>) -> GuestMemory {
     match requested {
-        None => (DEFAULT_MEMORY, false),
+        None => GuestMemory {
+            bytes: DEFAULT_MEMORY,
+            clamped: false,
+            rounded: false,
+        },
         Some(m) => {
             let clamped = m.clamp(MIN_MEMORY, MAX_MEMORY);
-            (clamped, clamped != m)
+            // MAX_MEMORY is a whole number of pages, so this stays within it.
+            let bytes = clamped.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            GuestMemory {
+                bytes,
+                clamped: clamped != m,
+                rounded: bytes != clamped,
+            }
         }
     }
+}
+
+/// The note that says how the request became the guest's memory, if it changed.
+pub fn memory_note(requested: Option<u64>, memory: GuestMemory) -> Option<String> {
+    let Some(asked) = requested else {
+        return Some(format!(
+            "the manifest asks for no memory; the test guest gets {}",
+            size(memory.bytes)
+        ));
+    };
+    let why = match (memory.clamped, memory.rounded) {
+        (false, false) => return None,
+        (true, false) => format!("clamped to {}..{}", size(MIN_MEMORY), size(MAX_MEMORY)),
+        (false, true) => "rounded up to a whole number of 4 KiB pages".to_string(),
+        (true, true) => format!(
+            "clamped to {}..{} and rounded up to a whole number of 4 KiB pages",
+            size(MIN_MEMORY),
+            size(MAX_MEMORY)
+        ),
+    };
+    Some(format!(
+        "the manifest asks for {} of memory; the test guest gets {} ({why})",
+        size(asked),
+        size(memory.bytes)
+    ))
+}
+
+impl RunArgs {
+    /// The arguments of `vmpulse run MANIFEST` without any flag.
+    pub fn without_flags(manifest: PathBuf) -> RunArgs {
+        RunArgs {
+            manifest,
+            events: Format::Human,
+            guest_timeout: None,
+            guest_kick_every: None,
+            guest_hang_after: None,
+            guest_ignore_shutdown: false,
+            max_restarts: None,
+            run_for: None,
+            restart_backoff: None,
+            guest_agent: None,
+            agent_serial: false,
+            probe_host: "127.0.0.1".into(),
+            api_socket: None,
+            metrics_addr: None,
+            events_file: None,
+            exit_code_from_phase: false,
+        }
+    }
+}
+
+/// Everything `vmpulse run` decides from a valid manifest and its flags before it starts:
+/// the settings (flags over annotations) and the guest memory. `vmpulse validate` calls
+/// it with [`RunArgs::without_flags`], so the two refuse the same manifests.
+pub fn prepare(args: &RunArgs, spec: &VmSpec) -> Result<(Settings, GuestMemory), SettingError> {
+    let settings = settings(args, &spec.annotations)?;
+    Ok((settings, guest_memory(spec.memory_bytes)))
 }
 
 /// Creates a [`Machine`] for every start.
@@ -436,7 +531,7 @@ fn size(bytes: u64) -> String {
 }
 
 /// The notes shown before the run: ignored fields, memory, settings.
-fn start_notes(spec: &VmSpec, memory: (u64, bool), s: &Settings) -> Vec<String> {
+fn start_notes(spec: &VmSpec, memory: GuestMemory, s: &Settings) -> Vec<String> {
     let mut notes: Vec<String> = spec
         .warnings
         .iter()
@@ -448,20 +543,7 @@ fn start_notes(spec: &VmSpec, memory: (u64, bool), s: &Settings) -> Vec<String> 
             spec.ignored.join(", ")
         ));
     }
-    match (spec.memory_bytes, memory) {
-        (Some(asked), (given, true)) => notes.push(format!(
-            "the manifest asks for {} of memory; the test guest gets {} (clamped to {}..{})",
-            size(asked),
-            size(given),
-            size(MIN_MEMORY),
-            size(MAX_MEMORY)
-        )),
-        (None, (given, _)) => notes.push(format!(
-            "the manifest asks for no memory; the test guest gets {}",
-            size(given)
-        )),
-        _ => {}
-    }
+    notes.extend(memory_note(spec.memory_bytes, memory));
     if spec.watchdog.is_none() {
         notes.push(
             "the manifest has no watchdog: the test guest's i6300esb still exists, with action none"
@@ -474,7 +556,7 @@ fn start_notes(spec: &VmSpec, memory: (u64, bool), s: &Settings) -> Vec<String> 
     };
     notes.push(format!(
         "VM {:?}: runStrategy {:?}, test guest: heartbeat {} s, kicks every {:.3} s, {}{}",
-        spec.name,
+        clip(&spec.name),
         spec.run_strategy,
         s.guest.timeout_secs,
         s.guest.kick_every.as_secs_f64(),
@@ -498,7 +580,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let settings = match settings(&args, &spec.annotations) {
+    let (settings, memory) = match prepare(&args, &spec) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{}: {e}", args.manifest.display());
@@ -512,7 +594,6 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let memory = guest_memory(spec.memory_bytes);
     let stdout = stdout_printer(args.events).with_vm(&spec.name);
     let mut printer: Box<dyn EventSink> = match &args.events_file {
         Some(path) => {
@@ -560,7 +641,11 @@ pub fn run(args: RunArgs) -> ExitCode {
     let cfg = RunConfig {
         vm_name: spec.name.clone(),
         strategy: spec.run_strategy,
-        watchdog: spec.watchdog.as_ref().map(|w| (w.name.clone(), w.action)),
+        // The name is echoed in every `watchdog` event: cut like any echoed value.
+        watchdog: spec
+            .watchdog
+            .as_ref()
+            .map(|w| (clip(&w.name).into_owned(), w.action)),
         liveness_action: spec.liveness_action,
         grace_period: spec.termination_grace_period,
         probes,
@@ -573,7 +658,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         ops,
     };
     let mut factory = KvmFactory {
-        memory_bytes: memory.0,
+        memory_bytes: memory.bytes,
         guest: settings.guest.clone(),
     };
     let outcome = runner::run(cfg, &mut factory, &mut printer);
@@ -698,6 +783,34 @@ mod tests {
         );
         let e = settings(&args(&["--guest-kick-every", "0"]), &BTreeMap::new()).unwrap_err();
         assert_eq!(e.what, "--guest-kick-every");
+        let e = settings(&args(&["--guest-kick-every", "0.0009"]), &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--guest-kick-every: must be at least 0.001 seconds"
+        );
+    }
+
+    #[test]
+    fn kick_periods_below_the_10_ms_tick_are_kept_to_the_millisecond() {
+        for (text, ms, rounded) in [
+            ("0.001", 1, false),
+            ("0.002", 2, false),
+            ("0.005", 5, false),
+            ("0.015", 15, false),
+            ("0.0015", 2, true),
+            ("0.0101", 11, true),
+        ] {
+            let s = settings(&args(&["--guest-kick-every", text]), &BTreeMap::new()).unwrap();
+            assert_eq!(s.guest.kick_every, Duration::from_millis(ms), "{text}");
+            assert_eq!(
+                s.notes
+                    .iter()
+                    .any(|n| n.contains("rounded up to whole milliseconds")),
+                rounded,
+                "{text}: {:?}",
+                s.notes
+            );
+        }
     }
 
     #[test]
@@ -755,10 +868,55 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_clamped() {
-        assert_eq!(guest_memory(None), (16 << 20, false));
-        assert_eq!(guest_memory(Some(1 << 30)), (64 << 20, true));
-        assert_eq!(guest_memory(Some(1 << 20)), (2 << 20, true));
-        assert_eq!(guest_memory(Some(8 << 20)), (8 << 20, false));
+    fn memory_is_clamped_and_rounded_to_the_page() {
+        let m = |bytes, clamped, rounded| GuestMemory {
+            bytes,
+            clamped,
+            rounded,
+        };
+        let cases = [
+            (None, m(16 << 20, false, false)),
+            (Some(1 << 30), m(64 << 20, true, false)),
+            (Some(1 << 20), m(2 << 20, true, false)),
+            (Some(8 << 20), m(8 << 20, false, false)),
+            // 16M, 12345Ki and 1e7: not whole pages.
+            (Some(16_000_000), m(16_003_072, false, true)),
+            (Some(12345 << 10), m(12_644_352, false, true)),
+            (Some(10_000_000), m(10_002_432, false, true)),
+            (Some((64 << 20) + 1), m(64 << 20, true, false)),
+            (Some(u64::MAX), m(64 << 20, true, false)),
+        ];
+        for (asked, want) in cases {
+            let got = guest_memory(asked);
+            assert_eq!(got, want, "{asked:?}");
+            assert_eq!(got.bytes % PAGE_SIZE, 0);
+        }
+        let note = memory_note(Some(16_000_000), guest_memory(Some(16_000_000))).unwrap();
+        assert_eq!(
+            note,
+            "the manifest asks for 16000000 bytes of memory; the test guest gets 16003072 \
+             bytes (rounded up to a whole number of 4 KiB pages)"
+        );
+        assert_eq!(
+            memory_note(Some(8 << 20), guest_memory(Some(8 << 20))),
+            None
+        );
+        assert!(memory_note(Some(1 << 30), guest_memory(Some(1 << 30)))
+            .unwrap()
+            .contains("clamped to 2 MiB..64 MiB)"));
+    }
+
+    #[test]
+    fn echoed_values_are_cut_to_200_characters() {
+        let long = "9".repeat(10_000);
+        let mut notes = BTreeMap::new();
+        notes.insert("vmpulse.io/run-for".to_string(), long.clone());
+        let e = settings(&args(&[]), &notes).unwrap_err().to_string();
+        assert!(e.len() < 300, "{} characters", e.len());
+        assert!(e.contains(&format!("\"{}…\"", &long[..199])), "{e}");
+        notes.clear();
+        notes.insert(format!("vmpulse.io/{long}"), "x".to_string());
+        let s = settings(&args(&[]), &notes).unwrap();
+        assert!(s.notes[0].len() < 300, "{}", s.notes[0]);
     }
 }

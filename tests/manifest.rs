@@ -1130,3 +1130,197 @@ fn garbage_never_panics() {
         survive(&s);
     }
 }
+
+// ---------------------------------------------------------------- manifests that blow up
+
+/// Run `vmpulse ARGS...` and return its output and wall time.
+fn vmpulse(args: &[&std::ffi::OsStr]) -> (Output, Duration) {
+    let t = std::time::Instant::now();
+    let out = Command::new(BIN).args(args).output().expect("run vmpulse");
+    (out, t.elapsed())
+}
+
+#[test]
+fn deep_nesting_is_refused_before_parsing_by_validate_and_run() {
+    const DOC: &str = manifest::DOCUMENT_PATH;
+    let head =
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: x}\nspec:\n  a: ";
+    let flow = format!("{head}{}{}\n", "[".repeat(40_000), "]".repeat(40_000));
+    let mixed = format!("{head}{}1{}\n", "{a: [".repeat(20_000), "]}".repeat(20_000));
+    let compact = format!("{head}\n    {}x\n", "- ".repeat(40_000));
+    let block: String = (0..1_000)
+        .map(|d| format!("{}k:\n", " ".repeat(d)))
+        .collect();
+    // Quotes inside plain scalars do not hide what follows.
+    let quote_in_plain = format!(
+        "{head}[x'\n  \"{}{}]\n",
+        "[".repeat(40_000),
+        "]".repeat(40_000)
+    );
+    for text in [&flow, &mixed, &compact, &block, &quote_in_plain] {
+        let t = std::time::Instant::now();
+        let v = manifest::validate_str(text);
+        let took = t.elapsed();
+        assert_eq!(v.problems.len(), 1, "{:#?}", v.problems);
+        assert_eq!(v.problems[0].path, DOC);
+        assert_eq!(
+            v.problems[0].message,
+            "collections are nested more than 128 deep"
+        );
+        // Linear: a 40,000-level document took 10 s before.
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    // 128 levels are fine as far as nesting goes; 129 are refused, as the
+    // deserializer would.
+    let at_limit = format!("{}{}", "[".repeat(128), "]".repeat(128));
+    let v = manifest::validate_str(&at_limit);
+    assert!(
+        !v.problems.iter().any(|p| p.message.contains("nested")),
+        "{v:?}"
+    );
+    let past = format!("{}{}", "[".repeat(129), "]".repeat(129));
+    let v = manifest::validate_str(&past);
+    assert!(
+        v.problems[0].message.contains("nested more than 128"),
+        "{v:?}"
+    );
+
+    // Both commands go through the same check, and refuse fast with exit 2.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deep.yaml");
+    std::fs::write(&file, &flow).unwrap();
+    for cmd in ["validate", "run"] {
+        let (out, took) = vmpulse(&[cmd.as_ref(), file.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {stderr}");
+        assert!(
+            stderr.contains("(document): collections are nested more than 128 deep"),
+            "{cmd}: {stderr}"
+        );
+        assert!(took < Duration::from_secs(5), "{cmd}: {took:?}");
+    }
+}
+
+#[test]
+fn manifests_over_1_mib_are_refused_when_read() {
+    let limit = manifest::limits::MAX_MANIFEST_BYTES;
+    assert_eq!(limit, 1 << 20);
+    // A 10 MB manifest whose bulk is a 5-million-element list in an ignored field.
+    let big = format!("{}\nstatus: [{}0]\n", build(&[]), "0,".repeat(5_000_000));
+    assert!(big.len() > 10_000_000);
+    let v = manifest::validate_str(&big);
+    assert_eq!(v.problems.len(), 1, "{:#?}", v.problems);
+    assert_eq!(v.problems[0].path, manifest::DOCUMENT_PATH);
+    assert!(v.problems[0].message.contains("larger than 1048576 bytes"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.yaml");
+    std::fs::write(&file, &big).unwrap();
+    let p = manifest::read(&file).unwrap_err();
+    assert_eq!(p.path, file.display().to_string());
+    assert_eq!(
+        p.message,
+        "the manifest is larger than 1048576 bytes (1 MiB), the most vmpulse reads"
+    );
+    for cmd in ["validate", "run"] {
+        let (out, took) = vmpulse(&[cmd.as_ref(), file.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {stderr}");
+        assert!(
+            stderr.contains("larger than 1048576 bytes"),
+            "{cmd}: {stderr}"
+        );
+        assert!(took < Duration::from_secs(5), "{cmd}: {took:?}");
+    }
+
+    // Exactly at the limit (padded with a comment) is read and validated.
+    let base = build(&[]);
+    let mut exact = base.clone();
+    exact.push('#');
+    exact.push_str(&"x".repeat(limit - base.len() - 2));
+    exact.push('\n');
+    assert_eq!(exact.len(), limit);
+    std::fs::write(&file, &exact).unwrap();
+    let text = manifest::read(&file).unwrap();
+    assert!(manifest::parse_str(&text).is_ok());
+    exact.push('\n');
+    std::fs::write(&file, &exact).unwrap();
+    assert!(manifest::read(&file).is_err());
+
+    // A file that never ends is not read to its end: /dev/zero.
+    let p = manifest::read(Path::new("/dev/zero")).unwrap_err();
+    assert!(p.message.contains("larger than"), "{p:?}");
+}
+
+#[test]
+fn echoed_values_are_cut_to_200_characters() {
+    let long = "x".repeat(100_000);
+    let key = "k".repeat(100_000);
+    let text = build(&[
+        (
+            &at(DEVICES, &["watchdog"]),
+            Some(&format!("{{name: w, i6300esb: {{action: {long}}}}}")),
+        ),
+        (
+            &at(DOMAIN, &["resources", "requests", "memory"]),
+            Some(&long),
+        ),
+        (&["spec", "runStrategy"], Some(&long)),
+        (&["metadata", "name"], Some(&long)),
+        (&at(VMI, &["terminationGracePeriodSeconds"]), Some(&long)),
+        (&["spec", key.as_str()], Some("1")),
+    ]);
+    let v = manifest::validate_str(&text);
+    assert_eq!(v.problems.len(), 5, "{:#?}", v.problems);
+    for p in v.problems.iter().chain(&v.warnings) {
+        // The value (and a key in a path) keeps its first 199 characters and an ellipsis.
+        let shown = p.to_string();
+        assert!(
+            shown.chars().count() < 600,
+            "{} characters: {shown}",
+            shown.len()
+        );
+        assert!(
+            shown.contains(&format!("{}…", &long[..199]))
+                || shown.contains(&format!("{}…", &key[..199])),
+            "{shown}"
+        );
+        assert!(!shown.contains(&long[..201]) && !shown.contains(&key[..201]));
+    }
+    assert_eq!(v.warnings.len(), 1, "{:#?}", v.warnings);
+    assert_eq!(v.warnings[0].path, format!("spec.{}…", &key[..199]));
+    // Through the binary too.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("long.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let out = validate(&file);
+    assert_eq!(out.status.code(), Some(2));
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        assert!(line.chars().count() < 600, "{line}");
+    }
+}
+
+#[test]
+fn huge_lists_within_1_mib_are_refused_before_parsing() {
+    let base = build(&[]);
+    // 500,000 numbers in an ignored field: under 1 MiB, over 100 MB once parsed.
+    let list = format!("{base}status: [{}0]\n", "0,".repeat(500_000));
+    assert!(list.len() <= manifest::limits::MAX_MANIFEST_BYTES);
+    let t = std::time::Instant::now();
+    let v = manifest::validate_str(&list);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(v.problems.len(), 1, "{:#?}", v.problems);
+    assert_eq!(
+        v.problems[0].message,
+        "more than 50000 entries (keys and list items); a VirtualMachine has a few hundred"
+    );
+    // As a block sequence too.
+    let block = format!("{base}status:\n{}", "- 0\n".repeat(60_000));
+    let v = manifest::validate_str(&block);
+    assert!(v.problems[0].message.starts_with("more than 50000 entries"));
+    // Ten thousand entries are still a manifest.
+    let many = format!("{base}status: [{}0]\n", "0,".repeat(10_000));
+    let v = manifest::validate_str(&many);
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    assert_eq!(v.ignored, ["status"]);
+}

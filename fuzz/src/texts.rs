@@ -32,4 +32,17 @@ pub fn run_manifest(data: &[u8]) {
         vmpulse::manifest::parse_str(text).is_ok(),
         "validate_str and parse_str disagree"
     );
+    // Echoed values are cut: no message grows with the input.
+    for p in v.problems.iter().chain(&v.warnings) {
+        assert!(p.message.chars().count() <= 1000, "{p}");
+    }
+    // Nesting past the limit never reaches the parser.
+    use vmpulse::manifest::limits::{nesting_depth, MAX_NESTING_DEPTH};
+    if nesting_depth(text, MAX_NESTING_DEPTH) > MAX_NESTING_DEPTH {
+        assert!(
+            v.spec.is_none() && v.problems.len() == 1,
+            "{:?}",
+            v.problems
+        );
+    }
 }

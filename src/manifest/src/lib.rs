@@ -61,6 +61,7 @@
 //! ```
 
 mod doc;
+pub mod limits;
 mod quantity;
 
 use std::collections::BTreeMap;
@@ -208,19 +209,69 @@ pub fn parse_str(text: &str) -> Result<VmSpec, Vec<ManifestProblem>> {
 
 /// Read, parse and validate a manifest file.
 pub fn load(path: &Path) -> Result<VmSpec, Vec<ManifestProblem>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_str(&text),
-        Err(e) => Err(vec![ManifestProblem {
-            path: path.display().to_string(),
-            message: format!("cannot read: {e}"),
-        }]),
+    parse_str(&read(path).map_err(|p| vec![p])?)
+}
+
+/// Read a manifest file as text: at most [`limits::MAX_MANIFEST_BYTES`] + 1
+/// bytes are read, so a huge file is refused without being loaded. The
+/// problem's path is the file's.
+pub fn read(path: &Path) -> Result<String, ManifestProblem> {
+    use std::io::Read as _;
+    let problem = |message: String| ManifestProblem {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(limits::MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| problem(format!("cannot read: {e}")))?;
+    if bytes.len() > limits::MAX_MANIFEST_BYTES {
+        return Err(problem(too_large_message()));
     }
+    String::from_utf8(bytes).map_err(|_| problem("cannot read: not UTF-8 text".into()))
+}
+
+fn too_large_message() -> String {
+    format!(
+        "the manifest is larger than {} bytes (1 MiB), the most vmpulse reads",
+        limits::MAX_MANIFEST_BYTES
+    )
 }
 
 /// Parse and validate manifest text, keeping warnings and ignored fields even
 /// when there are problems.
+///
+/// Text longer than [`limits::MAX_MANIFEST_BYTES`], nested deeper than
+/// [`limits::MAX_NESTING_DEPTH`] or with more than [`limits::MAX_ENTRIES`]
+/// entries is refused before it is parsed, in time linear in its length.
 pub fn validate_str(text: &str) -> Validation {
     let mut cx = Cx::default();
+    if text.len() > limits::MAX_MANIFEST_BYTES {
+        cx.error(DOCUMENT_PATH, too_large_message());
+        return cx.into_validation(None);
+    }
+    let shape = limits::measure(text, limits::MAX_NESTING_DEPTH, limits::MAX_ENTRIES);
+    if shape.depth > limits::MAX_NESTING_DEPTH {
+        cx.error(
+            DOCUMENT_PATH,
+            format!(
+                "collections are nested more than {} deep",
+                limits::MAX_NESTING_DEPTH
+            ),
+        );
+        return cx.into_validation(None);
+    }
+    if shape.entries > limits::MAX_ENTRIES {
+        cx.error(
+            DOCUMENT_PATH,
+            format!(
+                "more than {} entries (keys and list items); a VirtualMachine has a few hundred",
+                limits::MAX_ENTRIES
+            ),
+        );
+        return cx.into_validation(None);
+    }
     let doc: Option<doc::VirtualMachine> = match serde_yaml_ng::from_str::<Value>(text) {
         Err(e) => {
             // A value YAML can hold but a `Value` cannot (an integer beyond 64
@@ -264,17 +315,7 @@ pub fn validate_str(text: &str) -> Validation {
         }
     };
     let spec = doc.and_then(|d| cx.virtual_machine(&d));
-    let spec = if cx.problems.is_empty() { spec } else { None };
-    Validation {
-        spec: spec.map(|mut s| {
-            s.ignored = cx.ignored.clone();
-            s.warnings = cx.warnings.clone();
-            s
-        }),
-        problems: cx.problems,
-        warnings: cx.warnings,
-        ignored: cx.ignored,
-    }
+    cx.into_validation(spec)
 }
 
 /// An integer of more than 64 bits: valid YAML, but no `Value` holds it.
@@ -325,9 +366,11 @@ fn key_text(k: &Value) -> String {
     }
 }
 
+/// `path.key`, the key cut to [`limits::MAX_ECHO_CHARS`].
 fn join(path: &str, key: &str) -> String {
+    let key = limits::clip(key);
     if path.is_empty() {
-        key.to_string()
+        key.into_owned()
     } else {
         format!("{path}.{key}")
     }
@@ -363,18 +406,33 @@ struct Cx {
 const MISSING: &str = "required field missing";
 
 impl Cx {
+    /// Values echoed in messages are cut to [`limits::MAX_ECHO_CHARS`].
     fn error(&mut self, path: &str, message: impl Into<String>) {
         self.problems.push(ManifestProblem {
             path: path.to_string(),
-            message: message.into(),
+            message: limits::clip_quoted(&message.into()),
         });
     }
 
     fn warn(&mut self, path: &str, message: impl Into<String>) {
         self.warnings.push(ManifestProblem {
             path: path.to_string(),
-            message: message.into(),
+            message: limits::clip_quoted(&message.into()),
         });
+    }
+
+    fn into_validation(self, spec: Option<VmSpec>) -> Validation {
+        let spec = if self.problems.is_empty() { spec } else { None };
+        Validation {
+            spec: spec.map(|mut s| {
+                s.ignored = self.ignored.clone();
+                s.warnings = self.warnings.clone();
+                s
+            }),
+            problems: self.problems,
+            warnings: self.warnings,
+            ignored: self.ignored,
+        }
     }
 
     /// The typed value of a field, or `None` (with a problem if it was malformed).
@@ -383,7 +441,7 @@ impl Cx {
             None => None,
             Some(Lenient::Ok(t)) => Some(t),
             Some(Lenient::Bad { path: sub, message }) => {
-                self.error(&format!("{path}{sub}"), message.clone());
+                self.error(&format!("{path}{}", limits::clip(sub)), message.clone());
                 None
             }
         }
@@ -611,7 +669,7 @@ impl Cx {
                     let key = key_text(k);
                     if key != "name" {
                         sources += 1;
-                        self.ignored.push(format!("{P}.volumes[{i}].{key}"));
+                        self.ignored.push(join(&format!("{P}.volumes[{i}]"), &key));
                     }
                 }
                 if sources == 0 {

@@ -7,17 +7,19 @@
 //! `E`) or an exponent (`e3`, `E-2`). Fractions of a byte round up, as
 //! Kubernetes does when it asks for an integer value.
 
+use crate::limits::clip;
+
 /// Why a quantity was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
     /// Not a quantity at all.
-    #[error("{0:?} is not a Kubernetes quantity (for example 1Gi, 512Mi, 64M or 1073741824)")]
+    #[error("{:?} is not a Kubernetes quantity (for example 1Gi, 512Mi, 64M or 1073741824)", clip(.0))]
     Syntax(String),
     /// A negative amount of memory.
-    #[error("{0:?} is negative")]
+    #[error("{:?} is negative", clip(.0))]
     Negative(String),
     /// More bytes than fit in 64 bits.
-    #[error("{0:?} is too large")]
+    #[error("{:?} is too large", clip(.0))]
     TooLarge(String),
 }
 

@@ -14,8 +14,10 @@
 //! rather than the simpler flat 32-bit mode because this host's nested KVM fails
 //! to emulate a 32-bit `iret` (the kernel logs an internal error and the vCPU
 //! stops at the instruction), while 64-bit guests run. Time
-//! comes from the in-kernel PIT (channel 0 at [`TICK_HZ`]) through the in-kernel
-//! 8259 PIC; between ticks the guest sleeps in `hlt`. On every tick it also looks at
+//! comes from the in-kernel PIT (channel 0 at [`TICK_HZ`], or [`FAST_TICK_HZ`] when
+//! the kick period or the hang time is not a whole number of 10 ms ticks: see
+//! [`tick_hz`]) through the in-kernel 8259 PIC; between ticks the guest sleeps in
+//! `hlt`. On every tick it also looks at
 //! the paravirtual power-button status (see [`super::control`]) and at a flag its
 //! NMI handler sets, so that console lines are never interleaved.
 //!
@@ -57,6 +59,10 @@ use super::machine::GuestOptions;
 
 /// Guest timer rate: PIT channel 0 interrupts per second.
 pub const TICK_HZ: u32 = 100;
+/// The faster rate, for kick periods and hang times finer than 10 ms: 1 ms
+/// resolution at ten times the timer exits (a few per tick, ~7 µs each in a
+/// nested KVM: under 3% of a CPU).
+pub const FAST_TICK_HZ: u32 = 1000;
 /// The PIT's input clock.
 const PIT_HZ: u32 = 1_193_182;
 /// Where the guest puts the watchdog's BAR0 (QEMU's `pc` firmware picks 0xfebf1000;
@@ -334,10 +340,23 @@ impl Asm {
     }
 }
 
-/// Ticks of the guest timer in `d`, rounded up, at least `min`.
-fn ticks(d: Duration, min: u32) -> u32 {
-    let t = d.as_micros().div_ceil(1_000_000 / u128::from(TICK_HZ));
+/// Ticks of a timer at `hz` in `d`, rounded up, at least `min`.
+fn ticks(d: Duration, min: u32, hz: u32) -> u32 {
+    let t = d.as_micros().div_ceil(1_000_000 / u128::from(hz));
     u32::try_from(t).unwrap_or(u32::MAX).max(min)
+}
+
+/// The timer rate the watchdog guest runs at for `opts`: [`TICK_HZ`] when the kick
+/// period and the hang time are whole numbers of its ticks, else [`FAST_TICK_HZ`],
+/// so that periods down to 1 ms are honoured (rounded up to whole milliseconds).
+pub fn tick_hz(opts: &GuestOptions) -> u32 {
+    let period_us = u128::from(1_000_000 / TICK_HZ);
+    let whole = |d: Duration| d.as_micros() % period_us == 0;
+    if whole(opts.kick_every) && opts.hang_after.map_or(true, whole) {
+        TICK_HZ
+    } else {
+        FAST_TICK_HZ
+    }
 }
 
 /// Everything common to the guests: descriptor tables and interrupt handlers.
@@ -417,8 +436,8 @@ impl Frame {
     }
 
     /// Remap the PIC to vectors 0x20–0x2f with only IRQ 0 unmasked, and start PIT
-    /// channel 0 as a rate generator at [`TICK_HZ`].
-    fn start_timer(&mut self) -> Result<(), GuestError> {
+    /// channel 0 as a rate generator at `hz` interrupts per second.
+    fn start_timer(&mut self, hz: u32) -> Result<(), GuestError> {
         let a = &mut self.asm.a;
         // ICW1: edge triggered, cascade, ICW4 follows.
         a.mov(al, 0x11)?;
@@ -444,7 +463,7 @@ impl Frame {
         a.mov(al, 0xff)?;
         a.out(PIC2_DATA, al)?;
         // Channel 0, low then high byte, mode 2 (rate generator), binary.
-        let divisor = (PIT_HZ + TICK_HZ / 2) / TICK_HZ;
+        let divisor = (PIT_HZ + hz / 2) / hz;
         a.mov(al, 0x34)?;
         a.out(PIT_MODE, al)?;
         a.mov(al, (divisor & 0xff) as i32)?;
@@ -568,8 +587,9 @@ impl Frame {
 pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
     let timeout = opts.timeout_secs.clamp(1, MAX_TIMEOUT_SECS);
     let preload = (timeout << 9) as i32;
-    let kick_ticks = ticks(opts.kick_every, 1) as i32;
-    let hang_ticks = opts.hang_after.map(|d| ticks(d, 0) as i32);
+    let hz = tick_hz(opts);
+    let kick_ticks = ticks(opts.kick_every, 1, hz) as i32;
+    let hang_ticks = opts.hang_after.map(|d| ticks(d, 0, hz) as i32);
 
     let mut f = Frame::new()?;
     let boot = f.strings.add("guest: boot\n");
@@ -587,7 +607,7 @@ pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
     let nmi = f.strings.add("guest: NMI received\n");
 
     f.asm.print(boot)?;
-    f.start_timer()?;
+    f.start_timer(hz)?;
     f.find_esb()?;
     f.program_bar0()?;
 
@@ -804,7 +824,7 @@ pub fn com2_echo_guest() -> Result<GuestImage, GuestError> {
     let mut f = Frame::new()?;
     let boot = f.strings.add("guest: boot (COM2 echo)\n");
     f.asm.print(boot)?;
-    f.start_timer()?;
+    f.start_timer(TICK_HZ)?;
     let a = &mut f.asm.a;
     let mut idle = a.create_label();
     let mut drain = a.create_label();
@@ -910,9 +930,46 @@ mod tests {
 
     #[test]
     fn tick_rounding() {
-        assert_eq!(ticks(Duration::from_secs(1), 1), 100);
-        assert_eq!(ticks(Duration::from_millis(15), 1), 2);
-        assert_eq!(ticks(Duration::ZERO, 1), 1);
-        assert_eq!(ticks(Duration::ZERO, 0), 0);
+        assert_eq!(ticks(Duration::from_secs(1), 1, TICK_HZ), 100);
+        assert_eq!(ticks(Duration::from_millis(15), 1, TICK_HZ), 2);
+        assert_eq!(ticks(Duration::ZERO, 1, TICK_HZ), 1);
+        assert_eq!(ticks(Duration::ZERO, 0, TICK_HZ), 0);
+        assert_eq!(ticks(Duration::from_millis(15), 1, FAST_TICK_HZ), 15);
+        assert_eq!(ticks(Duration::from_micros(1500), 1, FAST_TICK_HZ), 2);
+        assert_eq!(ticks(Duration::from_millis(1), 1, FAST_TICK_HZ), 1);
+    }
+
+    #[test]
+    fn periods_finer_than_10_ms_run_the_timer_at_1_khz() {
+        let with = |kick_us: u64, hang_us: Option<u64>| GuestOptions {
+            kick_every: Duration::from_micros(kick_us),
+            hang_after: hang_us.map(Duration::from_micros),
+            ..opts()
+        };
+        let cases = [
+            (1_000_000, None, TICK_HZ),
+            (10_000, Some(3_000_000), TICK_HZ),
+            (500_000, Some(20_000), TICK_HZ),
+            (1_000, None, FAST_TICK_HZ),
+            (9_000, None, FAST_TICK_HZ),
+            (15_000, None, FAST_TICK_HZ),
+            (1_000_000, Some(1_005_000), FAST_TICK_HZ),
+        ];
+        for (kick, hang, hz) in cases {
+            assert_eq!(tick_hz(&with(kick, hang)), hz, "{kick} µs, {hang:?}");
+        }
+        // The PIT divisor baked into the code: 1193 (0x04a9) at 1 kHz, 11932
+        // (0x2e9c) at 100 Hz, written low byte then high byte.
+        let code = |o: &GuestOptions| watchdog_guest(o).unwrap().blocks.last().unwrap().1.clone();
+        let has_divisor = |c: &[u8], d: u16| {
+            let [lo, hi] = d.to_le_bytes();
+            // mov al, lo; out 0x40, al; mov al, hi; out 0x40, al
+            c.windows(8)
+                .any(|w| w == [0xb0, lo, 0xe6, 0x40, 0xb0, hi, 0xe6, 0x40])
+        };
+        let slow = code(&opts());
+        let fast = code(&with(2_000, None));
+        assert!(has_divisor(&slow, 11932) && !has_divisor(&slow, 1193));
+        assert!(has_divisor(&fast, 1193) && !has_divisor(&fast, 11932));
     }
 }
