@@ -58,6 +58,7 @@ pub mod action;
 pub mod adapters;
 pub mod clock;
 pub mod config_space;
+pub mod deadline;
 pub mod device;
 pub mod events;
 pub mod profile;
@@ -69,8 +70,9 @@ pub mod watchdog;
 pub use action::{
     ActionSink, Expiry, InterruptKind, Stage1Interrupt, UnknownAction, WatchdogAction,
 };
-pub use clock::{Clock, ManualClock};
+pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use config_space::ConfigHeader;
+pub use deadline::DeadlineListener;
 pub use device::I6300Esb;
 pub use events::{EventCounters, NoEvents, WatchdogEvents};
 pub use profile::Profile;

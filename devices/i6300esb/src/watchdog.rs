@@ -745,6 +745,20 @@ impl<E: WatchdogEvents> Watchdog<E> {
         }
     }
 
+    /// Load a saved state into this watchdog at `now_ns`, as [`Watchdog::restore`]
+    /// does, keeping the events hook. On error nothing changes.
+    pub fn load_state(&mut self, state: &WatchdogState, now_ns: u64) -> Result<(), StateError> {
+        let restored = Watchdog::restore(state, now_ns, NoEvents)?;
+        self.regs = restored.regs;
+        self.timed_out = restored.timed_out;
+        self.paused = restored.paused;
+        self.action = restored.action;
+        self.pending = restored.pending;
+        self.pending_interrupt = restored.pending_interrupt;
+        self.profile = restored.profile;
+        Ok(())
+    }
+
     /// Rebuild a watchdog from a saved state at `now_ns`, in the state's profile
     /// (a version-1 state restores as [`Profile::Qemu`]).
     ///
