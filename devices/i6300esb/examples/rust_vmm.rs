@@ -103,20 +103,26 @@ impl Driver {
 
     fn config_write(&self, reg: u32, data: &[u8]) {
         let port = PCI_CONFIG_PORT;
-        self.io.pio_write(PioAddress(port), &Self::config_address(reg)).unwrap();
+        self.io
+            .pio_write(PioAddress(port), &Self::config_address(reg))
+            .unwrap();
         let data_port = port + 4 + (reg & 3) as u16;
         self.io.pio_write(PioAddress(data_port), data).unwrap();
     }
 
     fn config_read(&self, reg: u32, data: &mut [u8]) {
         let port = PCI_CONFIG_PORT;
-        self.io.pio_write(PioAddress(port), &Self::config_address(reg)).unwrap();
+        self.io
+            .pio_write(PioAddress(port), &Self::config_address(reg))
+            .unwrap();
         let data_port = port + 4 + (reg & 3) as u16;
         self.io.pio_read(PioAddress(data_port), data).unwrap();
     }
 
     fn bar0_write(&self, offset: u64, data: &[u8]) {
-        self.io.mmio_write(MmioAddress(BAR0 + offset), data).unwrap();
+        self.io
+            .mmio_write(MmioAddress(BAR0 + offset), data)
+            .unwrap();
     }
 
     fn bar0_read(&self, offset: u64, data: &mut [u8]) {
@@ -183,8 +189,11 @@ fn main() -> ExitCode {
     )
     .unwrap();
     let (base, size) = esb.lock().unwrap().bar0_region().unwrap();
-    io.register_mmio(MmioRange::new(MmioAddress(base), size).unwrap(), esb.clone())
-        .unwrap();
+    io.register_mmio(
+        MmioRange::new(MmioAddress(base), size).unwrap(),
+        esb.clone(),
+    )
+    .unwrap();
     let io = Arc::new(io);
 
     // The timer: one subscriber on the event manager. It installs the device's

@@ -1,15 +1,25 @@
 //! event-manager glue: a subscriber that fires the watchdog from a timerfd.
 //!
 //! [`WatchdogTimer`] owns a timerfd armed at the device's next deadline and an
-//! eventfd. [`WatchdogTimer::new`] installs a [`DeadlineListener`] on the device
-//! that signals the eventfd whenever the deadline moves (a guest access through
-//! any bus, a reset, a state load, pause or resume), so nobody has to tell the
-//! timer: register the device on a vm-device bus, this subscriber on an event
-//! manager, and it fires on time. When either fd is readable it polls the device,
-//! re-arms the timerfd and then, with the device unlocked, hands the expiries to
-//! the sink, which may therefore call any method of the device.
+//! eventfd. [`WatchdogTimer::new`] installs a [`DeadlineListener`] on the device,
+//! so nobody has to tell the timer about guest accesses: register the device on a
+//! vm-device bus, this subscriber on an event manager, and it fires on time. When
+//! either fd is readable it polls the device, re-arms the timerfd and then, with
+//! the device unlocked, hands the expiries to the sink, which may therefore call
+//! any method of the device.
+//!
+//! The listener signals the eventfd only when the deadline moves *earlier* than
+//! the one the timerfd is armed at (or appears while it is disarmed). A deadline
+//! that moves later (every kick) or goes away (disable, pause) costs nothing on
+//! the vCPU's path: the timerfd fires at the old deadline, the poll finds nothing
+//! due and re-arms it at the new one. So a guest pinging every few seconds wakes
+//! the event loop once per timeout, not once per ping, and a kick storm costs no
+//! system call at all. The armed deadline is read and written under the device's
+//! lock (the listener runs inside device methods; [`WatchdogTimer::service`]
+//! records it before unlocking), so no change can slip between the two.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,14 +40,26 @@ pub use crate::clock::MonotonicClock;
 const TIMER_EVENT: u32 = 1;
 const REARM_EVENT: u32 = 2;
 
-/// The deadline listener [`WatchdogTimer::new`] installs: one eventfd write per
-/// deadline change (never per access), from whichever thread made the change.
-struct RearmSignal(EventFd);
+/// The armed deadline's value while the timerfd is disarmed.
+const DISARMED: u64 = u64::MAX;
+
+/// The deadline listener [`WatchdogTimer::new`] installs: one eventfd write when
+/// the deadline moves earlier than the armed one, from whichever thread moved it.
+struct RearmSignal {
+    rearm: EventFd,
+    /// The deadline the timerfd is armed at ([`DISARMED`] if none); only read or
+    /// written with the device locked.
+    armed: Arc<AtomicU64>,
+}
 
 impl DeadlineListener for RearmSignal {
-    fn deadline_changed(&mut self, _deadline_ns: Option<u64>) {
-        // Non-blocking: a full counter (EAGAIN) already means "re-arm".
-        let _ = self.0.write(1);
+    fn deadline_changed(&mut self, deadline_ns: Option<u64>) {
+        if deadline_ns.is_some_and(|d| d < self.armed.load(Ordering::Relaxed)) {
+            // Ask once: the next service re-arms. Non-blocking; a full counter
+            // (EAGAIN) already means "re-arm".
+            self.armed.store(0, Ordering::Relaxed);
+            let _ = self.rearm.write(1);
+        }
     }
 }
 
@@ -66,6 +88,7 @@ pub struct WatchdogTimer<C: Clock, E: WatchdogEvents, S: ActionSink> {
     sink: S,
     timer: TimerFd,
     rearm: EventFd,
+    armed: Arc<AtomicU64>,
     due: Vec<Due>,
 }
 
@@ -77,7 +100,11 @@ impl<C: Clock, E: WatchdogEvents, S: ActionSink> WatchdogTimer<C, E, S> {
     /// the deadline from then on. Locks the device once.
     pub fn new(device: Arc<Mutex<I6300Esb<C, E>>>, sink: S) -> io::Result<Self> {
         let rearm = EventFd::new(EFD_NONBLOCK)?;
-        let signal = RearmSignal(rearm.try_clone()?);
+        let armed = Arc::new(AtomicU64::new(DISARMED));
+        let signal = RearmSignal {
+            rearm: rearm.try_clone()?,
+            armed: armed.clone(),
+        };
         device
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -87,6 +114,7 @@ impl<C: Clock, E: WatchdogEvents, S: ActionSink> WatchdogTimer<C, E, S> {
             sink,
             timer: TimerFd::new()?,
             rearm,
+            armed,
             due: Vec::new(),
         })
     }
@@ -115,8 +143,12 @@ impl<C: Clock, E: WatchdogEvents, S: ActionSink> WatchdogTimer<C, E, S> {
         let next = {
             let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
             dev.poll(&mut Collect(&mut self.due));
-            dev.next_deadline()
-                .map(|deadline| deadline.saturating_sub(dev.clock().now_ns()))
+            let deadline = dev.next_deadline();
+            // Recorded before unlocking: from here on the listener compares
+            // against this deadline.
+            self.armed
+                .store(deadline.unwrap_or(DISARMED), Ordering::Relaxed);
+            deadline.map(|deadline| deadline.saturating_sub(dev.clock().now_ns()))
         };
         // Arm before delivering: a sink that moves the deadline (a reset, a pause)
         // signals the eventfd, and the next turn arms the timer again.
@@ -126,6 +158,11 @@ impl<C: Clock, E: WatchdogEvents, S: ActionSink> WatchdogTimer<C, E, S> {
             None => self.timer.clear(),
         }
         .map_err(io::Error::from);
+        if armed.is_err() {
+            // Not armed after all: let any deadline ask for a retry. (Racy
+            // without the lock, but only ever towards more signals.)
+            self.armed.store(DISARMED, Ordering::Relaxed);
+        }
         for due in self.due.drain(..) {
             match due {
                 Due::Interrupt(interrupt) => self.sink.stage1_interrupt(interrupt),
@@ -249,30 +286,40 @@ mod tests {
 
     #[test]
     fn rearm_and_expired_timer_in_one_batch_never_block() {
-        // The timerfd is armed and then expires while a re-arm request that
-        // disarms it is already waiting: one epoll batch holds the re-arm first
-        // and the timer second. Processing the re-arm clears the timerfd, so the
-        // timer event that follows must not read it (a blocking read of a
-        // disarmed timerfd never returns). The loop runs on a thread so that a
-        // hang fails the test instead of stalling it.
+        // The timerfd is armed 50 ms out; the guest then shortens the timeout to
+        // 1.9 ms and kicks, so the device signals the eventfd (an earlier
+        // deadline); by the time the loop runs again both the new deadline and
+        // the armed timerfd have passed. One epoll batch holds the re-arm first
+        // (ready first) and the timer second. The re-arm's service fires the
+        // watchdog and disarms the timerfd, so the timer event that follows must
+        // not read it: a blocking read of a disarmed timerfd never returns. The
+        // loop runs on a thread so that a hang fails the test instead of stalling it.
         let (done_tx, done_rx) = mpsc::channel();
         std::thread::spawn(move || {
             // 50 ms from enable to expiry: 26042 units × 960 ns per stage.
             const UNITS: u32 = 26_042;
             const EXPIRY: Duration = Duration::from_millis(50);
             let (dev, sub, mut manager) = event_loop(WatchdogAction::None, |_| Vec::new());
-            manager.run_with_timeout(0).unwrap(); // the listener's first signal
             for _attempt in 0..20 {
                 let enabled = Instant::now();
                 arm(&mut dev.lock().unwrap(), UNITS);
                 // Arm the timerfd through the loop (the enable signalled it).
                 assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
-                // Disable: the deadline goes away and the device signals the
-                // eventfd, before the armed timerfd expires.
-                dev.lock().unwrap().config_write(0x68, &[0x00]);
+                // A 1000-unit timeout and a kick: the deadline moves earlier.
+                {
+                    let mut d = dev.lock().unwrap();
+                    for reg in [0x00, 0x04] {
+                        unlock(&mut d);
+                        d.bar0_write(reg, &1000u32.to_le_bytes());
+                    }
+                    unlock(&mut d);
+                    d.bar0_write(0x0c, &0x0100u16.to_le_bytes());
+                }
                 if enabled.elapsed() >= EXPIRY - Duration::from_millis(10) {
-                    // Descheduled too long to be sure of the order; try again.
-                    manager.run_with_timeout(1000).unwrap();
+                    // Descheduled too long to be sure of the order; start over.
+                    dev.lock().unwrap().power_on_reset();
+                    while manager.run_with_timeout(100).unwrap() > 0 {}
+                    sub.lock().unwrap().sink_mut().clear();
                     continue;
                 }
                 std::thread::sleep(2 * EXPIRY);
@@ -284,14 +331,39 @@ mod tests {
                 done_tx.send((in_batch, after, fired)).unwrap();
                 return;
             }
-            panic!("could not disable the watchdog within 40 ms of enabling it");
+            panic!("could not shorten the timeout within 40 ms of enabling it");
         });
         let (in_batch, after, fired) = done_rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the event loop blocked on a disarmed timerfd");
         assert_eq!(in_batch, 2, "the re-arm and the timer in one epoll batch");
         assert_eq!(after, 0, "the disarmed timerfd stays quiet");
-        assert_eq!(fired, 0, "a disabled watchdog never fires");
+        assert_eq!(fired, 1, "the shortened timeout fired once");
+    }
+
+    #[test]
+    fn later_deadlines_cost_no_signal() {
+        // Kicks move the deadline later: the listener leaves the eventfd alone and
+        // the timerfd, firing at the old deadline, catches up.
+        let (dev, sub, mut manager) = event_loop(WatchdogAction::Debug, |_| Vec::new());
+        let rearm = sub.lock().unwrap().rearm_handle().unwrap();
+        arm(&mut dev.lock().unwrap(), 10_000); // 9.6 ms per stage
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1, "armed");
+        for _ in 0..100 {
+            let mut d = dev.lock().unwrap();
+            unlock(&mut d);
+            d.bar0_write(0x0c, &0x0100u16.to_le_bytes());
+        }
+        // EAGAIN: nothing was written to the eventfd by the kicks.
+        assert!(rearm.read().is_err(), "a later deadline signals nothing");
+        let kicked = dev.lock().unwrap().next_deadline().unwrap();
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while sub.lock().unwrap().sink().is_empty() && Instant::now() < give_up {
+            manager.run_with_timeout(100).unwrap();
+        }
+        let fired = sub.lock().unwrap().sink().clone();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].time_ns, kicked, "fired at the kicked deadline");
     }
 
     /// An action handler that does what a VMM does on `reset` and `pause`, on the
