@@ -202,4 +202,33 @@ mod tests {
         dev.warm_reset();
         assert_eq!(heard(&rx), vec![], "no listener, no report");
     }
+
+    #[test]
+    fn power_on_reset_drops_unpolled_expiries_warm_reset_keeps_them() {
+        for power_on in [false, true] {
+            let (mut dev, clock, rx) = device();
+            unlock(&mut dev);
+            dev.bar0_write(0x00, &1u32.to_le_bytes());
+            unlock(&mut dev);
+            dev.bar0_write(0x04, &1u32.to_le_bytes());
+            dev.config_write(0x68, &[0x02]);
+            let deadline = dev.next_deadline().unwrap();
+            // The stage ends pass; a guest read catches them up before any poll.
+            clock.set(deadline + 10);
+            let mut b = [0u8; 2];
+            dev.bar0_read(0x0c, &mut b);
+            assert_eq!(dev.next_deadline(), Some(deadline), "an expiry waits");
+            let mut fired = Vec::new();
+            if power_on {
+                dev.power_on_reset();
+                assert_eq!(dev.next_deadline(), None);
+                assert_eq!(dev.poll(&mut fired), 0, "the old machine's expiry is gone");
+                assert_eq!(heard(&rx).last(), Some(&None));
+            } else {
+                dev.warm_reset();
+                assert_eq!(dev.poll(&mut fired), 1, "a warm reset keeps it");
+                assert_eq!(fired[0].time_ns, deadline);
+            }
+        }
+    }
 }

@@ -256,7 +256,8 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
         self.report_deadline();
     }
 
-    /// A power-on reset: as [`Self::warm_reset`], and the timeout flag cleared.
+    /// A power-on reset: as [`Self::warm_reset`], the timeout flag cleared and
+    /// expiries not yet polled dropped (see [`Watchdog::power_on_reset`]).
     pub fn power_on_reset(&mut self) {
         self.header.reset();
         self.watchdog.power_on_reset();

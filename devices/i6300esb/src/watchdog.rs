@@ -692,10 +692,14 @@ impl<E: WatchdogEvents> Watchdog<E> {
         self.regs = Registers::RESET;
     }
 
-    /// A power-on reset: as [`Watchdog::warm_reset`], and the timeout flag cleared.
+    /// A power-on reset: as [`Watchdog::warm_reset`], the timeout flag cleared, and
+    /// expiries (and a stage-1 interrupt) not yet polled dropped: they belong to the
+    /// machine that was switched off. (A warm reset keeps them for the next poll.)
     pub fn power_on_reset(&mut self) {
         self.regs = Registers::RESET;
         self.timed_out = false;
+        self.pending.clear();
+        self.pending_interrupt = None;
     }
 
     /// Freeze the countdown (the VM is paused). Expiries due by `now_ns` happen first.
