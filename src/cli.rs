@@ -45,7 +45,6 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
 
-
 use vmpulse_manifest::{self as manifest, ManifestProblem, VmSpec};
 use vmpulse_probes::config::{ProbeHandler, ProbeKind};
 use vmpulse_vmm::events::{stdout_printer, Event, EventSink, Format};
