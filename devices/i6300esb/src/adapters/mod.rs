@@ -2,8 +2,15 @@
 //!
 //! - `vm-device`: [`I6300Esb`](crate::I6300Esb) implements vm-device's
 //!   `MutDeviceMmio` for BAR0.
-//! - `event-manager`: [`timer::WatchdogTimer`] is an event-manager
+//! - `event-manager`: `timer::WatchdogTimer` is an event-manager
 //!   `MutEventSubscriber` that arms a timerfd at the device's deadline.
+//!
+//! They compose with no glue: `WatchdogTimer::new` installs the device's
+//! [`DeadlineListener`](crate::DeadlineListener), so a guest access through a
+//! vm-device bus, or a configuration write from the VMM's PCI code, that moves the
+//! deadline earlier wakes the timer by itself. Register the shared device on an
+//! `IoManager` and the timer on an `EventManager`, and it fires on time (see the
+//! `rust_vmm` example and the test below).
 
 #[cfg(feature = "vm-device")]
 pub mod mmio;
