@@ -20,14 +20,16 @@
 use std::fmt;
 
 /// Hears every change of the device's next deadline (see the [module](self) docs).
-pub trait DeadlineListener: Send {
+///
+/// `Send + Sync` so that the device stays both, whatever lock the host keeps it in.
+pub trait DeadlineListener: Send + Sync {
     /// The device's next deadline is now `deadline_ns` (in its clock's nanoseconds;
     /// `None`: no deadline until the guest acts). Called only when the value
     /// differs from the one last reported.
     fn deadline_changed(&mut self, deadline_ns: Option<u64>);
 }
 
-impl<F: FnMut(Option<u64>) + Send> DeadlineListener for F {
+impl<F: FnMut(Option<u64>) + Send + Sync> DeadlineListener for F {
     fn deadline_changed(&mut self, deadline_ns: Option<u64>) {
         self(deadline_ns)
     }
