@@ -19,7 +19,9 @@
 //!
 //! Run with `cargo bench --bench kvm_exit`. Prints exits per kick, µs per exit,
 //! device and host-path ns per access and the ratios to the exit round trip.
-//! Skips (with a message) without /dev/kvm.
+//! Skips (with a message) without /dev/kvm. Without `--bench` (that is, under
+//! `cargo test --benches`) it runs a smoke size: one run of each, 50× fewer
+//! iterations; its numbers are not measurements.
 
 use std::hint::black_box;
 use std::os::fd::RawFd;
@@ -37,12 +39,28 @@ use vmpulse::vmm::guest::{kick_loop_guest, KICK_LOOP_SETUP_WRITES, MAX_TIMEOUT_S
 use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent, SharedEsb};
 use vmpulse::vmm::pci::{devfn, EsbFunction, PciRoot};
 
-/// Kicks per KVM run (3 exits each).
-const KICKS: u32 = 20_000;
-const KVM_RUNS: usize = 3;
-/// Kick sequences per device run.
-const DEVICE_KICKS: u32 = 1_000_000;
-const DEVICE_RUNS: usize = 5;
+/// Run sizes: kicks per KVM run (3 exits each) and runs; kick sequences per
+/// device or host-path run and runs.
+struct Sizes {
+    kicks: u32,
+    kvm_runs: usize,
+    device_kicks: u32,
+    device_runs: usize,
+}
+
+const FULL: Sizes = Sizes {
+    kicks: 20_000,
+    kvm_runs: 3,
+    device_kicks: 1_000_000,
+    device_runs: 5,
+};
+
+const SMOKE: Sizes = Sizes {
+    kicks: 400,
+    kvm_runs: 1,
+    device_kicks: 20_000,
+    device_runs: 1,
+};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -60,7 +78,7 @@ fn wait_readable(fd: RawFd, ms: i32) {
 }
 
 /// One KVM run: (µs per exit, exits per kick).
-fn kvm_run() -> (f64, f64) {
+fn kvm_run(sz: &Sizes) -> (f64, f64) {
     let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
         WatchdogAction::Reset,
         MonotonicClock::new(),
@@ -79,7 +97,7 @@ fn kvm_run() -> (f64, f64) {
         },
         agent_serial: None,
     };
-    let image = kick_loop_guest(KICKS).expect("assemble the kick loop guest");
+    let image = kick_loop_guest(sz.kicks).expect("assemble the kick loop guest");
     let mut m = Machine::with_image(cfg, esb, image).expect("create the VM");
     m.start().expect("start the VM");
     let give_up = Instant::now() + Duration::from_secs(120);
@@ -106,12 +124,12 @@ fn kvm_run() -> (f64, f64) {
     m.stop();
     (
         elapsed.as_secs_f64() * 1e6 / exits as f64,
-        exits as f64 / f64::from(KICKS),
+        exits as f64 / f64::from(sz.kicks),
     )
 }
 
 /// One device run: ns per access.
-fn device_run() -> f64 {
+fn device_run(sz: &Sizes) -> f64 {
     let mut dev = I6300Esb::with_events(
         WatchdogAction::Reset,
         MonotonicClock::new(),
@@ -131,15 +149,15 @@ fn device_run() -> f64 {
         0x0100u16.to_le_bytes(),
     );
     let start = Instant::now();
-    for _ in 0..DEVICE_KICKS {
+    for _ in 0..sz.device_kicks {
         dev.bar0_write(black_box(0x0c), black_box(&u1));
         dev.bar0_write(black_box(0x0c), black_box(&u2));
         dev.bar0_write(black_box(0x0c), black_box(&kick));
     }
-    let ns = start.elapsed().as_nanos() as f64 / (3.0 * f64::from(DEVICE_KICKS));
+    let ns = start.elapsed().as_nanos() as f64 / (3.0 * f64::from(sz.device_kicks));
     assert_eq!(
         EventCounters::get(&dev.events().kick),
-        u64::from(DEVICE_KICKS),
+        u64::from(sz.device_kicks),
         "every sequence was a kick"
     );
     ns
@@ -147,7 +165,7 @@ fn device_run() -> f64 {
 
 /// One host-path run: (ns per write access, ns per read access, eventfd writes)
 /// through the vm-device bus, adapter, mutex, device and deadline listener.
-fn host_path_run() -> (f64, f64, u64) {
+fn host_path_run(sz: &Sizes) -> (f64, f64, u64) {
     let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
         WatchdogAction::Reset,
         MonotonicClock::new(),
@@ -182,24 +200,24 @@ fn host_path_run() -> (f64, f64, u64) {
         0x0100u16.to_le_bytes(),
     );
     let start = Instant::now();
-    for _ in 0..DEVICE_KICKS {
+    for _ in 0..sz.device_kicks {
         buses.mmio_write(black_box(bar0 + 0x0c), black_box(&u1));
         buses.mmio_write(black_box(bar0 + 0x0c), black_box(&u2));
         buses.mmio_write(black_box(bar0 + 0x0c), black_box(&kick));
     }
-    let write_ns = start.elapsed().as_nanos() as f64 / (3.0 * f64::from(DEVICE_KICKS));
+    let write_ns = start.elapsed().as_nanos() as f64 / (3.0 * f64::from(sz.device_kicks));
     let mut b = [0u8; 2];
     let start = Instant::now();
-    for _ in 0..3 * DEVICE_KICKS {
+    for _ in 0..3 * sz.device_kicks {
         buses.mmio_read(black_box(bar0 + 0x0c), black_box(&mut b));
     }
-    let read_ns = start.elapsed().as_nanos() as f64 / (3.0 * f64::from(DEVICE_KICKS));
+    let read_ns = start.elapsed().as_nanos() as f64 / (3.0 * f64::from(sz.device_kicks));
     // EAGAIN (nothing written) reads as 0 signals.
     let signals = rearm.read().unwrap_or(0);
     let d = esb.lock().unwrap();
     assert_eq!(
         EventCounters::get(&d.events().kick),
-        u64::from(DEVICE_KICKS)
+        u64::from(sz.device_kicks)
     );
     assert_eq!(buses.unclaimed(), (0, 0));
     (write_ns, read_ns, signals)
@@ -210,15 +228,20 @@ fn main() {
         eprintln!("SKIP: /dev/kvm is absent; kvm_exit measures nothing here");
         return;
     }
+    let sz = if std::env::args().any(|a| a == "--bench") {
+        &FULL
+    } else {
+        &SMOKE
+    };
     let mut exit_us = Vec::new();
     let mut per_kick = Vec::new();
-    for _ in 0..KVM_RUNS {
-        let (us, epk) = kvm_run();
+    for _ in 0..sz.kvm_runs {
+        let (us, epk) = kvm_run(sz);
         exit_us.push(us);
         per_kick.push(epk);
     }
-    let device_ns: Vec<f64> = (0..DEVICE_RUNS).map(|_| device_run()).collect();
-    let host: Vec<(f64, f64, u64)> = (0..DEVICE_RUNS).map(|_| host_path_run()).collect();
+    let device_ns: Vec<f64> = (0..sz.device_runs).map(|_| device_run(sz)).collect();
+    let host: Vec<(f64, f64, u64)> = (0..sz.device_runs).map(|_| host_path_run(sz)).collect();
     let signals: u64 = host.iter().map(|h| h.2).sum();
     let host_ns = median(host.iter().map(|h| h.0).collect());
     let host_read_ns = median(host.iter().map(|h| h.1).collect());
@@ -227,7 +250,10 @@ fn main() {
     let per_kick = median(per_kick);
     let device_ns = median(device_ns);
     let ratio = exit_us * 1000.0 / device_ns;
-    println!("kvm_exit: {KICKS} Linux kicks per KVM run, {KVM_RUNS} runs; {DEVICE_KICKS} kicks per device run, {DEVICE_RUNS} runs (medians)");
+    println!(
+        "kvm_exit: {} Linux kicks per KVM run, {} runs; {} kicks per device run, {} runs (medians)",
+        sz.kicks, sz.kvm_runs, sz.device_kicks, sz.device_runs
+    );
     println!("kvm_exit: exits per kick        {per_kick:.2}");
     println!("kvm_exit: MMIO exit round trip  {exit_us:.2} µs per exit (device included)");
     println!("kvm_exit: device bar0_write     {device_ns:.1} ns per access");
@@ -235,7 +261,7 @@ fn main() {
     println!("kvm_exit: VMM host path, reads  {host_read_ns:.1} ns per access (16-bit reads of the reload register)");
     println!(
         "kvm_exit: eventfd writes        {signals} in {} host-path accesses",
-        u64::from(6 * DEVICE_KICKS) * DEVICE_RUNS as u64
+        u64::from(6 * sz.device_kicks) * sz.device_runs as u64
     );
     println!(
         "kvm_exit: exit / device         {ratio:.0}x (the device is {:.2} % of an exit)",
