@@ -119,10 +119,11 @@ impl<C: Clock, E: WatchdogEvents, S: ActionSink> WatchdogTimer<C, E, S> {
         })
     }
 
-    /// The eventfd the device signals when its deadline moves. Writing to it makes
-    /// the timer read the deadline again. Not needed with a device built as
-    /// [`Self::new`] leaves it; useful if the device behind the mutex is replaced
-    /// wholesale (prefer [`I6300Esb::load_state`], which keeps the listener).
+    /// The eventfd the device's listener signals when the deadline moves earlier
+    /// than the armed timerfd. Writing to it makes the timer poll and read the
+    /// deadline again at its next turn. Nobody needs to: the listener does it.
+    /// (Replacing the device behind the mutex wholesale would lose the listener;
+    /// restore into it with [`I6300Esb::load_state`] instead.)
     pub fn rearm_handle(&self) -> io::Result<EventFd> {
         self.rearm.try_clone()
     }
