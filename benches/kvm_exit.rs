@@ -214,6 +214,10 @@ fn host_path_run(sz: &Sizes) -> (f64, f64, u64) {
     let read_ns = start.elapsed().as_nanos() as f64 / (3.0 * f64::from(sz.device_kicks));
     // EAGAIN (nothing written) reads as 0 signals.
     let signals = rearm.read().unwrap_or(0);
+    assert_eq!(
+        signals, 0,
+        "kicks and reads never signal the timer's eventfd"
+    );
     let d = esb.lock().unwrap();
     assert_eq!(
         EventCounters::get(&d.events().kick),
