@@ -55,8 +55,6 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
 
-use vmm_sys_util::eventfd::EventFd;
-
 use vmpulse_manifest::limits::{clip, clip_quoted};
 use vmpulse_manifest::{self as manifest, ManifestProblem, VmSpec};
 use vmpulse_vmm::api::OpsConfig;
@@ -498,13 +496,11 @@ impl VmFactory for KvmFactory {
     fn create(
         &mut self,
         esb: SharedEsb,
-        rearm: EventFd,
         agent_serial: Option<UnixStream>,
     ) -> Result<Box<dyn Vm>, String> {
         let cfg = MachineConfig {
             memory_bytes: self.memory_bytes,
             guest: self.guest.clone(),
-            esb_rearm: Some(rearm),
             agent_serial,
         };
         let machine = Machine::new(cfg, esb).map_err(|e| e.to_string())?;

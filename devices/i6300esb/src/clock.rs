@@ -1,10 +1,12 @@
 //! Time as the device sees it: a source of virtual nanoseconds supplied by the host.
 //!
-//! The device never reads a real clock. A VMM passes one in (for example a monotonic
-//! clock it also uses for its timerfd); tests pass a [`ManualClock`] and step it.
+//! The device never reads a real clock. A VMM passes one in (for example
+//! [`MonotonicClock`], the clock its timerfd counts in); tests pass a
+//! [`ManualClock`] and step it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A source of time in nanoseconds. It must never go backwards.
 pub trait Clock {
@@ -55,5 +57,34 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ns(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// A host clock: nanoseconds of `CLOCK_MONOTONIC` since creation, the clock a
+/// timerfd counts in. The device never reads it on its own; a VMM passes it in.
+/// Needs no cargo feature (also re-exported as `adapters::timer::MonotonicClock`).
+#[derive(Clone, Copy, Debug)]
+pub struct MonotonicClock {
+    origin: Instant,
+}
+
+impl MonotonicClock {
+    /// A clock reading 0 now.
+    pub fn new() -> Self {
+        MonotonicClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }

@@ -3,6 +3,7 @@
 use crate::action::{ActionSink, WatchdogAction};
 use crate::clock::Clock;
 use crate::config_space::ConfigHeader;
+use crate::deadline::{DeadlineListener, Notifier};
 use crate::events::{NoEvents, WatchdogEvents};
 use crate::profile::Profile;
 use crate::regs::{
@@ -53,6 +54,7 @@ pub struct I6300Esb<C: Clock, E: WatchdogEvents = NoEvents> {
     storage: [u8; CONFIG_STORAGE_SIZE],
     watchdog: Watchdog<E>,
     clock: C,
+    notifier: Notifier,
 }
 
 impl<C: Clock> I6300Esb<C, NoEvents> {
@@ -70,6 +72,7 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
             storage: [0; CONFIG_STORAGE_SIZE],
             watchdog: Watchdog::with_events(action, events),
             clock,
+            notifier: Notifier::default(),
         }
     }
 
@@ -98,6 +101,7 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
         if profile == Profile::Hardware {
             self.storage = [0; CONFIG_STORAGE_SIZE];
         }
+        self.report_deadline();
     }
 
     /// Present other subsystem IDs than QEMU's 1AF4:1100.
@@ -154,7 +158,9 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
         // config traffic) skip the clock.
         if self.watchdog.claims_config(offset, data.len()) {
             let now = self.clock.now_ns();
-            if self.watchdog.config_read(now, offset, data) {
+            let decoded = self.watchdog.config_read(now, offset, data);
+            self.report_deadline();
+            if decoded {
                 return;
             }
         }
@@ -183,7 +189,9 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
         }
         if self.watchdog.claims_config(offset, data.len()) {
             let now = self.clock.now_ns();
-            if self.watchdog.config_write(now, offset, data) {
+            let decoded = self.watchdog.config_write(now, offset, data);
+            self.report_deadline();
+            if decoded {
                 return;
             }
         }
@@ -218,12 +226,14 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     pub fn bar0_read(&mut self, offset: u64, data: &mut [u8]) {
         let now = self.clock.now_ns();
         self.watchdog.mmio_read(now, offset, data);
+        self.report_deadline();
     }
 
     /// Write BAR0 at `offset` (0x00–0x0F).
     pub fn bar0_write(&mut self, offset: u64, data: &[u8]) {
         let now = self.clock.now_ns();
         self.watchdog.mmio_write(now, offset, data);
+        self.report_deadline();
     }
 
     /// Where BAR0 is decoded: `Some(base)` while memory decode is on and BAR0 holds
@@ -243,9 +253,55 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     }
 
     /// Run whatever is due now and hand each expiry to `sink`. Returns how many.
+    ///
+    /// The deadline listener is not called for the change a poll makes: the
+    /// caller (the host's timer) asks [`Self::next_deadline`] afterwards.
     pub fn poll<S: ActionSink + ?Sized>(&mut self, sink: &mut S) -> usize {
         let now = self.clock.now_ns();
-        self.watchdog.poll(now, sink)
+        let delivered = self.watchdog.poll(now, sink);
+        self.notifier.record(self.watchdog.next_deadline());
+        delivered
+    }
+
+    /// Tell `listener` whenever [`Self::next_deadline`] changes: after guest
+    /// accesses (configuration and BAR0), resets, [`Self::load_state`],
+    /// [`Self::state`], pause, resume and [`Self::set_profile`]; never for a read
+    /// or write that leaves the deadline where it was. The listener hears the
+    /// current deadline at once. It replaces any listener installed before.
+    ///
+    /// It runs inside the device method, under whatever lock guards the device:
+    /// it must not lock the device. See [`crate::deadline`].
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use i6300esb::{I6300Esb, ManualClock, WatchdogAction};
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let mut dev = I6300Esb::new(WatchdogAction::Reset, ManualClock::new(0));
+    /// dev.set_deadline_listener(move |d: Option<u64>| tx.send(d).unwrap());
+    /// assert_eq!(rx.try_recv(), Ok(None)); // the current deadline, at once
+    /// dev.config_write(0x68, &[0x02]); // enable: a deadline appears
+    /// assert_eq!(rx.try_recv(), Ok(dev.next_deadline()));
+    /// let mut b = [0u8; 4];
+    /// dev.bar0_read(0x00, &mut b); // a read moves nothing: no call
+    /// assert!(rx.try_recv().is_err());
+    /// ```
+    pub fn set_deadline_listener<L: DeadlineListener + 'static>(&mut self, listener: L) {
+        let current = self.watchdog.next_deadline();
+        self.notifier.set(Box::new(listener), current);
+    }
+
+    /// Remove the deadline listener and return it.
+    pub fn take_deadline_listener(&mut self) -> Option<Box<dyn DeadlineListener>> {
+        self.notifier.take()
+    }
+
+    /// Call the deadline listener if [`Self::next_deadline`] differs from what it
+    /// last heard. Every method of this type that can move the deadline does this;
+    /// call it after changing the watchdog through [`Self::watchdog_mut`].
+    #[inline]
+    pub fn report_deadline(&mut self) {
+        self.notifier.update(self.watchdog.next_deadline());
     }
 
     /// The machine reset a VMM performs (for example after the `reset` action):
@@ -256,34 +312,39 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     pub fn warm_reset(&mut self) {
         self.header.reset();
         self.watchdog.warm_reset();
+        self.report_deadline();
     }
 
-    /// A power-on reset: as [`Self::warm_reset`], and the timeout flag and the
-    /// configuration storage at 0x40-0xFF cleared (a new QEMU process starts
-    /// with zeroed configuration space).
+    /// A power-on reset: as [`Self::warm_reset`], the timeout flag and the
+    /// configuration storage at 0x40-0xFF cleared (a new QEMU process starts with
+    /// zeroed configuration space), and expiries not yet polled dropped (see
+    /// [`Watchdog::power_on_reset`]).
     pub fn power_on_reset(&mut self) {
         self.header.reset();
         self.storage = [0; CONFIG_STORAGE_SIZE];
         self.watchdog.power_on_reset();
+        self.report_deadline();
     }
 
     /// Freeze the countdown while the VM is paused.
     pub fn pause(&mut self) {
         let now = self.clock.now_ns();
         self.watchdog.pause(now);
+        self.report_deadline();
     }
 
     /// Resume the countdown with the time it had left.
     pub fn resume(&mut self) {
         let now = self.clock.now_ns();
         self.watchdog.resume(now);
+        self.report_deadline();
     }
 
     /// The saved state now.
     pub fn state(&mut self) -> I6300EsbState {
         let now = self.clock.now_ns();
         let (command, bar0, cache_line_size, interrupt_line) = self.header.writable_fields();
-        I6300EsbState {
+        let state = I6300EsbState {
             version: DEVICE_STATE_VERSION,
             command,
             bar0,
@@ -291,7 +352,29 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
             interrupt_line,
             config_storage: self.storage,
             watchdog: self.watchdog.state(now),
-        }
+        };
+        self.report_deadline();
+        state
+    }
+
+    /// Load a saved state into this device in place, validated first: what
+    /// [`Self::restore`] does, for a device already on a bus and followed by a host
+    /// timer. The clock, events hook, deadline listener and subsystem IDs stay;
+    /// the listener hears the restored deadline. On error nothing changes.
+    pub fn load_state(&mut self, state: &I6300EsbState) -> Result<(), StateError> {
+        state.validate()?;
+        let now = self.clock.now_ns();
+        self.watchdog.load_state(&state.watchdog, now)?;
+        self.header.reset();
+        self.header.set_writable_fields(
+            state.command,
+            state.bar0,
+            state.cache_line_size,
+            state.interrupt_line,
+        );
+        self.storage = state.config_storage;
+        self.report_deadline();
+        Ok(())
     }
 
     /// Rebuild a device from a saved state, validated first, in the saved profile. The countdown resumes
@@ -299,7 +382,9 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
     /// state (before the configuration storage) restores with zeroed storage.
     ///
     /// Subsystem IDs are configuration, not state: the device comes back with
-    /// QEMU's; chain [`Self::with_subsystem_ids`] to present others.
+    /// QEMU's; chain [`Self::with_subsystem_ids`] to present others. The new
+    /// device has no deadline listener: to restore a device a host timer follows
+    /// (such as `adapters::timer::WatchdogTimer`), use [`Self::load_state`].
     pub fn restore(state: &I6300EsbState, clock: C, events: E) -> Result<Self, StateError> {
         state.validate()?;
         let now = clock.now_ns();
@@ -315,6 +400,7 @@ impl<C: Clock, E: WatchdogEvents> I6300Esb<C, E> {
             storage: state.config_storage,
             watchdog: Watchdog::restore(&state.watchdog, now, events)?,
             clock,
+            notifier: Notifier::default(),
         })
     }
 

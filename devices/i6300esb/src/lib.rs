@@ -53,9 +53,13 @@
 //! A VMM that owns its PCI header code embeds [`Watchdog`] alone; see the
 //! `embed_registers` example in this crate for a wrapper of that kind.
 //!
+//! The device also tells its host when the deadline moves: see [`deadline`]
+//! and [`I6300Esb::set_deadline_listener`].
+//!
 //! Optional adapters, each behind a cargo feature: `vm-device` (BAR0 as a
 //! vm-device `MutDeviceMmio`) and `event-manager` (a timerfd-driven
-//! `MutEventSubscriber`, plus a monotonic host clock); see [`adapters`].
+//! `MutEventSubscriber` that installs the device's deadline listener itself, so
+//! the two compose with no glue); see [`adapters`] and the `rust_vmm` example.
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -64,6 +68,7 @@ pub mod action;
 pub mod adapters;
 pub mod clock;
 pub mod config_space;
+pub mod deadline;
 pub mod device;
 pub mod events;
 pub mod profile;
@@ -76,8 +81,9 @@ pub use access::{split_access, SplitAccess};
 pub use action::{
     ActionSink, Expiry, InterruptKind, Stage1Interrupt, UnknownAction, WatchdogAction,
 };
-pub use clock::{Clock, ManualClock};
+pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use config_space::ConfigHeader;
+pub use deadline::DeadlineListener;
 pub use device::I6300Esb;
 pub use events::{EventCounters, NoEvents, WatchdogEvents};
 pub use profile::Profile;

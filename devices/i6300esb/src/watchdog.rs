@@ -692,10 +692,14 @@ impl<E: WatchdogEvents> Watchdog<E> {
         self.regs = Registers::RESET;
     }
 
-    /// A power-on reset: as [`Watchdog::warm_reset`], and the timeout flag cleared.
+    /// A power-on reset: as [`Watchdog::warm_reset`], the timeout flag cleared, and
+    /// expiries (and a stage-1 interrupt) not yet polled dropped: they belong to the
+    /// machine that was switched off. (A warm reset keeps them for the next poll.)
     pub fn power_on_reset(&mut self) {
         self.regs = Registers::RESET;
         self.timed_out = false;
+        self.pending.clear();
+        self.pending_interrupt = None;
     }
 
     /// Freeze the countdown (the VM is paused). Expiries due by `now_ns` happen first.
@@ -743,6 +747,20 @@ impl<E: WatchdogEvents> Watchdog<E> {
             output_asserted: r.output_asserted,
             pending_interrupt: self.pending_interrupt.map(|i| i.kind),
         }
+    }
+
+    /// Load a saved state into this watchdog at `now_ns`, as [`Watchdog::restore`]
+    /// does, keeping the events hook. On error nothing changes.
+    pub fn load_state(&mut self, state: &WatchdogState, now_ns: u64) -> Result<(), StateError> {
+        let restored = Watchdog::restore(state, now_ns, NoEvents)?;
+        self.regs = restored.regs;
+        self.timed_out = restored.timed_out;
+        self.paused = restored.paused;
+        self.action = restored.action;
+        self.pending = restored.pending;
+        self.pending_interrupt = restored.pending_interrupt;
+        self.profile = restored.profile;
+        Ok(())
     }
 
     /// Rebuild a watchdog from a saved state at `now_ns`, in the state's profile

@@ -1,216 +1,227 @@
-//! Address-range buses for port I/O and MMIO exits.
+//! The port I/O and MMIO buses: vm-device [`IoManager`]s, and what vm-device leaves
+//! to the VMM.
 //!
-//! The vCPU loop hands every I/O or MMIO exit to a [`Bus`], which finds the device
-//! whose range holds the address and passes it the offset inside that range. Nothing
-//! in the vCPU loop knows a port number or an address. Accesses nobody claims read as
-//! all ones, are dropped on write, and are counted; the log hears of them rarely.
+//! The vCPU loop hands every I/O or MMIO exit to [`Buses`], which dispatches it
+//! through vm-device: the manager finds the device whose range holds the whole
+//! access and passes it the offset inside that range. Nothing in the vCPU loop
+//! knows a port number or an address. Devices are vm-device devices
+//! (`MutDevicePio`/`MutDeviceMmio` behind a `Mutex`, or `DevicePio`/`DeviceMmio`).
+//!
+//! What vm-device does not do, this module does: accesses nobody claims (vm-device
+//! returns an error) read as all ones, are dropped on write, and are counted; the
+//! log hears of them rarely.
+//!
+//! Two managers, not one: ports are registered once, when the machine is built, and
+//! never change, but a PCI BAR moves while the guest runs, from inside a port
+//! access (the configuration write to 0xCFC). vm-device's `IoManager` needs `&mut`
+//! to register, so the memory side lives in its own `RwLock` ([`SharedMmio`]) that
+//! the PCI code write-locks while the port side is being dispatched; one manager in
+//! one lock would deadlock there. See docs/DESIGN.md.
 //!
 //! ```
-//! use std::sync::{Arc, Mutex};
-//! use vmpulse_vmm::bus::{Bus, BusDevice};
+//! use std::sync::{Arc, Mutex, RwLock};
+//! use vm_device::bus::{PioAddress, PioAddressOffset, PioRange};
+//! use vm_device::device_manager::{IoManager, PioManager};
+//! use vm_device::MutDevicePio;
+//! use vmpulse_vmm::bus::Buses;
 //!
 //! struct Scratch(u8);
-//! impl BusDevice for Scratch {
-//!     fn read(&mut self, _offset: u64, data: &mut [u8]) { data.fill(self.0) }
-//!     fn write(&mut self, _offset: u64, data: &[u8]) { self.0 = data[0] }
+//! impl MutDevicePio for Scratch {
+//!     fn pio_read(&mut self, _: PioAddress, _: PioAddressOffset, data: &mut [u8]) {
+//!         data.fill(self.0)
+//!     }
+//!     fn pio_write(&mut self, _: PioAddress, _: PioAddressOffset, data: &[u8]) {
+//!         self.0 = data[0]
+//!     }
 //! }
 //!
-//! let bus = Bus::new("pio");
-//! bus.insert(0x80, 1, Arc::new(Mutex::new(Scratch(0)))).unwrap();
-//! bus.write(0x80, &[0x42]);
+//! let mut pio = IoManager::new();
+//! let range = PioRange::new(PioAddress(0x80), 1).unwrap();
+//! pio.register_pio(range, Arc::new(Mutex::new(Scratch(0)))).unwrap();
+//! let buses = Buses::new(pio, Arc::new(RwLock::new(IoManager::new())));
+//! buses.pio_write(0x80, &[0x42]);
 //! let mut b = [0u8; 1];
-//! bus.read(0x80, &mut b);
+//! buses.pio_read(0x80, &mut b);
 //! assert_eq!(b, [0x42]);
-//! bus.read(0x81, &mut b);
+//! buses.pio_read(0x81, &mut b);
 //! assert_eq!(b, [0xff]);
-//! assert_eq!(bus.unclaimed(), 1);
+//! assert_eq!(buses.unclaimed(), (1, 0));
 //! ```
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-/// A device on a bus: accesses arrive as an offset inside its range.
-pub trait BusDevice: Send {
-    /// The guest reads `data.len()` bytes at `offset`.
-    fn read(&mut self, offset: u64, data: &mut [u8]);
-    /// The guest writes `data` at `offset`.
-    fn write(&mut self, offset: u64, data: &[u8]);
-}
+use vm_device::bus::{MmioAddress, PioAddress};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 
-/// A device as buses share it.
-pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
-
-/// Errors of bus registration.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BusError {
-    /// The range is empty or wraps around the address space.
-    #[error("invalid range {base:#x}+{len:#x}")]
-    InvalidRange {
-        /// Start of the range.
-        base: u64,
-        /// Length of the range.
-        len: u64,
-    },
-    /// The range overlaps one already registered.
-    #[error("range {base:#x}+{len:#x} overlaps a registered device")]
-    Overlap {
-        /// Start of the range.
-        base: u64,
-        /// Length of the range.
-        len: u64,
-    },
-}
+/// The memory bus, shared with the PCI code that moves BARs on it.
+pub type SharedMmio = Arc<RwLock<IoManager>>;
 
 /// Log the first few unclaimed accesses, then one in this many.
 const LOG_EVERY: u64 = 1000;
 const LOG_FIRST: u64 = 8;
 
-/// Devices by address range.
-pub struct Bus {
-    name: &'static str,
-    devices: RwLock<BTreeMap<u64, (u64, SharedDevice)>>,
-    unclaimed: AtomicU64,
+/// The machine's two buses, with counts of unclaimed accesses.
+pub struct Buses {
+    pio: IoManager,
+    mmio: SharedMmio,
+    unclaimed_pio: AtomicU64,
+    unclaimed_mmio: AtomicU64,
 }
 
-impl Bus {
-    /// An empty bus; `name` appears in log lines.
-    pub fn new(name: &'static str) -> Self {
-        Bus {
-            name,
-            devices: RwLock::new(BTreeMap::new()),
-            unclaimed: AtomicU64::new(0),
+impl Buses {
+    /// Dispatch port accesses to `pio` (fixed from now on) and memory accesses to
+    /// `mmio` (which others may change).
+    pub fn new(pio: IoManager, mmio: SharedMmio) -> Self {
+        Buses {
+            pio,
+            mmio,
+            unclaimed_pio: AtomicU64::new(0),
+            unclaimed_mmio: AtomicU64::new(0),
         }
     }
 
-    /// Register `device` at `base..base + len`.
-    pub fn insert(&self, base: u64, len: u64, device: SharedDevice) -> Result<(), BusError> {
-        let end = base
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or(BusError::InvalidRange { base, len })?;
-        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
-        let before = map.range(..end).next_back();
-        if let Some((&b, &(l, _))) = before {
-            if b + l > base {
-                return Err(BusError::Overlap { base, len });
-            }
-        }
-        map.insert(base, (len, device));
-        Ok(())
+    /// The memory bus.
+    pub fn mmio(&self) -> &SharedMmio {
+        &self.mmio
     }
 
-    /// Remove the device registered at exactly `base`; true if there was one.
-    pub fn remove(&self, base: u64) -> bool {
-        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(&base).is_some()
-    }
-
-    /// The device holding `addr` and the offset of `addr` in its range.
-    pub fn resolve(&self, addr: u64) -> Option<(u64, SharedDevice)> {
-        let map = self.devices.read().unwrap_or_else(|e| e.into_inner());
-        let (&base, (len, dev)) = map.range(..=addr).next_back()?;
-        let offset = addr - base;
-        (offset < *len).then(|| (offset, dev.clone()))
-    }
-
-    /// Dispatch a read; unclaimed addresses read as all ones.
-    pub fn read(&self, addr: u64, data: &mut [u8]) {
-        match self.resolve(addr) {
-            Some((offset, dev)) => dev
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read(offset, data),
-            None => {
-                data.fill(0xff);
-                self.note_unclaimed(addr, data.len(), "read");
-            }
-        }
-    }
-
-    /// Dispatch a write; writes to unclaimed addresses are dropped.
-    pub fn write(&self, addr: u64, data: &[u8]) {
-        match self.resolve(addr) {
-            Some((offset, dev)) => dev
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write(offset, data),
-            None => self.note_unclaimed(addr, data.len(), "write"),
-        }
-    }
-
-    /// How many accesses no device claimed.
-    pub fn unclaimed(&self) -> u64 {
-        self.unclaimed.load(Ordering::Relaxed)
-    }
-
-    fn note_unclaimed(&self, addr: u64, len: usize, what: &str) {
-        let n = self.unclaimed.fetch_add(1, Ordering::Relaxed) + 1;
-        if n <= LOG_FIRST || n % LOG_EVERY == 0 {
-            log::warn!(
-                "{}: unclaimed {len}-byte {what} at {addr:#x} ({n} so far)",
-                self.name
+    /// A port read; unclaimed ports read as all ones.
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if self.pio.pio_read(PioAddress(port), data).is_err() {
+            data.fill(0xff);
+            note_unclaimed(
+                &self.unclaimed_pio,
+                "pio",
+                u64::from(port),
+                data.len(),
+                "read",
             );
         }
+    }
+
+    /// A port write; writes to unclaimed ports are dropped.
+    pub fn pio_write(&self, port: u16, data: &[u8]) {
+        if self.pio.pio_write(PioAddress(port), data).is_err() {
+            note_unclaimed(
+                &self.unclaimed_pio,
+                "pio",
+                u64::from(port),
+                data.len(),
+                "write",
+            );
+        }
+    }
+
+    /// A memory read; unclaimed addresses read as all ones.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        let done = self
+            .mmio
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .mmio_read(MmioAddress(addr), data);
+        if done.is_err() {
+            data.fill(0xff);
+            note_unclaimed(&self.unclaimed_mmio, "mmio", addr, data.len(), "read");
+        }
+    }
+
+    /// A memory write; writes to unclaimed addresses are dropped.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        let done = self
+            .mmio
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .mmio_write(MmioAddress(addr), data);
+        if done.is_err() {
+            note_unclaimed(&self.unclaimed_mmio, "mmio", addr, data.len(), "write");
+        }
+    }
+
+    /// How many port and memory accesses no device claimed (an access must lie
+    /// wholly inside one device's range to be claimed).
+    pub fn unclaimed(&self) -> (u64, u64) {
+        (
+            self.unclaimed_pio.load(Ordering::Relaxed),
+            self.unclaimed_mmio.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn note_unclaimed(counter: &AtomicU64, bus: &str, addr: u64, len: usize, what: &str) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n <= LOG_FIRST || n % LOG_EVERY == 0 {
+        log::warn!("{bus}: unclaimed {len}-byte {what} at {addr:#x} ({n} so far)");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use vm_device::bus::{MmioAddressOffset, MmioRange, PioAddressOffset, PioRange};
+    use vm_device::{MutDeviceMmio, MutDevicePio};
 
+    #[derive(Default)]
     struct Recorder(Vec<(u64, Vec<u8>)>);
-    impl BusDevice for Recorder {
-        fn read(&mut self, offset: u64, data: &mut [u8]) {
+    impl MutDevicePio for Recorder {
+        fn pio_read(&mut self, _: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
             data.fill(offset as u8);
         }
-        fn write(&mut self, offset: u64, data: &[u8]) {
+        fn pio_write(&mut self, _: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+            self.0.push((u64::from(offset), data.to_vec()));
+        }
+    }
+    impl MutDeviceMmio for Recorder {
+        fn mmio_read(&mut self, _: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn mmio_write(&mut self, _: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
             self.0.push((offset, data.to_vec()));
         }
     }
 
     #[test]
-    fn dispatch_by_range_with_offsets() {
-        let bus = Bus::new("test");
-        let a = Arc::new(Mutex::new(Recorder(Vec::new())));
-        bus.insert(0x3f8, 8, a.clone()).unwrap();
-        bus.write(0x3fb, &[0x80]);
+    fn dispatch_by_range_with_offsets_and_unclaimed_counts() {
+        let a = Arc::new(Mutex::new(Recorder::default()));
+        let mut pio = IoManager::new();
+        pio.register_pio(PioRange::new(PioAddress(0x3f8), 8).unwrap(), a.clone())
+            .unwrap();
+        let mmio: SharedMmio = Arc::new(RwLock::new(IoManager::new()));
+        let buses = Buses::new(pio, mmio.clone());
+        buses.pio_write(0x3fb, &[0x80]);
         let mut b = [0u8; 1];
-        bus.read(0x3fd, &mut b);
+        buses.pio_read(0x3fd, &mut b);
         assert_eq!(b, [5]);
         assert_eq!(a.lock().unwrap().0, vec![(3, vec![0x80])]);
-        bus.read(0x400, &mut b);
+        buses.pio_read(0x400, &mut b);
         assert_eq!(b, [0xff]);
-        bus.read(0x3f7, &mut b);
+        buses.pio_read(0x3f7, &mut b);
         assert_eq!(b, [0xff]);
-        assert_eq!(bus.unclaimed(), 2);
-    }
+        // Straddling the end of the range: vm-device gives it to nobody.
+        let mut w = [0u8; 2];
+        buses.pio_read(0x3ff, &mut w);
+        assert_eq!(w, [0xff, 0xff]);
+        assert_eq!(buses.unclaimed(), (3, 0));
 
-    #[test]
-    fn overlaps_and_bad_ranges_are_refused() {
-        let bus = Bus::new("test");
-        let d = || Arc::new(Mutex::new(Recorder(Vec::new())));
-        bus.insert(0x100, 0x10, d()).unwrap();
-        assert_eq!(
-            bus.insert(0x108, 0x10, d()),
-            Err(BusError::Overlap {
-                base: 0x108,
-                len: 0x10
-            })
-        );
-        assert_eq!(
-            bus.insert(0xf8, 0x9, d()),
-            Err(BusError::Overlap {
-                base: 0xf8,
-                len: 0x9
-            })
-        );
-        bus.insert(0xf8, 0x8, d()).unwrap();
-        bus.insert(0x110, 0x8, d()).unwrap();
-        assert!(bus.insert(0x200, 0, d()).is_err());
-        assert!(bus.insert(u64::MAX, 2, d()).is_err());
-        assert!(bus.remove(0x100));
-        assert!(!bus.remove(0x100));
-        bus.insert(0x100, 0x10, d()).unwrap();
+        // The memory side can change while the buses are in use.
+        let m = Arc::new(Mutex::new(Recorder::default()));
+        let range = MmioRange::new(MmioAddress(0xfebf_0000), 16).unwrap();
+        mmio.write()
+            .unwrap()
+            .register_mmio(range, m.clone())
+            .unwrap();
+        buses.mmio_write(0xfebf_0004, &[1, 2]);
+        let mut d = [0u8; 4];
+        buses.mmio_read(0xfebf_000c, &mut d);
+        assert_eq!(d, [0x0c; 4]);
+        assert_eq!(m.lock().unwrap().0, vec![(4, vec![1, 2])]);
+        mmio.write()
+            .unwrap()
+            .deregister_mmio(MmioAddress(0xfebf_0000));
+        buses.mmio_read(0xfebf_000c, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        buses.mmio_write(0xfebf_0000, &[0]);
+        assert_eq!(buses.unclaimed(), (3, 2));
     }
 }

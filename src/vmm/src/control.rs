@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::bus::BusDevice;
+use vm_device::bus::{PioAddress, PioAddressOffset};
+use vm_device::MutDevicePio;
+
 use super::machine::{EventQueue, MachineEvent};
 
 /// The reset control register's port.
@@ -84,13 +86,15 @@ impl ResetControl {
     }
 }
 
-impl BusDevice for ResetControl {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+impl ResetControl {
+    /// A read of the register (`offset` is ignored: the register is one byte).
+    pub fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
         data[0] = self.value;
     }
 
-    fn write(&mut self, _offset: u64, data: &[u8]) {
+    /// A write of the register.
+    pub fn write(&mut self, _offset: u64, data: &[u8]) {
         let v = data[0];
         if v & RESET_CPU != 0 && v & RESET_SYSTEM != 0 {
             self.value = 0;
@@ -134,8 +138,9 @@ impl PvControl {
     }
 }
 
-impl BusDevice for PvControl {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+impl PvControl {
+    /// A read at `offset` (0..4) of the block.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         match (offset, data.len()) {
             (1, 1) => data[0] = u8::from(self.button.load(Ordering::SeqCst)) * PV_STATUS_BUTTON,
@@ -146,7 +151,8 @@ impl BusDevice for PvControl {
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    /// A write at `offset` (0..4) of the block.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
         match (offset, data.len(), data[0]) {
             (0, 1, PV_CMD_POWEROFF) => {
                 self.events.push(MachineEvent::GuestPoweroff);
@@ -168,6 +174,23 @@ impl BusDevice for PvControl {
         }
     }
 }
+
+/// Both blocks on vm-device's port bus.
+macro_rules! pio_device {
+    ($t:ty) => {
+        impl MutDevicePio for $t {
+            fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+                self.read(u64::from(offset), data)
+            }
+
+            fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+                self.write(u64::from(offset), data)
+            }
+        }
+    };
+}
+pio_device!(ResetControl);
+pio_device!(PvControl);
 
 #[cfg(test)]
 mod tests {

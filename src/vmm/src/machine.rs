@@ -2,7 +2,7 @@
 //!
 //! A [`Machine`] is one KVM VM with one vCPU, guest RAM from address 0, the
 //! in-kernel irqchip (8259 PICs, IOAPIC, local APIC) and PIT, and these devices on
-//! two address-range buses ([`super::bus`]):
+//! vm-device buses ([`super::bus`]: an `IoManager` for ports, one for memory):
 //!
 //! | where | what |
 //! |---|---|
@@ -22,9 +22,10 @@
 //! lost) and, where the call promises it, waits for the thread to confirm.
 //!
 //! The machine does not poll the watchdog and does not carry out its actions: the
-//! owner's event loop keeps the device's deadline on a timerfd (re-armed when
-//! [`MachineConfig::esb_rearm`] is signalled after each guest access) and calls the
-//! methods here.
+//! owner's event loop keeps the device's deadline on a timerfd (the device crate's
+//! `WatchdogTimer`, which hears of every deadline change from the device itself,
+//! whichever thread made it) and calls the methods here. Nothing on the vCPU's
+//! path signals the event loop on the watchdog's behalf.
 //!
 //! When the guest powers off (0x510 ← 0x01), asks for a reset (0xCF9), triple
 //! faults, or the vCPU fails, the vCPU thread reports it and parks: the owner calls
@@ -49,7 +50,6 @@
 //!         hang_after: None,
 //!         ignore_shutdown: false,
 //!     },
-//!     esb_rearm: None,
 //!     agent_serial: None,
 //! };
 //! let mut vm = Machine::new(cfg, esb)?;
@@ -74,7 +74,7 @@ use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -86,15 +86,17 @@ use kvm_bindings::{
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_device::bus::{PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, PioManager};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::bus::{Bus, SharedDevice};
+use super::bus::{Buses, SharedMmio};
 use super::control::{HaltRequest, PvControl, ResetControl, PV_BASE, PV_PORTS};
 use super::guest::{self, GuestImage, MIN_MEMORY};
 use super::pci::{
-    devfn, AccessLog, EsbFunction, HostBridge, PciConfigIo, PciRoot, PCI_CONFIG_PORT,
+    devfn, AccessLog, EsbFunction, HostBridge, PciConfigIo, PciRoot, PioDevice, PCI_CONFIG_PORT,
     PCI_CONFIG_PORTS,
 };
 use super::serial::{
@@ -124,9 +126,6 @@ pub struct MachineConfig {
     pub memory_bytes: u64,
     /// The built-in test guest's behaviour.
     pub guest: GuestOptions,
-    /// Written (value 1) by the vCPU thread after every guest access to the watchdog,
-    /// so the event loop re-arms its timerfd.
-    pub esb_rearm: Option<EventFd>,
     /// Host end of COM2 (0x2F8), the agent channel for `qemu-ga -m isa-serial` guests.
     pub agent_serial: Option<std::os::unix::net::UnixStream>,
 }
@@ -173,7 +172,7 @@ pub enum MachineError {
     },
     /// A device could not be placed on a bus.
     #[error("bus: {0}")]
-    Bus(#[from] super::bus::BusError),
+    Bus(#[from] vm_device::bus::Error),
     /// `start` was called twice.
     #[error("the machine is already started")]
     AlreadyStarted,
@@ -268,13 +267,11 @@ pub struct ExitCounters {
 
 /// The devices, shared by the vCPU thread and the owner.
 struct Devices {
-    pio: Bus,
-    mmio: Arc<Bus>,
+    buses: Buses,
     pci: Arc<Mutex<PciConfigIo>>,
     com1: Arc<Mutex<ConsolePort>>,
     com2: Option<Arc<Mutex<AgentPort>>>,
     esb: SharedEsb,
-    rearm: Option<Arc<EventFd>>,
     events: Arc<EventQueue>,
     halt: Arc<HaltRequest>,
     button: Arc<AtomicBool>,
@@ -431,9 +428,6 @@ impl Vcpu {
         }
         d.button.store(false, Ordering::SeqCst);
         d.halt.take();
-        if let Some(fd) = &d.rearm {
-            let _ = fd.write(1);
-        }
 
         for (addr, bytes) in &self.image.blocks {
             self.mem
@@ -602,23 +596,23 @@ impl Vcpu {
                         d.exits.pio.fetch_add(1, Ordering::Relaxed);
                         let size = io_access_size(run, data.len());
                         for chunk in data.chunks_mut(size) {
-                            d.pio.read(u64::from(port), chunk);
+                            d.buses.pio_read(port, chunk);
                         }
                     }
                     VcpuExit::IoOut(port, data) => {
                         d.exits.pio.fetch_add(1, Ordering::Relaxed);
                         let size = io_access_size(run, data.len());
                         for chunk in data.chunks(size) {
-                            d.pio.write(u64::from(port), chunk);
+                            d.buses.pio_write(port, chunk);
                         }
                     }
                     VcpuExit::MmioRead(addr, data) => {
                         d.exits.mmio.fetch_add(1, Ordering::Relaxed);
-                        d.mmio.read(addr, data);
+                        d.buses.mmio_read(addr, data);
                     }
                     VcpuExit::MmioWrite(addr, data) => {
                         d.exits.mmio.fetch_add(1, Ordering::Relaxed);
-                        d.mmio.write(addr, data);
+                        d.buses.mmio_write(addr, data);
                     }
                     VcpuExit::Intr => {
                         d.exits.other.fetch_add(1, Ordering::Relaxed);
@@ -771,9 +765,15 @@ impl Machine {
         let events = Arc::new(EventQueue::new().map_err(io_err("create the event fd"))?);
         let halt = Arc::new(HaltRequest::default());
         let button = Arc::new(AtomicBool::new(false));
-        let rearm = cfg.esb_rearm.map(Arc::new);
-        let pio = Bus::new("pio");
-        let mmio = Arc::new(Bus::new("mmio"));
+        let mut pio = IoManager::new();
+        let mmio: SharedMmio = Arc::new(RwLock::new(IoManager::new()));
+        let ports = |base: u64, len: u64| {
+            let (base, len) = (u16::try_from(base), u16::try_from(len));
+            match (base, len) {
+                (Ok(base), Ok(len)) => PioRange::new(PioAddress(base), len),
+                _ => Err(vm_device::bus::Error::InvalidRange),
+            }
+        };
 
         let irq = |gsi: u32| -> Result<EventFd, MachineError> {
             let e = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an irq fd"))?;
@@ -785,43 +785,43 @@ impl Machine {
             SerialPort::new("com1", irq(COM1_IRQ)?, LineSplitter::new(events.clone()))
                 .map_err(io_err("create COM1"))?,
         ));
-        pio.insert(COM1_BASE, UART_REGS, com1.clone())?;
+        pio.register_pio(ports(COM1_BASE, UART_REGS)?, com1.clone())?;
         let (agent, com2) = match cfg.agent_serial {
             Some(stream) => {
                 let (bridge, port) =
                     AgentBridge::new(stream, irq(COM2_IRQ)?).map_err(io_err("bridge COM2"))?;
-                pio.insert(COM2_BASE, UART_REGS, port.clone())?;
+                pio.register_pio(ports(COM2_BASE, UART_REGS)?, port.clone())?;
                 (Some(bridge), Some(port))
             }
             None => (None, None),
         };
 
-        let reset_control: SharedDevice =
+        let reset_control: PioDevice =
             Arc::new(Mutex::new(ResetControl::new(events.clone(), halt.clone())));
         let mut root = PciRoot::new(mmio.clone());
         root.add(devfn(0, 0), Box::new(HostBridge::default()));
-        let esb_function = EsbFunction::new(esb.clone(), rearm.clone());
+        let esb_function = EsbFunction::new(esb.clone());
         let esb_log = esb_function.access_log();
         root.add(devfn(ESB_SLOT, 0), Box::new(esb_function));
         let pci = Arc::new(Mutex::new(PciConfigIo::new(root, reset_control)));
-        pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, pci.clone())?;
+        pio.register_pio(
+            PioRange::new(PioAddress(PCI_CONFIG_PORT), PCI_CONFIG_PORTS)?,
+            pci.clone(),
+        )?;
 
         let pv = PvControl::new(events.clone(), halt.clone(), button.clone());
         let marks = pv.marks();
-        pio.insert(
-            u64::from(PV_BASE),
-            u64::from(PV_PORTS),
+        pio.register_pio(
+            PioRange::new(PioAddress(PV_BASE), PV_PORTS)?,
             Arc::new(Mutex::new(pv)),
         )?;
 
         let devices = Arc::new(Devices {
-            pio,
-            mmio,
+            buses: Buses::new(pio, mmio),
             pci,
             com1,
             com2,
             esb: esb.clone(),
-            rearm,
             events,
             halt,
             button,
@@ -1014,7 +1014,7 @@ impl Machine {
 
     /// Accesses that no device claimed, on the port and MMIO buses.
     pub fn unclaimed_accesses(&self) -> (u64, u64) {
-        (self.devices.pio.unclaimed(), self.devices.mmio.unclaimed())
+        self.devices.buses.unclaimed()
     }
 
     /// Console lines dropped because the owner did not drain events.

@@ -4,8 +4,14 @@
 //! 31, bus 23:16, device 15:11, function 10:8, register 7:2) and then reads or
 //! writes 1, 2 or 4 bytes at 0xCFC–0xCFF. Functions nobody plugged in read as all
 //! ones. After every configuration write the function's memory window is looked up
-//! again and the MMIO bus follows it, so a guest that moves BAR0 (or turns memory
-//! decode off) moves (or removes) the route to the device.
+//! again and the vm-device MMIO bus follows it (deregister, register), so a guest
+//! that moves BAR0 (or turns memory decode off) moves (or removes) the route to the
+//! device.
+//!
+//! The i6300esb needs nothing else from this module: the device tells the
+//! watchdog's timer itself when a guest access moves its deadline (its deadline
+//! listener, installed by the `WatchdogTimer` adapter), so no access here signals
+//! anything.
 //!
 //! The byte port 0xCF9 in the middle of the address register is the chipset's reset
 //! control register on PC chipsets; [`PciConfigIo`] hands byte accesses there to a
@@ -15,15 +21,22 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmm_sys_util::eventfd::EventFd;
+use vm_device::bus::{MmioAddress, MmioAddressOffset, MmioRange, PioAddress, PioAddressOffset};
+use vm_device::device_manager::MmioManager;
+use vm_device::{DeviceMmio, DevicePio, MutDeviceMmio, MutDevicePio};
 
-use super::bus::{Bus, BusDevice, SharedDevice};
+use super::bus::SharedMmio;
 use super::machine::SharedEsb;
 
+/// A device on the memory bus, as vm-device's `IoManager` holds it.
+pub type MmioDevice = Arc<dyn DeviceMmio + Send + Sync>;
+/// A device on the port bus, as vm-device's `IoManager` holds it.
+pub type PioDevice = Arc<dyn DevicePio + Send + Sync>;
+
 /// First port of configuration mechanism #1 (the address register).
-pub const PCI_CONFIG_PORT: u64 = 0xcf8;
+pub const PCI_CONFIG_PORT: u16 = 0xcf8;
 /// Ports the mechanism decodes: the address at 0xCF8–0xCFB, data at 0xCFC–0xCFF.
-pub const PCI_CONFIG_PORTS: u64 = 8;
+pub const PCI_CONFIG_PORTS: u16 = 8;
 /// Offset of the data window inside those ports.
 const DATA_OFFSET: u64 = 4;
 /// Offset of the reset control byte (0xCF9) inside those ports.
@@ -51,7 +64,7 @@ pub trait PciFunction: Send {
         None
     }
     /// The device serving that window.
-    fn mmio_device(&self) -> Option<SharedDevice> {
+    fn mmio_device(&self) -> Option<MmioDevice> {
         None
     }
 }
@@ -64,12 +77,12 @@ struct Slot {
 /// Bus 0: functions by device/function number, plus the MMIO routes they decode.
 pub struct PciRoot {
     slots: BTreeMap<u8, Slot>,
-    mmio: Arc<Bus>,
+    mmio: SharedMmio,
 }
 
 impl PciRoot {
     /// An empty bus 0 whose memory windows go on `mmio`.
-    pub fn new(mmio: Arc<Bus>) -> Self {
+    pub fn new(mmio: SharedMmio) -> Self {
         PciRoot {
             slots: BTreeMap::new(),
             mmio,
@@ -80,7 +93,7 @@ impl PciRoot {
     pub fn add(&mut self, devfn: u8, function: Box<dyn PciFunction>) {
         if let Some(old) = self.slots.remove(&devfn) {
             if let Some((base, _)) = old.route {
-                self.mmio.remove(base);
+                self.unroute(base);
             }
         }
         self.slots.insert(
@@ -135,15 +148,25 @@ impl PciRoot {
         if wanted == slot.route {
             return;
         }
+        let mut mmio = self.mmio.write().unwrap_or_else(|e| e.into_inner());
         if let Some((base, _)) = slot.route.take() {
-            self.mmio.remove(base);
+            mmio.deregister_mmio(MmioAddress(base));
         }
         if let (Some((base, len)), Some(dev)) = (wanted, slot.function.mmio_device()) {
-            match self.mmio.insert(base, len, dev) {
+            let routed = MmioRange::new(MmioAddress(base), len)
+                .and_then(|range| mmio.register_mmio(range, dev));
+            match routed {
                 Ok(()) => slot.route = Some((base, len)),
                 Err(e) => log::warn!("pci {devfn:#04x}: memory window not routed: {e}"),
             }
         }
+    }
+
+    fn unroute(&self, base: u64) {
+        self.mmio
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .deregister_mmio(MmioAddress(base));
     }
 }
 
@@ -151,13 +174,14 @@ impl PciRoot {
 pub struct PciConfigIo {
     address: u32,
     root: PciRoot,
-    reset_control: SharedDevice,
+    reset_control: PioDevice,
     odd_accesses: u64,
 }
 
 impl PciConfigIo {
-    /// Mechanism #1 for `root`; byte accesses to 0xCF9 go to `reset_control`.
-    pub fn new(root: PciRoot, reset_control: SharedDevice) -> Self {
+    /// Mechanism #1 for `root`; byte accesses to 0xCF9 go to `reset_control` (at
+    /// offset 0 of a range based at 0xCF9).
+    pub fn new(root: PciRoot, reset_control: PioDevice) -> Self {
         PciConfigIo {
             address: 0,
             root,
@@ -199,15 +223,15 @@ impl PciConfigIo {
     }
 }
 
-impl BusDevice for PciConfigIo {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+impl PciConfigIo {
+    /// A read at `offset` (0..8) of the ports.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (offset, data.len()) {
             (0, 4) => data.copy_from_slice(&self.address.to_le_bytes()),
-            (RESET_CONTROL_OFFSET, 1) => self
-                .reset_control
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read(0, data),
+            (RESET_CONTROL_OFFSET, 1) => {
+                let port = PioAddress(PCI_CONFIG_PORT + RESET_CONTROL_OFFSET as u16);
+                self.reset_control.pio_read(port, 0, data)
+            }
             (DATA_OFFSET..=7, 1 | 2 | 4) => match self.target(offset, data.len()) {
                 Some((devfn, reg)) => self.root.config_read(devfn, reg, data),
                 None => data.fill(0xff),
@@ -219,17 +243,17 @@ impl BusDevice for PciConfigIo {
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    /// A write at `offset` (0..8) of the ports.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
         match (offset, data.len()) {
             (0, 4) => {
                 let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
                 self.address = v & ADDRESS_MASK;
             }
-            (RESET_CONTROL_OFFSET, 1) => self
-                .reset_control
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write(0, data),
+            (RESET_CONTROL_OFFSET, 1) => {
+                let port = PioAddress(PCI_CONFIG_PORT + RESET_CONTROL_OFFSET as u16);
+                self.reset_control.pio_write(port, 0, data)
+            }
             (DATA_OFFSET..=7, 1 | 2 | 4) => {
                 if let Some((devfn, reg)) = self.target(offset, data.len()) {
                     self.root.config_write(devfn, reg, data);
@@ -237,6 +261,16 @@ impl BusDevice for PciConfigIo {
             }
             _ => self.odd_accesses += 1,
         }
+    }
+}
+
+impl MutDevicePio for PciConfigIo {
+    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        self.read(u64::from(offset), data)
+    }
+
+    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        self.write(u64::from(offset), data)
     }
 }
 
@@ -314,66 +348,48 @@ impl AccessLog {
     }
 }
 
-/// Signal the event loop that the guest touched the watchdog.
-fn rearm(fd: &Option<Arc<EventFd>>) {
-    if let Some(fd) = fd {
-        if let Err(e) = fd.write(1) {
-            log::debug!("i6300esb: cannot signal the re-arm eventfd: {e}");
-        }
-    }
-}
-
-/// BAR0 of the i6300esb on the MMIO bus.
+/// BAR0 of the i6300esb on the MMIO bus: the device crate's vm-device adapter
+/// (`MutDeviceMmio`), plus the access log.
 pub struct EsbBar0 {
     esb: SharedEsb,
-    rearm: Option<Arc<EventFd>>,
     log: AccessLog,
 }
 
-impl BusDevice for EsbBar0 {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+impl DeviceMmio for EsbBar0 {
+    fn mmio_read(&self, base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         self.esb
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .bar0_read(offset, data);
+            .mmio_read(base, offset, data);
         self.log.record("mmio", false, offset, data);
-        rearm(&self.rearm);
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    fn mmio_write(&self, base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
         self.esb
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .bar0_write(offset, data);
+            .mmio_write(base, offset, data);
         self.log.record("mmio", true, offset, data);
-        rearm(&self.rearm);
     }
 }
 
 /// The i6300esb as a PCI function: configuration space and BAR0 both go to the
-/// shared device, and the event loop hears of every access through `rearm`.
+/// shared device.
 pub struct EsbFunction {
     esb: SharedEsb,
-    rearm: Option<Arc<EventFd>>,
-    bar0: Arc<Mutex<EsbBar0>>,
+    bar0: Arc<EsbBar0>,
     log: AccessLog,
 }
 
 impl EsbFunction {
-    /// The function for `esb`, signalling `rearm` (value 1) after each guest access.
-    pub fn new(esb: SharedEsb, rearm: Option<Arc<EventFd>>) -> Self {
+    /// The function for `esb`.
+    pub fn new(esb: SharedEsb) -> Self {
         let log = AccessLog::default();
-        let bar0 = Arc::new(Mutex::new(EsbBar0 {
+        let bar0 = Arc::new(EsbBar0 {
             esb: esb.clone(),
-            rearm: rearm.clone(),
             log: log.clone(),
-        }));
-        EsbFunction {
-            esb,
-            rearm,
-            bar0,
-            log,
-        }
+        });
+        EsbFunction { esb, bar0, log }
     }
 
     /// The record of guest accesses to this function (off until started).
@@ -389,7 +405,6 @@ impl PciFunction for EsbFunction {
             .unwrap_or_else(|e| e.into_inner())
             .config_read(offset, data);
         self.log.record("cfg", false, offset as u64, data);
-        rearm(&self.rearm);
     }
 
     fn config_write(&mut self, offset: usize, data: &[u8]) {
@@ -398,7 +413,6 @@ impl PciFunction for EsbFunction {
             .unwrap_or_else(|e| e.into_inner())
             .config_write(offset, data);
         self.log.record("cfg", true, offset as u64, data);
-        rearm(&self.rearm);
     }
 
     fn mmio_window(&self) -> Option<(u64, u64)> {
@@ -408,7 +422,7 @@ impl PciFunction for EsbFunction {
             .bar0_region()
     }
 
-    fn mmio_device(&self) -> Option<SharedDevice> {
+    fn mmio_device(&self) -> Option<MmioDevice> {
         Some(self.bar0.clone())
     }
 }
@@ -416,38 +430,44 @@ impl PciFunction for EsbFunction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use i6300esb::adapters::timer::MonotonicClock;
-    use i6300esb::{EventCounters, I6300Esb, WatchdogAction};
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+    use crate::bus::Buses;
+    use i6300esb::{EventCounters, I6300Esb, MonotonicClock, WatchdogAction};
+    use std::sync::RwLock;
+    use vm_device::device_manager::IoManager;
 
     struct Latch(u8);
-    impl BusDevice for Latch {
-        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+    impl MutDevicePio for Latch {
+        fn pio_read(&mut self, _: PioAddress, _: PioAddressOffset, data: &mut [u8]) {
             data[0] = self.0;
         }
-        fn write(&mut self, _offset: u64, data: &[u8]) {
+        fn pio_write(&mut self, _: PioAddress, _: PioAddressOffset, data: &[u8]) {
             self.0 = data[0];
         }
     }
 
     const ESB_DEVFN: u8 = 4 << 3;
 
-    fn setup() -> (PciConfigIo, Arc<Bus>, SharedEsb, Arc<EventFd>) {
-        let mmio = Arc::new(Bus::new("mmio"));
+    fn setup() -> (PciConfigIo, Buses, SharedEsb) {
+        let mmio: SharedMmio = Arc::new(RwLock::new(IoManager::new()));
         let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
             WatchdogAction::Reset,
             MonotonicClock::new(),
             Arc::new(EventCounters::default()),
         )));
-        let fd = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let mut root = PciRoot::new(mmio.clone());
         root.add(devfn(0, 0), Box::new(HostBridge::default()));
-        root.add(
-            devfn(4, 0),
-            Box::new(EsbFunction::new(esb.clone(), Some(fd.clone()))),
-        );
+        root.add(devfn(4, 0), Box::new(EsbFunction::new(esb.clone())));
         let io = PciConfigIo::new(root, Arc::new(Mutex::new(Latch(0))));
-        (io, mmio, esb, fd)
+        (io, Buses::new(IoManager::new(), mmio), esb)
+    }
+
+    fn routed(buses: &Buses, addr: u64) -> bool {
+        buses
+            .mmio()
+            .read()
+            .unwrap()
+            .mmio_device(MmioAddress(addr))
+            .is_some()
     }
 
     fn cfg_addr(io: &mut PciConfigIo, dev: u8, reg: u32) {
@@ -464,7 +484,7 @@ mod tests {
 
     #[test]
     fn enumeration_finds_bridge_and_watchdog_only() {
-        let (mut io, _, _, _) = setup();
+        let (mut io, _, _) = setup();
         assert_eq!(cfg_read32(&mut io, 0, 0), 0x1237_8086);
         assert_eq!(cfg_read32(&mut io, 4, 0), 0x25ab_8086);
         for dev in [1u8, 2, 3, 5, 31] {
@@ -499,7 +519,7 @@ mod tests {
 
     #[test]
     fn odd_accesses_to_the_ports_are_counted_not_obeyed() {
-        let (mut io, _, esb, _) = setup();
+        let (mut io, _, esb) = setup();
         cfg_addr(&mut io, 4, 0x10);
         // Byte and word writes to the address register do not change it.
         io.write(0, &[0x00]);
@@ -529,7 +549,7 @@ mod tests {
             MonotonicClock::new(),
             Arc::new(EventCounters::default()),
         )));
-        let mut f = EsbFunction::new(esb, None);
+        let mut f = EsbFunction::new(esb);
         let log = f.access_log();
         f.config_write(0x60, &0x0003u16.to_le_bytes());
         log.start();
@@ -541,9 +561,10 @@ mod tests {
         f.config_write(0x10, &0xfebf_0000u32.to_le_bytes());
         f.config_write(0x04, &0x0002u16.to_le_bytes());
         let bar = f.mmio_device().unwrap();
-        bar.lock().unwrap().write(0x0c, &0x0080u16.to_le_bytes());
+        let base = MmioAddress(0xfebf_0000);
+        bar.mmio_write(base, 0x0c, &0x0080u16.to_le_bytes());
         let mut w = [0u8; 2];
-        bar.lock().unwrap().read(0x0c, &mut w);
+        bar.mmio_read(base, 0x0c, &mut w);
         assert_eq!(
             log.take(),
             [
@@ -562,7 +583,7 @@ mod tests {
 
     #[test]
     fn reset_control_byte_is_separate_from_the_address_register() {
-        let (mut io, _, _, _) = setup();
+        let (mut io, _, _) = setup();
         cfg_addr(&mut io, 4, 0x10);
         io.write(1, &[0x06]);
         let mut b = [0u8; 1];
@@ -575,13 +596,12 @@ mod tests {
 
     #[test]
     fn moving_bar0_moves_the_mmio_route() {
-        let (mut io, mmio, esb, fd) = setup();
+        let (mut io, mmio, esb) = setup();
         // BAR0 programmed but memory decode off: no route.
         cfg_addr(&mut io, 4, 0x10);
         io.write(4, &0xfebf_0000u32.to_le_bytes());
         assert_eq!(io.root().route(ESB_DEVFN), None);
-        assert!(mmio.resolve(0xfebf_000c).is_none());
-        assert_eq!(fd.read().unwrap(), 1);
+        assert!(!routed(&mmio, 0xfebf_000c));
 
         // Memory decode on (word write to the command register).
         cfg_addr(&mut io, 4, 0x04);
@@ -590,34 +610,34 @@ mod tests {
 
         // Unlock and write preload 1 through the bus: it lands in the device.
         let preload1 = |esb: &SharedEsb| esb.lock().unwrap().state().watchdog.preload1;
-        mmio.write(0xfebf_000c, &0x80u16.to_le_bytes());
-        mmio.write(0xfebf_000c, &0x86u16.to_le_bytes());
-        mmio.write(0xfebf_0000, &0x400u32.to_le_bytes());
+        mmio.mmio_write(0xfebf_000c, &0x80u16.to_le_bytes());
+        mmio.mmio_write(0xfebf_000c, &0x86u16.to_le_bytes());
+        mmio.mmio_write(0xfebf_0000, &0x400u32.to_le_bytes());
         assert_eq!(preload1(&esb), 0x400);
 
         // Move BAR0: the old address is unclaimed, the new one reaches the device.
         cfg_addr(&mut io, 4, 0x10);
         io.write(4, &0xfe00_1000u32.to_le_bytes());
         assert_eq!(io.root().route(ESB_DEVFN), Some((0xfe00_1000, 16)));
-        let before = mmio.unclaimed();
-        mmio.write(0xfebf_000c, &0x80u16.to_le_bytes());
-        mmio.write(0xfebf_000c, &0x86u16.to_le_bytes());
-        mmio.write(0xfebf_0000, &0x123u32.to_le_bytes());
+        let before = mmio.unclaimed().1;
+        mmio.mmio_write(0xfebf_000c, &0x80u16.to_le_bytes());
+        mmio.mmio_write(0xfebf_000c, &0x86u16.to_le_bytes());
+        mmio.mmio_write(0xfebf_0000, &0x123u32.to_le_bytes());
         let mut v = [0u8; 4];
-        mmio.read(0xfebf_0000, &mut v);
+        mmio.mmio_read(0xfebf_0000, &mut v);
         assert_eq!(v, [0xff; 4]);
-        assert_eq!(mmio.unclaimed(), before + 4);
+        assert_eq!(mmio.unclaimed().1, before + 4);
         assert_eq!(preload1(&esb), 0x400);
-        mmio.write(0xfe00_100c, &0x80u16.to_le_bytes());
-        mmio.write(0xfe00_100c, &0x86u16.to_le_bytes());
-        mmio.write(0xfe00_1000, &0x123u32.to_le_bytes());
+        mmio.mmio_write(0xfe00_100c, &0x80u16.to_le_bytes());
+        mmio.mmio_write(0xfe00_100c, &0x86u16.to_le_bytes());
+        mmio.mmio_write(0xfe00_1000, &0x123u32.to_le_bytes());
         assert_eq!(preload1(&esb), 0x123);
 
         // Memory decode off again: route gone.
         cfg_addr(&mut io, 4, 0x04);
         io.write(4, &0x0000u16.to_le_bytes());
         assert_eq!(io.root().route(ESB_DEVFN), None);
-        assert!(mmio.resolve(0xfe00_1000).is_none());
+        assert!(!routed(&mmio, 0xfe00_1000));
 
         // A warm reset of the device clears BAR0; refreshing drops any route.
         cfg_addr(&mut io, 4, 0x04);

@@ -3,8 +3,9 @@
 //! One [`event_manager::EventManager`] watches, in the calling thread:
 //! - the machine's event fd (console lines, guest poweroff/reset, vCPU errors);
 //! - the watchdog's timerfd, through the device crate's
-//!   [`WatchdogTimer`] subscriber (armed at the device's deadline and re-armed whenever
-//!   the vCPU thread signals a guest access to the device);
+//!   [`WatchdogTimer`] subscriber (armed at the device's deadline; the device itself
+//!   tells it when a guest access, a reset, a pause or a resume moves the deadline
+//!   earlier, so the loop never services the watchdog by hand);
 //! - the probes' inner epoll fd ([`ProbeSet::fd`]);
 //! - three timerfds of the runner: the shutdown grace period, the restart back-off and
 //!   `--run-for`.
@@ -50,7 +51,6 @@ use event_manager::{
 };
 use i6300esb::adapters::timer::{MonotonicClock, WatchdogTimer};
 use i6300esb::{ActionSink, EventCounters, Expiry, I6300Esb, WatchdogAction};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::api::{self, CommandError, Control, HttpServer, OpsConfig};
@@ -117,12 +117,11 @@ impl Vm for Machine {
 
 /// Creates a fresh VM for every start.
 pub trait VmFactory {
-    /// A new VM using `esb` (just power-on reset), signalling `rearm` after guest accesses
-    /// to it, with `agent_serial` as the host end of its COM2 when asked for.
+    /// A new VM using `esb` (just power-on reset), with `agent_serial` as the host end
+    /// of its COM2 when asked for. The watchdog's timer follows the device on its own.
     fn create(
         &mut self,
         esb: SharedEsb,
-        rearm: EventFd,
         agent_serial: Option<UnixStream>,
     ) -> Result<Box<dyn Vm>, String>;
 }
@@ -386,7 +385,6 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     ready: Rc<RefCell<Vec<u32>>>,
     expiries: Rc<RefCell<Vec<Expiry>>>,
     esb: SharedEsb,
-    esb_timer: Rc<RefCell<EsbTimer>>,
     grace: Deadline,
     backoff: Deadline,
     run_for: Deadline,
@@ -491,7 +489,9 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 Arc::new(EventCounters::default()),
             )));
             let expiries = Rc::new(RefCell::new(Vec::new()));
-            let esb_timer = Rc::new(RefCell::new(WatchdogTimer::new(
+            // Its constructor installs the device's deadline listener: from here on the
+            // timer follows the device with no help from this loop.
+            let esb_timer: Rc<RefCell<EsbTimer>> = Rc::new(RefCell::new(WatchdogTimer::new(
                 esb.clone(),
                 ExpiryQueue(expiries.clone()),
             )?));
@@ -534,11 +534,9 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             } else {
                 None
             };
-            Ok((
-                esb, expiries, esb_timer, ready, manager, fds_id, timers, interrupts,
-            ))
+            Ok((esb, expiries, ready, manager, fds_id, timers, interrupts))
         })();
-        let (esb, expiries, esb_timer, ready, manager, fds_id, timers, interrupts) = match parts {
+        let (esb, expiries, ready, manager, fds_id, timers, interrupts) = match parts {
             Ok(p) => p,
             Err(e) => return Err((out, e)),
         };
@@ -568,7 +566,6 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             ready,
             expiries,
             esb,
-            esb_timer,
             grace: timers.grace,
             backoff: timers.backoff,
             run_for: timers.run_for,
@@ -608,8 +605,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 continue;
             }
             if !self.expiries.borrow().is_empty() {
-                // Polled outside a timerfd wake-up (re-arming after a reset, a pause or a
-                // stop): handle it now rather than at the next unrelated event.
+                // Left over by a dispatch that stopped early: handle it before waiting.
                 self.dispatch();
                 continue;
             }
@@ -674,14 +670,6 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         self.ending = Some(Ending::Fatal(message));
     }
 
-    /// Re-arm the watchdog's timerfd after the device changed outside a guest access.
-    fn service_watchdog(&mut self) {
-        if let Err(e) = self.esb_timer.borrow_mut().service() {
-            self.out
-                .error(format!("cannot arm the watchdog timer: {e}"));
-        }
-    }
-
     fn watch(&mut self, fd: RawFd, token: u32) -> Result<(), String> {
         self.manager
             .event_ops(self.fds_id)
@@ -717,12 +705,6 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .power_on_reset();
-        self.service_watchdog();
-        let rearm = self
-            .esb_timer
-            .borrow()
-            .rearm_handle()
-            .map_err(|e| format!("cannot clone the watchdog's re-arm eventfd: {e}"))?;
         let (vm_serial, probe_serial) = if self.cfg.agent == AgentSpec::Com2 {
             let (a, b) =
                 UnixStream::pair().map_err(|e| format!("cannot create the COM2 channel: {e}"))?;
@@ -732,7 +714,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         };
         let vm = self
             .factory
-            .create(self.esb.clone(), rearm, vm_serial)
+            .create(self.esb.clone(), vm_serial)
             .map_err(|e| format!("cannot create the VM: {e}"))?;
         let fd = vm.event_fd();
         self.watch(fd, TOKEN_MACHINE)?;
@@ -793,12 +775,12 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         }
         self.grace.disarm();
         self.probe_resume.disarm();
-        // The device is powered off with the VM: no expiry may follow the stop.
+        // The device is powered off with the VM: no expiry may follow the stop (a
+        // power-on reset drops those not yet polled; the queue holds those polled).
         self.esb
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .power_on_reset();
-        self.service_watchdog();
         self.expiries.borrow_mut().clear();
         self.out.emit(Event::Stopped {
             reason: stop.reason,
@@ -967,7 +949,6 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                     }
                     None => {}
                 }
-                self.service_watchdog();
             }
             Decision::Resume => {
                 if self.phase != Phase::Paused {
@@ -985,7 +966,6 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                     }
                     None => {}
                 }
-                self.service_watchdog();
             }
             Decision::InjectNmi => {
                 if let Some(Err(e)) = self.vm.as_mut().map(|vm| vm.inject_nmi()) {
@@ -1020,7 +1000,6 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             self.stop_vm(Stop::plain(StopReason::Error));
             return;
         }
-        self.service_watchdog();
         self.grace.disarm();
         self.phase = Phase::Running;
         self.boots += 1;
@@ -1165,6 +1144,7 @@ impl<F: VmFactory, S: EventSink> Control for Runner<'_, F, S> {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+    use vmm_sys_util::eventfd::EventFd;
 
     /// Register offsets used to program the device as the guest would.
     const CFG_CONFIG: usize = 0x60;
@@ -1200,7 +1180,6 @@ mod tests {
         evt: EventFd,
         queue: VecDeque<MachineEvent>,
         esb: SharedEsb,
-        rearm: EventFd,
         script: Script,
         log: Rc<RefCell<Log>>,
         reset_asked: bool,
@@ -1226,9 +1205,8 @@ mod tests {
                     d.bar0_write(BAR_RELOAD, &0x86u16.to_le_bytes());
                     d.bar0_write(reg, &value.to_le_bytes());
                 }
+                // No re-arm call: the device tells the runner's timer itself.
                 d.config_write(CFG_LOCK, &[0x02]);
-                drop(d);
-                self.rearm.write(1).unwrap();
             }
             if self.script.poweroff_at_boot {
                 self.push(MachineEvent::GuestPoweroff);
@@ -1302,7 +1280,6 @@ mod tests {
         fn create(
             &mut self,
             esb: SharedEsb,
-            rearm: EventFd,
             _agent_serial: Option<UnixStream>,
         ) -> Result<Box<dyn Vm>, String> {
             self.log.borrow_mut().created += 1;
@@ -1313,7 +1290,6 @@ mod tests {
                 evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
                 queue: VecDeque::new(),
                 esb,
-                rearm,
                 script: self.script,
                 log: self.log.clone(),
                 reset_asked: false,

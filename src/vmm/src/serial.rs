@@ -16,7 +16,9 @@ use std::thread::JoinHandle;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::BusDevice;
+use vm_device::bus::{PioAddress, PioAddressOffset};
+use vm_device::MutDevicePio;
+
 use super::machine::{EventQueue, MachineEvent};
 
 /// COM1's first port.
@@ -216,8 +218,19 @@ impl<W: Write + Send> SerialPort<W> {
     }
 }
 
-impl<W: Write + Send> BusDevice for SerialPort<W> {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+impl<W: Write + Send> MutDevicePio for SerialPort<W> {
+    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        self.read(u64::from(offset), data)
+    }
+
+    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        self.write(u64::from(offset), data)
+    }
+}
+
+impl<W: Write + Send> SerialPort<W> {
+    /// A read of the register at `offset` (0..8); only byte accesses are obeyed.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         if data.len() != 1 || offset >= UART_REGS {
             self.odd_accesses += 1;
@@ -231,7 +244,8 @@ impl<W: Write + Send> BusDevice for SerialPort<W> {
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    /// A write of the register at `offset` (0..8); only byte accesses are obeyed.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() != 1 || offset >= UART_REGS {
             self.odd_accesses += 1;
             return;

@@ -1,53 +1,86 @@
 //! event-manager glue: a subscriber that fires the watchdog from a timerfd.
 //!
 //! [`WatchdogTimer`] owns a timerfd armed at the device's next deadline and an
-//! eventfd the VMM signals (through [`WatchdogTimer::rearm_handle`]) after guest
-//! accesses that may have moved the deadline. When either is readable it polls the
-//! device, hands expiries to the sink and re-arms.
+//! eventfd. [`WatchdogTimer::new`] installs a [`DeadlineListener`] on the device,
+//! so nobody has to tell the timer about guest accesses: register the device on a
+//! vm-device bus, this subscriber on an event manager, and it fires on time. When
+//! either fd is readable it polls the device, re-arms the timerfd and then, with
+//! the device unlocked, hands the expiries to the sink, which may therefore call
+//! any method of the device.
+//!
+//! The listener signals the eventfd only when the deadline moves *earlier* than
+//! the one the timerfd is armed at (or appears while it is disarmed). A deadline
+//! that moves later (every kick) or goes away (disable, pause) costs nothing on
+//! the vCPU's path: the timerfd fires at the old deadline, the poll finds nothing
+//! due and re-arms it at the new one. So a guest pinging every few seconds wakes
+//! the event loop once per timeout, not once per ping, and a kick storm costs no
+//! system call at all. The armed deadline is read and written under the device's
+//! lock (the listener runs inside device methods; [`WatchdogTimer::service`]
+//! records it before unlocking), so no change can slip between the two.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::action::ActionSink;
+use crate::action::{ActionSink, Expiry, Stage1Interrupt};
 use crate::clock::Clock;
+use crate::deadline::DeadlineListener;
 use crate::device::I6300Esb;
 use crate::events::WatchdogEvents;
 
-/// A host clock for the device: nanoseconds of `CLOCK_MONOTONIC` since creation,
-/// the clock a timerfd counts in. It lives here, outside the device core.
-#[derive(Clone, Copy, Debug)]
-pub struct MonotonicClock {
-    origin: Instant,
+/// The host clock a timerfd counts in; it now lives in [`crate::clock`] and needs
+/// no cargo feature. Re-exported here for existing users.
+pub use crate::clock::MonotonicClock;
+
+const TIMER_EVENT: u32 = 1;
+const REARM_EVENT: u32 = 2;
+
+/// The armed deadline's value while the timerfd is disarmed.
+const DISARMED: u64 = u64::MAX;
+
+/// The deadline listener [`WatchdogTimer::new`] installs: one eventfd write when
+/// the deadline moves earlier than the armed one, from whichever thread moved it.
+struct RearmSignal {
+    rearm: EventFd,
+    /// The deadline the timerfd is armed at ([`DISARMED`] if none); only read or
+    /// written with the device locked.
+    armed: Arc<AtomicU64>,
 }
 
-impl MonotonicClock {
-    /// A clock reading 0 now.
-    pub fn new() -> Self {
-        MonotonicClock {
-            origin: Instant::now(),
+impl DeadlineListener for RearmSignal {
+    fn deadline_changed(&mut self, deadline_ns: Option<u64>) {
+        if deadline_ns.is_some_and(|d| d < self.armed.load(Ordering::Relaxed)) {
+            // Ask once: the next service re-arms. Non-blocking; a full counter
+            // (EAGAIN) already means "re-arm".
+            self.armed.store(0, Ordering::Relaxed);
+            let _ = self.rearm.write(1);
         }
     }
 }
 
-impl Default for MonotonicClock {
-    fn default() -> Self {
-        MonotonicClock::new()
-    }
+/// What one poll produced, kept until the device is unlocked.
+enum Due {
+    Interrupt(Stage1Interrupt),
+    Expiry(Expiry),
 }
 
-impl Clock for MonotonicClock {
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+/// Collects a poll's output in order (stage-1 interrupts come first).
+struct Collect<'a>(&'a mut Vec<Due>);
+
+impl ActionSink for Collect<'_> {
+    fn watchdog_expired(&mut self, expiry: Expiry) {
+        self.0.push(Due::Expiry(expiry));
+    }
+
+    fn stage1_interrupt(&mut self, interrupt: Stage1Interrupt) {
+        self.0.push(Due::Interrupt(interrupt));
     }
 }
-
-const TIMER_EVENT: u32 = 1;
-const REARM_EVENT: u32 = 2;
 
 /// An event-manager subscriber driving one device's deadlines with a timerfd.
 pub struct WatchdogTimer<C: Clock, E: WatchdogEvents, S: ActionSink> {
@@ -55,20 +88,42 @@ pub struct WatchdogTimer<C: Clock, E: WatchdogEvents, S: ActionSink> {
     sink: S,
     timer: TimerFd,
     rearm: EventFd,
+    armed: Arc<AtomicU64>,
+    due: Vec<Due>,
 }
 
 impl<C: Clock, E: WatchdogEvents, S: ActionSink> WatchdogTimer<C, E, S> {
     /// A subscriber for `device` delivering expiries to `sink`.
+    ///
+    /// It installs its deadline listener on the device (replacing any other; see
+    /// [`I6300Esb::set_deadline_listener`]), so the timer follows every change of
+    /// the deadline from then on. Locks the device once.
     pub fn new(device: Arc<Mutex<I6300Esb<C, E>>>, sink: S) -> io::Result<Self> {
+        let rearm = EventFd::new(EFD_NONBLOCK)?;
+        let armed = Arc::new(AtomicU64::new(DISARMED));
+        let signal = RearmSignal {
+            rearm: rearm.try_clone()?,
+            armed: armed.clone(),
+        };
+        device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_deadline_listener(signal);
         Ok(WatchdogTimer {
             device,
             sink,
             timer: TimerFd::new()?,
-            rearm: EventFd::new(EFD_NONBLOCK)?,
+            rearm,
+            armed,
+            due: Vec::new(),
         })
     }
 
-    /// An eventfd to write to after a guest access, so the timer follows the deadline.
+    /// The eventfd the device's listener signals when the deadline moves earlier
+    /// than the armed timerfd. Writing to it makes the timer poll and read the
+    /// deadline again at its next turn. Nobody needs to: the listener does it.
+    /// (Replacing the device behind the mutex wholesale would lose the listener;
+    /// restore into it with [`I6300Esb::load_state`] instead.)
     pub fn rearm_handle(&self) -> io::Result<EventFd> {
         self.rearm.try_clone()
     }
@@ -78,20 +133,44 @@ impl<C: Clock, E: WatchdogEvents, S: ActionSink> WatchdogTimer<C, E, S> {
         &self.sink
     }
 
-    /// Poll the device and arm the timerfd at its next deadline (or disarm it).
+    /// The sink, mutably.
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    /// Poll the device, arm the timerfd at its next deadline (or disarm it), and
+    /// hand what fired to the sink once the device is unlocked.
     pub fn service(&mut self) -> io::Result<()> {
         let next = {
             let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
-            dev.poll(&mut self.sink);
-            dev.next_deadline()
-                .map(|deadline| deadline.saturating_sub(dev.clock().now_ns()))
+            dev.poll(&mut Collect(&mut self.due));
+            let deadline = dev.next_deadline();
+            // Recorded before unlocking: from here on the listener compares
+            // against this deadline.
+            self.armed
+                .store(deadline.unwrap_or(DISARMED), Ordering::Relaxed);
+            deadline.map(|deadline| deadline.saturating_sub(dev.clock().now_ns()))
         };
-        match next {
+        // Arm before delivering: a sink that moves the deadline (a reset, a pause)
+        // signals the eventfd, and the next turn arms the timer again.
+        let armed = match next {
             // A zero duration would disarm the timerfd; one nanosecond fires at once.
             Some(delay) => self.timer.reset(Duration::from_nanos(delay.max(1)), None),
             None => self.timer.clear(),
         }
-        .map_err(io::Error::from)
+        .map_err(io::Error::from);
+        if armed.is_err() {
+            // Not armed after all: let any deadline ask for a retry. (Racy
+            // without the lock, but only ever towards more signals.)
+            self.armed.store(DISARMED, Ordering::Relaxed);
+        }
+        for due in self.due.drain(..) {
+            match due {
+                Due::Interrupt(interrupt) => self.sink.stage1_interrupt(interrupt),
+                Due::Expiry(expiry) => self.sink.watchdog_expired(expiry),
+            }
+        }
+        armed
     }
 }
 
@@ -129,54 +208,63 @@ impl<C: Clock, E: WatchdogEvents, S: ActionSink> MutEventSubscriber for Watchdog
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Expiry, WatchdogAction};
+    use crate::WatchdogAction;
     use event_manager::{EventManager, SubscriberOps};
+    use std::sync::mpsc;
+    use std::time::Instant;
 
     fn unlock(d: &mut I6300Esb<MonotonicClock>) {
         d.bar0_write(0x0c, &0x80u16.to_le_bytes());
         d.bar0_write(0x0c, &0x86u16.to_le_bytes());
     }
 
-    type Dev = Arc<Mutex<I6300Esb<MonotonicClock>>>;
-    type Sub = Arc<Mutex<WatchdogTimer<MonotonicClock, crate::NoEvents, Vec<Expiry>>>>;
+    /// 1 MHz prescaler, both preloads `units`, output on, timer enabled: each
+    /// stage lasts `units` × 960 ns.
+    fn arm(d: &mut I6300Esb<MonotonicClock>, units: u32) {
+        d.config_write(0x60, &0x0004u16.to_le_bytes());
+        unlock(d);
+        d.bar0_write(0x00, &units.to_le_bytes());
+        unlock(d);
+        d.bar0_write(0x04, &units.to_le_bytes());
+        d.config_write(0x68, &[0x02]);
+    }
 
-    /// A device requesting `action`, its timer subscriber (collecting expiries), the
-    /// subscriber's re-arm eventfd, and an event manager it is registered with.
-    fn event_loop(action: WatchdogAction) -> (Dev, Sub, EventFd, EventManager<Sub>) {
+    type Dev = Arc<Mutex<I6300Esb<MonotonicClock>>>;
+    type Sub<S> = Arc<Mutex<WatchdogTimer<MonotonicClock, crate::NoEvents, S>>>;
+
+    /// A device requesting `action`, its timer subscriber delivering to `sink`,
+    /// and an event manager it is registered with. Nothing else: no re-arm glue.
+    fn event_loop<S: ActionSink + Send + 'static>(
+        action: WatchdogAction,
+        sink: impl FnOnce(Dev) -> S,
+    ) -> (Dev, Sub<S>, EventManager<Sub<S>>) {
         let dev = Arc::new(Mutex::new(I6300Esb::new(action, MonotonicClock::new())));
-        let sub = Arc::new(Mutex::new(
-            WatchdogTimer::new(dev.clone(), Vec::<Expiry>::new()).unwrap(),
-        ));
-        let rearm = sub.lock().unwrap().rearm_handle().unwrap();
-        let mut manager: EventManager<Sub> = EventManager::new().unwrap();
+        let sink = sink(dev.clone());
+        let sub = Arc::new(Mutex::new(WatchdogTimer::new(dev.clone(), sink).unwrap()));
+        let mut manager: EventManager<Sub<S>> = EventManager::new().unwrap();
         manager.add_subscriber(sub.clone());
-        (dev, sub, rearm, manager)
+        (dev, sub, manager)
     }
 
     #[test]
     fn timerfd_fires_the_watchdog_at_its_deadline() {
-        let (dev, sub, rearm, mut manager) = event_loop(WatchdogAction::InjectNmi);
+        let (dev, sub, mut manager) = event_loop(WatchdogAction::InjectNmi, |_| Vec::new());
 
-        // 1 MHz prescaler, 5000 units per stage: 4.8 ms each, 9.6 ms in all.
+        // 5000 units per stage: 4.8 ms each, 9.6 ms in all.
         const STAGE_NS: u64 = 5000 * 32 * 30;
         let (before, after, expiry_at) = {
             let mut d = dev.lock().unwrap();
-            d.config_write(0x60, &0x0004u16.to_le_bytes());
-            unlock(&mut d);
-            d.bar0_write(0x00, &5000u32.to_le_bytes());
-            unlock(&mut d);
-            d.bar0_write(0x04, &5000u32.to_le_bytes());
             // The enable instant is read from the device's own clock inside the
             // write, so it is bracketed here and recovered from the deadline.
             let before = d.clock().now_ns();
-            d.config_write(0x68, &[0x02]);
+            arm(&mut d, 5000);
             let after = d.clock().now_ns();
             (before, after, d.next_deadline().unwrap())
         };
         // The deadline is the projected expiry, two stages after the enable.
         let enabled_at = expiry_at - 2 * STAGE_NS;
         assert!(before <= enabled_at && enabled_at <= after);
-        rearm.write(1).unwrap();
+        // No re-arm call: the device told the timer itself.
 
         let give_up = Instant::now() + Duration::from_secs(10);
         while sub.lock().unwrap().sink().is_empty() && Instant::now() < give_up {
@@ -198,36 +286,138 @@ mod tests {
     }
 
     #[test]
-    fn rearm_and_timer_in_one_batch_never_block() {
-        // A rearm request that disarms the timer, processed before a timer event
-        // of the same epoll batch, must not leave the subscriber blocked reading
-        // a disarmed timerfd. Run the loop on a thread so a hang fails the test.
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
+    fn rearm_and_expired_timer_in_one_batch_never_block() {
+        // The timerfd is armed 50 ms out; the guest then shortens the timeout to
+        // 1.9 ms and kicks, so the device signals the eventfd (an earlier
+        // deadline); by the time the loop runs again both the new deadline and
+        // the armed timerfd have passed. One epoll batch holds the re-arm first
+        // (ready first) and the timer second. The re-arm's service fires the
+        // watchdog and disarms the timerfd, so the timer event that follows must
+        // not read it: a blocking read of a disarmed timerfd never returns. The
+        // loop runs on a thread so that a hang fails the test instead of stalling it.
+        let (done_tx, done_rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let (dev, sub, rearm, mut manager) = event_loop(WatchdogAction::None);
-            {
-                // 1 MHz prescaler, 1000 units: stage 1 ends after 0.96 ms.
-                let mut d = dev.lock().unwrap();
-                d.config_write(0x60, &0x0004u16.to_le_bytes());
-                unlock(&mut d);
-                d.bar0_write(0x00, &1000u32.to_le_bytes());
-                d.config_write(0x68, &[0x02]);
+            // 50 ms from enable to expiry: 26042 units × 960 ns per stage.
+            const UNITS: u32 = 26_042;
+            const EXPIRY: Duration = Duration::from_millis(50);
+            let (dev, sub, mut manager) = event_loop(WatchdogAction::None, |_| Vec::new());
+            for _attempt in 0..20 {
+                let enabled = Instant::now();
+                arm(&mut dev.lock().unwrap(), UNITS);
+                // Arm the timerfd through the loop (the enable signalled it).
+                assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+                // A 1000-unit timeout and a kick: the deadline moves earlier.
+                {
+                    let mut d = dev.lock().unwrap();
+                    for reg in [0x00, 0x04] {
+                        unlock(&mut d);
+                        d.bar0_write(reg, &1000u32.to_le_bytes());
+                    }
+                    unlock(&mut d);
+                    d.bar0_write(0x0c, &0x0100u16.to_le_bytes());
+                }
+                if enabled.elapsed() >= EXPIRY - Duration::from_millis(10) {
+                    // Descheduled too long to be sure of the order; start over.
+                    dev.lock().unwrap().power_on_reset();
+                    while manager.run_with_timeout(100).unwrap() > 0 {}
+                    sub.lock().unwrap().sink_mut().clear();
+                    continue;
+                }
+                std::thread::sleep(2 * EXPIRY);
+                // Both fds are ready, the eventfd first: one batch of two.
+                let in_batch = manager.run_with_timeout(1000).unwrap();
+                // Nothing is left afterwards (the timerfd was disarmed).
+                let after = manager.run_with_timeout(10).unwrap();
+                let fired = sub.lock().unwrap().sink().len();
+                done_tx.send((in_batch, after, fired)).unwrap();
+                return;
             }
-            rearm.write(1).unwrap();
-            manager.run_with_timeout(100).unwrap();
-            // Disable (no deadline any more) and ask for a rearm first; then let the
-            // armed timerfd expire, so both are ready, the rearm ahead of the timer.
-            dev.lock().unwrap().config_write(0x68, &[0x00]);
-            rearm.write(1).unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-            manager.run_with_timeout(100).unwrap();
-            manager.run_with_timeout(10).unwrap();
-            let fired = sub.lock().unwrap().sink().len();
-            done_tx.send(fired).unwrap();
+            panic!("could not shorten the timeout within 40 ms of enabling it");
         });
-        let fired = done_rx
-            .recv_timeout(Duration::from_secs(10))
+        let (in_batch, after, fired) = done_rx
+            .recv_timeout(Duration::from_secs(20))
             .expect("the event loop blocked on a disarmed timerfd");
-        assert_eq!(fired, 0, "a disabled watchdog never fires");
+        assert_eq!(in_batch, 2, "the re-arm and the timer in one epoll batch");
+        assert_eq!(after, 0, "the disarmed timerfd stays quiet");
+        assert_eq!(fired, 1, "the shortened timeout fired once");
+    }
+
+    #[test]
+    fn later_deadlines_cost_no_signal() {
+        // Kicks move the deadline later: the listener leaves the eventfd alone and
+        // the timerfd, firing at the old deadline, catches up.
+        let (dev, sub, mut manager) = event_loop(WatchdogAction::Debug, |_| Vec::new());
+        let rearm = sub.lock().unwrap().rearm_handle().unwrap();
+        arm(&mut dev.lock().unwrap(), 10_000); // 9.6 ms per stage
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1, "armed");
+        for _ in 0..100 {
+            let mut d = dev.lock().unwrap();
+            unlock(&mut d);
+            d.bar0_write(0x0c, &0x0100u16.to_le_bytes());
+            // A driver's reads in between: nothing moves.
+            let mut b = [0u8; 2];
+            d.bar0_read(0x0c, &mut b);
+            d.config_read(0x68, &mut b[..1]);
+        }
+        // EAGAIN: nothing was written to the eventfd by the kicks or the reads.
+        assert!(rearm.read().is_err(), "a later deadline signals nothing");
+        let kicked = dev.lock().unwrap().next_deadline().unwrap();
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while sub.lock().unwrap().sink().is_empty() && Instant::now() < give_up {
+            manager.run_with_timeout(100).unwrap();
+        }
+        let fired = sub.lock().unwrap().sink().clone();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].time_ns, kicked, "fired at the kicked deadline");
+    }
+
+    /// An action handler that does what a VMM does on `reset` and `pause`, on the
+    /// very device that fired, from inside the event loop.
+    struct Vmm {
+        dev: Dev,
+        fired: mpsc::Sender<(Expiry, bool, bool)>,
+    }
+
+    impl ActionSink for Vmm {
+        fn watchdog_expired(&mut self, expiry: Expiry) {
+            let mut d = self.dev.lock().unwrap();
+            d.warm_reset();
+            d.pause();
+            let state = d.state();
+            d.resume();
+            let _ = self
+                .fired
+                .send((expiry, state.watchdog.paused, d.watchdog().timeout_flag()));
+        }
+    }
+
+    #[test]
+    fn action_handler_may_use_the_device() {
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (dev, _sub, mut manager) =
+                event_loop(WatchdogAction::Reset, move |dev| Vmm { dev, fired: tx });
+            arm(&mut dev.lock().unwrap(), 1000);
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < give_up {
+                manager.run_with_timeout(100).unwrap();
+                if dev.lock().unwrap().watchdog().timeout_flag() {
+                    break;
+                }
+            }
+            // One more turn: the reset and pause moved nothing the timer has.
+            manager.run_with_timeout(10).unwrap();
+            let next = dev.lock().unwrap().next_deadline();
+            done_tx.send(next).unwrap();
+        });
+        let (expiry, paused, flag) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the action handler deadlocked on the device's lock");
+        assert_eq!(expiry.action, WatchdogAction::Reset);
+        assert!(paused, "the handler paused the device");
+        assert!(flag, "the timeout flag survives the handler's warm reset");
+        let next = done_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(next, None, "after the warm reset nothing is armed");
     }
 }
