@@ -13,7 +13,7 @@
 //! | `liveness` | `action` (`stop`, `reset`, `shutdown`), `message`: the liveness probe failed |
 //! | `stopped` | `reason` (`watchdog`, `liveness`, `guest`, `shutdown`, `runtime`, `error`), optional `trigger` (`watchdog`, `liveness`) and `forced` (shutdowns only) |
 //! | `restart` | `count` (1, 2, …), `delay_ms` (the back-off before the new VM starts; emitted when the restart is decided) |
-//! | `probe` | `probe`, `result` (`success`/`failure`), `message`, `address`, for exec `exit_code` and `output` |
+//! | `probe` | `probe`, `result` (`success`/`failure`/`error`), `message`, `address`, for exec `exit_code` and `output` |
 //! | `ready` | `ready` (true/false), on every readiness transition |
 //! | `error` | `message` |
 //! | `finished` | `exit_code`, `message`: the last line of every run |
@@ -125,7 +125,8 @@ pub enum Event {
     Probe {
         /// `liveness` or `readiness`.
         probe: String,
-        /// `success` or `failure`.
+        /// `success`, `failure`, or `error` (an HTTP error after the response
+        /// headers: counted toward neither threshold, as in the kubelet).
         result: String,
         /// What happened.
         message: String,
