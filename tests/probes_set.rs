@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use probes_util::*;
 use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
+use vmpulse::probes::tracker::Outcome;
 use vmpulse::probes::{ProbeEvent, ProbeStats};
 
 fn ms(x: u64) -> Duration {
@@ -260,6 +261,7 @@ fn overrunning_attempts_start_at_completion() {
             attempts: 3,
             successes: 0,
             failures: 3,
+            errors: 0,
             timeouts: 3,
             body_stalls: 0
         }
@@ -267,7 +269,7 @@ fn overrunning_attempts_start_at_completion() {
 }
 
 #[test]
-fn a_body_stall_counts_as_a_failure_and_is_counted() {
+fn a_body_stall_is_an_error_and_is_counted() {
     let s = Server::start(
         V6,
         0,
@@ -288,10 +290,16 @@ fn a_body_stall_counts_as_a_failure_and_is_counted() {
     assert!(d.run_until(ms(2000), |ev| !ev.is_empty()));
     let (t, a) = d.attempts().remove(0);
     assert!(!a.success);
+    assert_eq!(a.outcome, Outcome::Error);
     assert_eq!(a.message, "timed out after 300ms (reading the body)");
     assert!(t >= ms(300) && t < ms(450), "{t:?}");
     let st = d.set.stats();
-    assert_eq!((st.failures, st.timeouts, st.body_stalls), (1, 1, 1));
+    assert_eq!(
+        (st.failures, st.errors, st.timeouts, st.body_stalls),
+        (0, 1, 1, 1)
+    );
+    // An error counts toward neither threshold: still not ready, no transition.
+    assert!(!d.set.ready());
 }
 
 #[test]

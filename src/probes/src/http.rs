@@ -41,7 +41,7 @@ pub const MAX_HEAD: usize = 1 << 20;
 /// Bytes read from the socket at most per [`HttpCheck::on_ready`] call: a peer
 /// that never stops sending cannot hold the caller's loop. Level-triggered
 /// readiness brings the check back for the rest.
-pub const READ_BUDGET: usize = 64 * 1024;
+pub const READ_BUDGET: usize = 8 * 1024;
 /// Requests per attempt at most: the original plus 9 redirects.
 pub const MAX_REQUESTS: u32 = 10;
 /// The default `User-Agent`.
@@ -452,8 +452,6 @@ pub struct ResponseReader {
     head_bytes: usize,
     /// Interim responses skipped.
     interim: u64,
-    /// Whether any byte arrived.
-    any: bool,
     response: Option<Response>,
 }
 
@@ -520,9 +518,6 @@ impl ResponseReader {
     /// Take `bytes` (at most [`ResponseReader::room`] of them are kept once the
     /// headers are in); returns whether the response is complete.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<bool, CheckResult> {
-        if !bytes.is_empty() {
-            self.any = true;
-        }
         if let Some(r) = &mut self.response {
             let take = bytes.len().min(MAX_BODY.saturating_sub(r.body.len()));
             r.body.extend_from_slice(&bytes[..take]);
@@ -588,10 +583,11 @@ impl ResponseReader {
     /// without length ends here), else why not.
     pub fn eof(&mut self) -> Result<(), CheckResult> {
         let Some(r) = &self.response else {
-            return Err(CheckResult::failure(if self.any {
-                "connection closed before the end of the headers".into()
-            } else {
+            // Interim responses alone are no response.
+            return Err(CheckResult::failure(if self.input.is_empty() {
                 "connection closed without a response".into()
+            } else {
+                "connection closed before the end of the headers".into()
             }));
         };
         if r.body_complete() {
