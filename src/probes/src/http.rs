@@ -384,9 +384,34 @@ pub struct Response {
     pub content_length: Option<usize>,
     /// Whether the body is chunked (`Transfer-Encoding: chunked`).
     pub chunked: bool,
-    /// The body bytes read so far (at most [`MAX_BODY`]; raw, chunk framing included).
+    /// The body bytes read so far (at most [`MAX_BODY`]; raw, chunk framing
+    /// included; nothing past the end of the body).
     pub body: Vec<u8>,
+    /// Where a chunked body's framing is.
+    framing: Chunked,
 }
+
+/// Where the framing of a chunked body is (RFC 9112 section 7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunked {
+    /// In a chunk-size line: the size so far, its digit count, and whether an
+    /// extension (or whitespace) started.
+    Size { value: u64, digits: u32, ext: bool },
+    /// In a chunk's data: bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one; bytes in the line.
+    Trailer(usize),
+    /// The body ended.
+    Done,
+}
+
+const CHUNK_START: Chunked = Chunked::Size {
+    value: 0,
+    digits: 0,
+    ext: false,
+};
 
 impl Response {
     /// Whether the body read so far is all we will read.
@@ -398,13 +423,90 @@ impl Response {
             return true;
         }
         if self.chunked {
-            // The last chunk (no trailers) ends the body.
-            return self.body == b"0\r\n\r\n" || self.body.ends_with(b"\r\n0\r\n\r\n");
+            return self.framing == Chunked::Done;
         }
         match self.content_length {
             Some(n) => self.body.len() >= n,
             None => false,
         }
+    }
+
+    /// Take body bytes up to the end of the body (or [`MAX_BODY`]); bytes past
+    /// it are dropped. A chunked body's framing is checked as it arrives: bad
+    /// framing is an error after the headers.
+    fn take_body(&mut self, bytes: &[u8]) -> Result<(), CheckResult> {
+        if self.body_complete() {
+            return Ok(());
+        }
+        let mut take = bytes.len().min(MAX_BODY - self.body.len());
+        if self.chunked {
+            take = self.frame(&bytes[..take])?;
+        } else if let Some(n) = self.content_length {
+            take = take.min(n - self.body.len());
+        }
+        self.body.extend_from_slice(&bytes[..take]);
+        Ok(())
+    }
+
+    /// Advance the chunked framing over `bytes`; returns how many belong to the body.
+    fn frame(&mut self, bytes: &[u8]) -> Result<usize, CheckResult> {
+        let bad = |why: &str| CheckResult::error(format!("malformed chunked body: {why}"));
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Chunked::Data(left) = self.framing {
+                let n = left.min((bytes.len() - i) as u64);
+                i += n as usize;
+                self.framing = if n == left {
+                    Chunked::DataEnd
+                } else {
+                    Chunked::Data(left - n)
+                };
+                continue;
+            }
+            let b = bytes[i];
+            self.framing = match self.framing {
+                Chunked::Done => return Ok(i),
+                Chunked::Data(_) => unreachable!("handled above"),
+                Chunked::Size { value, digits, ext } => match b {
+                    b'\n' if digits == 0 => return Err(bad("no chunk size")),
+                    b'\n' if value == 0 => Chunked::Trailer(0),
+                    b'\n' => Chunked::Data(value),
+                    b'\r' => self.framing,
+                    b';' | b' ' | b'\t' => Chunked::Size {
+                        value,
+                        digits,
+                        ext: true,
+                    },
+                    _ if ext => self.framing,
+                    _ => {
+                        let Some(d) = (b as char).to_digit(16) else {
+                            return Err(bad("bad chunk size"));
+                        };
+                        if digits >= 15 {
+                            return Err(bad("chunk size too large"));
+                        }
+                        Chunked::Size {
+                            value: value * 16 + u64::from(d),
+                            digits: digits + 1,
+                            ext,
+                        }
+                    }
+                },
+                Chunked::DataEnd => match b {
+                    b'\r' => Chunked::DataEnd,
+                    b'\n' => CHUNK_START,
+                    _ => return Err(bad("no line end after a chunk")),
+                },
+                Chunked::Trailer(len) => match b {
+                    b'\r' => Chunked::Trailer(len),
+                    b'\n' if len == 0 => Chunked::Done,
+                    b'\n' => Chunked::Trailer(0),
+                    _ => Chunked::Trailer(len + 1),
+                },
+            };
+            i += 1;
+        }
+        Ok(i)
     }
 
     /// Whether this is a redirect status with a `Location`.
@@ -519,8 +621,7 @@ impl ResponseReader {
     /// headers are in); returns whether the response is complete.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<bool, CheckResult> {
         if let Some(r) = &mut self.response {
-            let take = bytes.len().min(MAX_BODY.saturating_sub(r.body.len()));
-            r.body.extend_from_slice(&bytes[..take]);
+            r.take_body(bytes)?;
             return Ok(self.complete());
         }
         self.input.extend_from_slice(bytes);
@@ -553,13 +654,11 @@ impl ResponseReader {
                     pos += len;
                 }
                 Ok(Head::Final(mut r)) => {
-                    let rest = &self.input[end..];
-                    let take = rest.len().min(MAX_BODY);
-                    r.body.extend_from_slice(&rest[..take]);
+                    let taken = r.take_body(&self.input[end..]);
                     self.response = Some(r);
                     self.input = Vec::new();
                     self.scanned = 0;
-                    return Ok(());
+                    return taken;
                 }
                 Err(e) => break Err(e),
             }
@@ -680,6 +779,7 @@ fn parse_one(head: &[u8]) -> Result<Head, CheckResult> {
         content_length,
         chunked,
         body: Vec::new(),
+        framing: CHUNK_START,
     }))
 }
 
@@ -1246,12 +1346,54 @@ mod tests {
     }
 
     #[test]
-    fn chunked_end_detected() {
+    fn chunked_end_detected_however_split() {
+        let head: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let bodies: [&[u8]; 3] = [
+            b"3\r\nabc\r\n0\r\n\r\n",
+            b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            b"0\r\n\r\n",
+        ];
+        for body in bodies {
+            let mut all = head.to_vec();
+            all.extend_from_slice(body);
+            // Whatever follows the end is not part of the body.
+            all.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\ntrailing junk");
+            for size in 1..all.len() {
+                let mut r = ResponseReader::new();
+                let mut done = false;
+                for chunk in all.chunks(size) {
+                    if !done {
+                        done = r.feed(chunk).unwrap();
+                    }
+                }
+                assert!(done, "size {size}");
+                let resp = r.response().unwrap();
+                assert!(resp.chunked);
+                assert_eq!(resp.body, body, "size {size}");
+            }
+        }
+        // Content-Length: extra bytes are not body either.
         let mut r = ResponseReader::new();
-        let done = r
-            .feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-            .unwrap();
-        assert!(r.response().unwrap().chunked);
-        assert!(done);
+        assert!(r
+            .feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+            .unwrap());
+        assert_eq!(r.response().unwrap().body, b"ok");
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_an_error() {
+        for body in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcX",
+            b"1234567890abcdef0\r\n",
+        ] {
+            let mut r = ResponseReader::new();
+            let mut all = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            all.extend_from_slice(body);
+            let e = r.feed(&all).unwrap_err();
+            assert_eq!(e.outcome, Outcome::Error, "{body:?}");
+            assert!(e.message.starts_with("malformed chunked body"), "{e:?}");
+        }
     }
 }
