@@ -8,6 +8,7 @@
 
 pub mod driver;
 pub mod ops;
+pub mod peers;
 pub mod seeds;
 pub mod texts;
 pub mod tracker;
