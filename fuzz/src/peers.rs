@@ -250,13 +250,13 @@ pub fn run_agent_replies(data: &[u8]) -> Vec<(u64, AgentOutcome)> {
         match op % 8 {
             0 | 1 => {
                 let id = u64::from(arg % 3);
-                if !pending.contains_key(&id) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = pending.entry(id) {
                     let deadline = now + Duration::from_millis(1 + u64::from(arg) * 4);
-                    pending.insert(id, deadline);
-                    if op % 8 == 0 {
-                        client.start_ping(id, now, deadline);
-                    } else {
+                    slot.insert(deadline);
+                    if op % 8 == 1 {
                         client.start_exec(id, &["true".to_string()], now, deadline);
+                    } else {
+                        client.start_ping(id, now, deadline);
                     }
                 }
             }

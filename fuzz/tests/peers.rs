@@ -108,3 +108,21 @@ fn agent_random_sessions() {
         let _ = run_agent_replies(&data);
     }
 }
+
+#[test]
+fn committed_peer_seeds_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peer-seeds");
+    let mut seen = 0;
+    for (target, run) in [
+        ("http_response", run_http_response as fn(&[u8])),
+        ("agent_replies", |d: &[u8]| {
+            let _ = run_agent_replies(d);
+        }),
+    ] {
+        for entry in std::fs::read_dir(dir.join(target)).unwrap() {
+            run(&std::fs::read(entry.unwrap().path()).unwrap());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 20, "only {seen} seeds");
+}
