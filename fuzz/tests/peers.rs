@@ -53,7 +53,7 @@ fn http_responses_past_the_bounds() {
     }
     let mut data = vec![5, 255, 7, b'H'];
     data.extend_from_slice(b"TTP/1.1 200 OK\r\n\r\n");
-    data.extend(std::iter::repeat(b'x').take(100));
+    data.extend(std::iter::repeat_n(b'x', 100));
     run_http_response(&data);
 }
 

@@ -1339,7 +1339,7 @@ mod tests {
     fn body_is_capped() {
         let mut r = ResponseReader::new();
         let mut bytes = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-        bytes.extend(std::iter::repeat(b'x').take(3 * MAX_BODY));
+        bytes.extend(std::iter::repeat_n(b'x', 3 * MAX_BODY));
         assert!(r.feed(&bytes).unwrap());
         assert_eq!(r.response().unwrap().body.len(), MAX_BODY);
         assert_eq!(r.room(), 0);
