@@ -50,6 +50,9 @@ pub const USER_AGENT: &str = "kube-probe/1.34";
 const MAX_HEADERS: usize = 100;
 /// Read chunk size.
 const READ_CHUNK: usize = 4096;
+/// `read_tls` calls at most per plaintext read (each takes at most one buffer of
+/// records), so records without plaintext cannot hold the loop either.
+const TLS_READS_PER_CALL: usize = 4;
 
 /// What an `httpGet` probe asks for (shared by all its attempts).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -343,30 +346,38 @@ impl Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
-            Transport::Tls(conn, sock) => loop {
-                match conn.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // The peer closed without close_notify: end of stream for HTTP.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                    Err(e) => return Err(e),
+            Transport::Tls(conn, sock) => {
+                for reads in 0..=TLS_READS_PER_CALL {
+                    match conn.reader().read(buf) {
+                        Ok(n) => return Ok(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // The peer closed without close_notify: end of stream for HTTP.
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                        Err(e) => return Err(e),
+                    }
+                    if reads == TLS_READS_PER_CALL {
+                        break;
+                    }
+                    let n = conn.read_tls(sock)?;
+                    conn.process_new_packets().map_err(tls_error)?;
+                    Self::flush_tls(conn, sock)?;
+                    if n == 0 {
+                        return match conn.reader().read(buf) {
+                            Ok(n) => Ok(n),
+                            Err(e)
+                                if e.kind() == io::ErrorKind::WouldBlock
+                                    || e.kind() == io::ErrorKind::UnexpectedEof =>
+                            {
+                                Ok(0)
+                            }
+                            Err(e) => Err(e),
+                        };
+                    }
                 }
-                let n = conn.read_tls(sock)?;
-                conn.process_new_packets().map_err(tls_error)?;
-                Self::flush_tls(conn, sock)?;
-                if n == 0 {
-                    return match conn.reader().read(buf) {
-                        Ok(n) => Ok(n),
-                        Err(e)
-                            if e.kind() == io::ErrorKind::WouldBlock
-                                || e.kind() == io::ErrorKind::UnexpectedEof =>
-                        {
-                            Ok(0)
-                        }
-                        Err(e) => Err(e),
-                    };
-                }
-            },
+                // Records without plaintext (handshake, tickets, alerts) that
+                // never end: give the loop back; the socket stays readable.
+                Err(io::ErrorKind::WouldBlock.into())
+            }
         }
     }
 }
