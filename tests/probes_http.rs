@@ -9,7 +9,9 @@ use std::thread;
 use std::time::Duration;
 
 use probes_util::*;
-use vmpulse::probes::config::{HttpScheme, ProbeHandler};
+use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
+use vmpulse::probes::tracker::Outcome;
+use vmpulse::probes::ProbeEvent;
 
 fn ok_server(ip: IpAddr) -> Server {
     Server::http(ip, |_, _| response("200 OK", "", "fine"))
@@ -505,20 +507,20 @@ fn redirect_without_location_is_a_warning_success() {
 
 #[test]
 fn hostile_responses_fail_cleanly() {
-    // Headers that never end.
+    // Headers that never end: past Go's 1 MiB.
     let s = Server::start(
         V4,
         0,
         Arc::new(|mut conn: TcpStream, _| {
             let _ = read_head(&mut conn);
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nX-Long: ");
-            let _ = conn.write_all(&vec![b'a'; 64 * 1024]);
+            let _ = conn.write_all(&vec![b'a'; 1100 * 1024]);
             thread::sleep(Duration::from_secs(2));
         }),
     );
     let (a, t) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1500, &[V4]);
     assert!(!a.success);
-    assert_eq!(a.message, "response headers longer than 16384 bytes");
+    assert_eq!(a.message, "response headers longer than 1048576 bytes");
     assert!(t < Duration::from_millis(1000), "{t:?}");
 
     // An endless stream of interim responses: fails at the deadline.
@@ -552,4 +554,160 @@ fn hostile_responses_fail_cleanly() {
     // Obsolete text is accepted (as by Go); the non-UTF-8 reason is dropped.
     assert!(a.success, "{a:?}");
     assert_eq!(a.message, "HTTP 200");
+}
+
+/// A server whose every answer is `bytes`, after which it closes the connection.
+fn closing_server(bytes: &'static [u8]) -> Server {
+    Server::http(V4, move |_, _| bytes.to_vec())
+}
+
+#[test]
+fn a_short_body_is_an_error_not_a_success() {
+    // The kubelet's rule: an error after the response headers is a probe error.
+    let s = closing_server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+    let (a, t) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1000, &[V4]);
+    assert!(!a.success, "{a:?}");
+    assert_eq!(a.outcome, Outcome::Error);
+    assert_eq!(a.message, "connection closed after 4 of 10 body bytes");
+    assert!(t < Duration::from_millis(500), "{t:?}");
+    // The same for a chunked body cut short, whatever the status.
+    let s = closing_server(b"HTTP/1.1 503 No\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n");
+    let (a, _) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1000, &[V4]);
+    assert_eq!(a.outcome, Outcome::Error, "{a:?}");
+    // A complete body, and a body without a length that ends with the
+    // connection, still succeed.
+    let s = closing_server(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfull");
+    let (a, _) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1000, &[V4]);
+    assert_eq!(a.outcome, Outcome::Success, "{a:?}");
+    let s = closing_server(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
+    let (a, _) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1000, &[V4]);
+    assert_eq!(a.outcome, Outcome::Success, "{a:?}");
+    // Closed before the headers end: a failure, as before.
+    let s = closing_server(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n");
+    let (a, _) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1000, &[V4]);
+    assert_eq!(a.outcome, Outcome::Failure, "{a:?}");
+    assert_eq!(a.message, "connection closed before the end of the headers");
+}
+
+#[test]
+fn a_body_stall_is_an_error_and_a_head_stall_a_failure() {
+    let stall_after = |bytes: &'static [u8]| {
+        Server::start(
+            V4,
+            0,
+            Arc::new(move |mut conn: TcpStream, _| {
+                let _ = read_head(&mut conn);
+                let _ = conn.write_all(bytes);
+                thread::sleep(Duration::from_millis(1500));
+            }),
+        )
+    };
+    let s = stall_after(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+    let (a, t) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 300, &[V4]);
+    assert_eq!(a.outcome, Outcome::Error, "{a:?}");
+    assert_eq!(a.message, "timed out after 300ms (reading the body)");
+    assert!(t >= Duration::from_millis(300), "{t:?}");
+    let s = stall_after(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n");
+    let (a, _) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 300, &[V4]);
+    assert_eq!(a.outcome, Outcome::Failure, "{a:?}");
+    assert_eq!(
+        a.message,
+        "timed out after 300ms (waiting for the response)"
+    );
+}
+
+#[test]
+fn large_response_headers_pass_up_to_one_mebibyte() {
+    for kib in [20, 30, 500] {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        let mut i = 0;
+        while head.len() < kib * 1024 {
+            head.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "f".repeat(90)).as_bytes());
+            i += 1;
+        }
+        head.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+        let head: &'static [u8] = head.leak();
+        let s = closing_server(head);
+        let (a, _) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 2000, &[V4]);
+        assert!(a.success, "{kib} KiB of headers: {a:?}");
+        assert_eq!(a.message, "HTTP 200 OK");
+    }
+}
+
+#[test]
+fn a_redirect_is_followed_without_waiting_for_its_body() {
+    // The redirect's body never completes: Go follows as soon as the headers arrive.
+    let s = Server::start(
+        V4,
+        0,
+        Arc::new(|mut conn: TcpStream, n| {
+            let _ = read_head(&mut conn);
+            if n == 0 {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 100\r\n\r\nstart",
+                );
+                thread::sleep(Duration::from_millis(1500));
+            } else {
+                let _ = conn.write_all(&response("200 OK", "", "fine"));
+            }
+        }),
+    );
+    let (a, t) = probe_once(http_get(s.port(), "/", HttpScheme::Http), 1000, &[V4]);
+    assert!(a.success, "{a:?}");
+    assert!(t < Duration::from_millis(500), "{t:?}");
+}
+
+#[test]
+fn errors_count_toward_neither_threshold() {
+    // Connection n gets answers[n % 4]: success, failure, error, failure.
+    const ANSWERS: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
+        b"HTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n",
+    ];
+    let s = Server::http(V4, |_, n| ANSWERS[n % 4].to_vec());
+    let c = ProbeConfig::builder(
+        ProbeKind::Readiness,
+        http_get(s.port(), "/", HttpScheme::Http),
+    )
+    .period(Duration::from_secs(1))
+    .failure_threshold(2)
+    .build()
+    .unwrap();
+    // Virtual time: attempts at 0, 1, 2 and 3 s.
+    let mut d = VirtualDriver::new(vec![c], env(&[V4]));
+    d.start_vm();
+    d.advance_to(Duration::from_millis(3500));
+    let attempts = d
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, ProbeEvent::Attempt(_)))
+        .count();
+    assert_eq!(attempts, 4, "{:?}", d.events);
+    let story: Vec<String> = d
+        .events
+        .iter()
+        .map(|(_, e)| match e {
+            ProbeEvent::Attempt(a) => format!("{:?}", a.outcome),
+            ProbeEvent::Ready(r) => format!("ready {r}"),
+            ProbeEvent::LivenessFailed { .. } => "liveness failed".into(),
+        })
+        .take(6)
+        .collect();
+    // The error neither resets the run of failures nor adds to it: the two
+    // failures around it reach the threshold of 2.
+    assert_eq!(
+        story,
+        [
+            "Success",
+            "ready true",
+            "Failure",
+            "Error",
+            "Failure",
+            "ready false"
+        ]
+    );
+    let st = d.set.stats();
+    assert_eq!((st.successes, st.failures, st.errors), (1, 2, 1));
 }

@@ -20,6 +20,7 @@ use vmpulse::probes::{ProbeEnv, ProbeEvent, ProbeSet, ProbeSetError, ProbeStats}
 
 const R: ProbeKind = ProbeKind::Readiness;
 const L: ProbeKind = ProbeKind::Liveness;
+use vmpulse::probes::tracker::Outcome;
 
 fn ms(x: u64) -> Duration {
     Duration::from_millis(x)
@@ -239,6 +240,7 @@ fn overrunning_attempts_start_at_completion() {
             attempts: 3,
             successes: 0,
             failures: 3,
+            errors: 0,
             timeouts: 3,
             body_stalls: 0
         }
@@ -246,7 +248,7 @@ fn overrunning_attempts_start_at_completion() {
 }
 
 #[test]
-fn a_body_stall_counts_as_a_failure_and_is_counted() {
+fn a_body_stall_is_an_error_and_is_counted() {
     let server = Server::start(
         V6,
         0,
@@ -265,11 +267,17 @@ fn a_body_stall_counts_as_a_failure_and_is_counted() {
     d.advance_to(s(5));
     let (t, a) = d.attempts().remove(0);
     assert!(!a.success);
+    assert_eq!(a.outcome, Outcome::Error);
     assert_eq!(t, s(3));
     assert_eq!(a.duration, s(3));
-    assert!(a.message.contains("timed out"), "{}", a.message);
+    assert_eq!(a.message, "timed out after 3s (reading the body)");
     let st = d.set.stats();
-    assert_eq!((st.failures, st.timeouts, st.body_stalls), (1, 1, 1));
+    assert_eq!(
+        (st.failures, st.errors, st.timeouts, st.body_stalls),
+        (0, 1, 1, 1)
+    );
+    // An error counts toward neither threshold: still not ready, no transition.
+    assert!(!d.set.ready());
 }
 
 #[test]

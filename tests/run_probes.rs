@@ -256,3 +256,88 @@ fn agent_ping_over_com2_without_an_agent_fails_liveness() {
         .count();
     assert_eq!(failures, 2, "{}", r.dump());
 }
+
+#[test]
+fn liveness_http_errors_are_printed_and_never_fail_the_vm() {
+    if !kvm_or_skip("liveness_http_errors_are_printed_and_never_fail_the_vm") {
+        return;
+    }
+    // Every answer's body is shorter than its Content-Length: a probe error,
+    // which the kubelet throws away, so even failureThreshold 1 never trips.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut s,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
+            );
+        }
+    });
+    let m = probe_manifest("livenessProbe", &http_handler(port), 1);
+    let r = spawn(&m.path, &["--guest-timeout", "5", "--run-for", "4s"], LIMIT).finish();
+    let probes = r.of("probe");
+    assert!(probes.len() >= 2, "{}", r.dump());
+    for p in &probes {
+        assert_eq!(p["result"], "error", "{}", r.dump());
+        assert_eq!(p["message"], "connection closed after 4 of 10 body bytes");
+    }
+    assert!(r.of("liveness").is_empty(), "{}", r.dump());
+    assert_eq!(
+        r.story()[r.story().len() - 2..],
+        ["stopped runtime", "finished 0"]
+    );
+}
+
+#[test]
+fn a_flooding_http_peer_never_holds_the_vmm_loop() {
+    if !kvm_or_skip("a_flooding_http_peer_never_holds_the_vmm_loop") {
+        return;
+    }
+    // Issue 11: an endless stream of `102 Processing` held the loop for tens of
+    // seconds; `--run-for` must still end the run on time.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut s, &mut buf);
+                let flood = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(512);
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while std::time::Instant::now() < until {
+                    if std::io::Write::write_all(&mut s, &flood).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let m = probe_manifest("livenessProbe", &http_handler(port), 100);
+    let r = spawn(&m.path, &["--guest-timeout", "5", "--run-for", "3s"], LIMIT).finish();
+    assert_eq!(
+        r.story()[r.story().len() - 2..],
+        ["stopped runtime", "finished 0"],
+        "{}",
+        r.dump()
+    );
+    let started = r.of("started")[0]["time_ms"].as_u64().unwrap();
+    let stopped = r.of("stopped")[0]["time_ms"].as_u64().unwrap();
+    assert!(
+        stopped - started <= 3_300,
+        "--run-for 3s ended after {} ms: {}",
+        stopped - started,
+        r.dump()
+    );
+    let probes = r.of("probe");
+    assert!(probes.len() >= 2, "{}", r.dump());
+    assert!(
+        probes.iter().all(|p| p["result"] == "failure"),
+        "{}",
+        r.dump()
+    );
+}

@@ -9,6 +9,7 @@
 pub mod driver;
 pub mod ops;
 pub mod pci;
+pub mod peers;
 pub mod seeds;
 pub mod texts;
 pub mod tracker;

@@ -84,9 +84,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const BUSY_RETRY: Duration = Duration::from_millis(10);
 /// The read chunk size.
 const READ_CHUNK: usize = 16 * 1024;
-/// Reads per [`AgentClient::on_ready`] call, so a flooding peer cannot hold the
-/// caller's loop; level-triggered readiness brings the client back for the rest.
-const READS_PER_CALL: usize = 64;
+/// Bytes read at most per [`AgentClient::on_ready`] call, so a flooding peer
+/// cannot hold the caller's loop (the lines in them are handled in the same
+/// call, each in time linear in its length); level-triggered readiness brings
+/// the client back for the rest.
+pub const READ_BUDGET: usize = 2 * 1024;
 /// The sync handshake's lexer-reset byte and reply delimiter.
 const SYNC_MARKER: u8 = 0xFF;
 
@@ -175,7 +177,10 @@ pub struct AgentClient {
 #[derive(Debug)]
 struct Conn {
     sock: Socket,
+    /// Input; bytes before `rpos` are consumed (compacted after each batch, so
+    /// a line costs time linear in its length, not in the buffer's).
     rbuf: Vec<u8>,
+    rpos: usize,
     wbuf: Vec<u8>,
 }
 
@@ -276,8 +281,20 @@ impl AgentClient {
         self.stats
     }
 
+    /// Bytes of input held (an incomplete reply line): at most
+    /// [`MAX_REPLY_LINE`] plus one read.
+    pub fn buffered(&self) -> usize {
+        self.conn.as_ref().map_or(0, |c| c.rbuf.len() - c.rpos)
+    }
+
+    /// Attempts still waiting for their result.
+    pub fn pending(&self) -> usize {
+        self.attempts.len()
+    }
+
     /// The fds the event loop must watch right now, level-triggered (the client
-    /// reads at most 1 MiB per call and relies on being woken again for the rest).
+    /// reads at most [`READ_BUDGET`] bytes per call and relies on being woken again
+    /// for the rest).
     /// The caller re-syncs its registrations after every call into the client. After a connection is
     /// lost, at least one call reports no fd before a new connection appears,
     /// so a reused fd number always shows up as a change.
@@ -645,6 +662,7 @@ impl AgentClient {
         self.inflight = None;
         if let Some(c) = &mut self.conn {
             c.rbuf.clear();
+            c.rpos = 0;
         }
     }
 
@@ -677,6 +695,7 @@ impl AgentClient {
             self.after_marker = false;
             if let Some(c) = &mut self.conn {
                 c.rbuf.clear();
+                c.rpos = 0;
             }
             self.send(Req::Sync { id }, bytes, deadline, None, now);
             return;
@@ -780,17 +799,20 @@ impl AgentClient {
 
     fn read_input(&mut self, now: Instant) {
         let mut chunk = [0u8; READ_CHUNK];
-        for _ in 0..READS_PER_CALL {
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
             let Some(c) = &mut self.conn else {
                 return;
             };
-            match (&c.sock).read(&mut chunk) {
+            let want = budget.min(READ_CHUNK);
+            match (&c.sock).read(&mut chunk[..want]) {
                 Ok(0) => {
                     self.process_input(now);
                     self.lose_connection("closed by the agent".into(), now);
                     return;
                 }
                 Ok(n) => {
+                    budget -= n;
                     c.rbuf.extend_from_slice(&chunk[..n]);
                     self.process_input(now);
                 }
@@ -806,11 +828,20 @@ impl AgentClient {
 
     /// Consumes whatever complete input is buffered.
     fn process_input(&mut self, now: Instant) {
+        self.process_lines(now);
+        if let Some(c) = &mut self.conn {
+            c.rbuf.drain(..c.rpos);
+            c.rpos = 0;
+        }
+    }
+
+    /// Consumes complete lines from `rbuf[rpos..]`, advancing `rpos`.
+    fn process_lines(&mut self, now: Instant) {
         loop {
             let Some(c) = &mut self.conn else {
                 return;
             };
-            if c.rbuf.is_empty() {
+            if c.rpos >= c.rbuf.len() {
                 return;
             }
             if !self.synced {
@@ -821,36 +852,37 @@ impl AgentClient {
                     }) => id,
                     _ => {
                         // Nothing to sync with yet: whatever comes is stale.
-                        self.stats.skipped_bytes += c.rbuf.len() as u64;
-                        c.rbuf.clear();
+                        self.stats.skipped_bytes += (c.rbuf.len() - c.rpos) as u64;
+                        c.rpos = c.rbuf.len();
                         self.after_marker = false;
                         return;
                     }
                 };
                 if !self.after_marker {
-                    match c.rbuf.iter().position(|&b| b == SYNC_MARKER) {
+                    match c.rbuf[c.rpos..].iter().position(|&b| b == SYNC_MARKER) {
                         Some(p) => {
                             self.stats.skipped_bytes += p as u64;
-                            c.rbuf.drain(..=p);
+                            c.rpos += p + 1;
                             self.after_marker = true;
                         }
                         None => {
-                            self.stats.skipped_bytes += c.rbuf.len() as u64;
-                            c.rbuf.clear();
+                            self.stats.skipped_bytes += (c.rbuf.len() - c.rpos) as u64;
+                            c.rpos = c.rbuf.len();
                             return;
                         }
                     }
                 }
-                let Some(nl) = c.rbuf.iter().position(|&b| b == b'\n') else {
-                    if c.rbuf.len() > MAX_REPLY_LINE {
+                let Some(nl) = c.rbuf[c.rpos..].iter().position(|&b| b == b'\n') else {
+                    if c.rbuf.len() - c.rpos > MAX_REPLY_LINE {
                         self.stats.garbled += 1;
-                        self.stats.skipped_bytes += c.rbuf.len() as u64;
-                        c.rbuf.clear();
+                        self.stats.skipped_bytes += (c.rbuf.len() - c.rpos) as u64;
+                        c.rpos = c.rbuf.len();
                         self.after_marker = false;
                     }
                     return;
                 };
-                let line: Vec<u8> = c.rbuf.drain(..=nl).collect();
+                let line = c.rbuf[c.rpos..=c.rpos + nl].to_vec();
+                c.rpos += nl + 1;
                 // A later marker on the same line starts a newer delimited reply.
                 let line = match line.iter().rposition(|&b| b == SYNC_MARKER) {
                     Some(p) => {
@@ -879,13 +911,14 @@ impl AgentClient {
                 }
                 continue;
             }
-            let Some(nl) = c.rbuf.iter().position(|&b| b == b'\n') else {
-                if c.rbuf.len() > MAX_REPLY_LINE {
+            let Some(nl) = c.rbuf[c.rpos..].iter().position(|&b| b == b'\n') else {
+                if c.rbuf.len() - c.rpos > MAX_REPLY_LINE {
                     self.garbled(format!("reply longer than {MAX_REPLY_LINE} bytes"), now);
                 }
                 return;
             };
-            let line: Vec<u8> = c.rbuf.drain(..=nl).collect();
+            let line = c.rbuf[c.rpos..=c.rpos + nl].to_vec();
+            c.rpos += nl + 1;
             let text = line.trim_ascii();
             if text.is_empty() {
                 continue;
@@ -1045,6 +1078,7 @@ impl Conn {
         Conn {
             sock,
             rbuf: Vec::new(),
+            rpos: 0,
             wbuf: Vec::new(),
         }
     }

@@ -10,8 +10,14 @@
 //! - headers: `Host` (overridable by a user header), `User-Agent`, `Accept: */*`
 //!   (a user header with an empty value removes them), then the user's headers;
 //! - `scheme: HTTPS` uses rustls without certificate verification;
-//! - a stall anywhere, including in the body after the headers, fails at the
-//!   deadline (the kubelet discards a body stall; vmpulse counts it as a failure).
+//! - errors before the response headers (refused, reset, timed out, malformed or
+//!   over-long headers) are failures; errors after them (a body shorter than its
+//!   `Content-Length` when the connection closes, a chunked body cut short, a
+//!   stall past the deadline) are errors, which the kubelet throws away: they
+//!   count toward neither threshold;
+//! - the head may take up to [`MAX_HEAD`] bytes (1 MiB, as Go), interim (1xx)
+//!   responses included; each wake-up reads at most [`READ_BUDGET`] bytes, so a
+//!   peer that never stops sending cannot hold the caller's loop.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -34,16 +40,24 @@ use super::CheckResult;
 
 /// Bytes of response body read at most (the kubelet's 10 KiB).
 pub const MAX_BODY: usize = 10 * 1024;
-/// Bytes of status line and headers accepted at most.
-pub const MAX_HEAD: usize = 16 * 1024;
+/// Bytes of status lines and headers accepted at most, interim (1xx) responses
+/// included: 1 MiB, Go's `http.DefaultMaxHeaderBytes`.
+pub const MAX_HEAD: usize = 1 << 20;
+/// Bytes read from the socket at most per [`HttpCheck::on_ready`] call: a peer
+/// that never stops sending cannot hold the caller's loop. Level-triggered
+/// readiness brings the check back for the rest.
+pub const READ_BUDGET: usize = 8 * 1024;
 /// Requests per attempt at most: the original plus 9 redirects.
 pub const MAX_REQUESTS: u32 = 10;
 /// The default `User-Agent`.
 pub const USER_AGENT: &str = "kube-probe/1.34";
-/// Response headers parsed at most.
+/// Header slots tried first (more are allocated when a head has more lines).
 const MAX_HEADERS: usize = 100;
 /// Read chunk size.
 const READ_CHUNK: usize = 4096;
+/// `read_tls` calls at most per plaintext read (each takes at most one buffer of
+/// records), so records without plaintext cannot hold the loop either.
+const TLS_READS_PER_CALL: usize = 4;
 
 /// What an `httpGet` probe asks for (shared by all its attempts).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,6 +336,18 @@ impl Transport {
         }
     }
 
+    /// Read plaintext that TLS has already decrypted, without reading the
+    /// socket: `WouldBlock` when there is none (always, for plain TCP).
+    fn read_buffered(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Transport::Tls(conn, _) => match conn.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+        }
+    }
+
     /// Whether there are bytes waiting for the socket to become writable.
     fn wants_write(&self) -> bool {
         match self {
@@ -336,44 +362,83 @@ impl Transport {
         match self {
             Transport::Plain(s) => s.read(buf),
             #[cfg(feature = "https")]
-            Transport::Tls(conn, sock) => loop {
-                match conn.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // The peer closed without close_notify: end of stream for HTTP.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                    Err(e) => return Err(e),
+            Transport::Tls(conn, sock) => {
+                for reads in 0..=TLS_READS_PER_CALL {
+                    match conn.reader().read(buf) {
+                        Ok(n) => return Ok(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // The peer closed without close_notify: end of stream for HTTP.
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                        Err(e) => return Err(e),
+                    }
+                    if reads == TLS_READS_PER_CALL {
+                        break;
+                    }
+                    let n = conn.read_tls(sock)?;
+                    conn.process_new_packets().map_err(tls_error)?;
+                    Self::flush_tls(conn, sock)?;
+                    if n == 0 {
+                        return match conn.reader().read(buf) {
+                            Ok(n) => Ok(n),
+                            Err(e)
+                                if e.kind() == io::ErrorKind::WouldBlock
+                                    || e.kind() == io::ErrorKind::UnexpectedEof =>
+                            {
+                                Ok(0)
+                            }
+                            Err(e) => Err(e),
+                        };
+                    }
                 }
-                let n = conn.read_tls(sock)?;
-                conn.process_new_packets().map_err(tls_error)?;
-                Self::flush_tls(conn, sock)?;
-                if n == 0 {
-                    return match conn.reader().read(buf) {
-                        Ok(n) => Ok(n),
-                        Err(e)
-                            if e.kind() == io::ErrorKind::WouldBlock
-                                || e.kind() == io::ErrorKind::UnexpectedEof =>
-                        {
-                            Ok(0)
-                        }
-                        Err(e) => Err(e),
-                    };
-                }
-            },
+                // Records without plaintext (handshake, tickets, alerts) that
+                // never end: give the loop back; the socket stays readable.
+                Err(io::ErrorKind::WouldBlock.into())
+            }
         }
     }
 }
 
-/// The response so far.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    reason: String,
-    location: Option<String>,
-    content_length: Option<usize>,
-    chunked: bool,
-    body: Vec<u8>,
+/// A response as far as it has been read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The status code of the final (non-1xx) response.
+    pub status: u16,
+    /// The reason phrase (empty when absent or not UTF-8).
+    pub reason: String,
+    /// The `Location` header, if any.
+    pub location: Option<String>,
+    /// The `Content-Length` header, if any and valid.
+    pub content_length: Option<usize>,
+    /// Whether the body is chunked (`Transfer-Encoding: chunked`).
+    pub chunked: bool,
+    /// The body bytes read so far (at most [`MAX_BODY`]; raw, chunk framing
+    /// included; nothing past the end of the body).
+    pub body: Vec<u8>,
+    /// Where a chunked body's framing is.
+    framing: Chunked,
 }
+
+/// Where the framing of a chunked body is (RFC 9112 section 7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunked {
+    /// In a chunk-size line: the size so far, its digit count, and whether an
+    /// extension (or whitespace) started.
+    Size { value: u64, digits: u32, ext: bool },
+    /// In a chunk's data: bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one; bytes in the line.
+    Trailer(usize),
+    /// The body ended.
+    Done,
+}
+
+const CHUNK_START: Chunked = Chunked::Size {
+    value: 0,
+    digits: 0,
+    ext: false,
+};
 
 impl Response {
     /// Whether the body read so far is all we will read.
@@ -385,14 +450,364 @@ impl Response {
             return true;
         }
         if self.chunked {
-            // The last chunk (no trailers) ends the body.
-            return self.body == b"0\r\n\r\n" || self.body.ends_with(b"\r\n0\r\n\r\n");
+            return self.framing == Chunked::Done;
         }
         match self.content_length {
             Some(n) => self.body.len() >= n,
             None => false,
         }
     }
+
+    /// Take body bytes up to the end of the body (or [`MAX_BODY`]); bytes past
+    /// it are dropped. A chunked body's framing is checked as it arrives: bad
+    /// framing is an error after the headers.
+    fn take_body(&mut self, bytes: &[u8]) -> Result<(), CheckResult> {
+        if self.body_complete() {
+            return Ok(());
+        }
+        let mut take = bytes.len().min(MAX_BODY - self.body.len());
+        if self.chunked {
+            take = self.frame(&bytes[..take])?;
+        } else if let Some(n) = self.content_length {
+            take = take.min(n - self.body.len());
+        }
+        self.body.extend_from_slice(&bytes[..take]);
+        Ok(())
+    }
+
+    /// Advance the chunked framing over `bytes`; returns how many belong to the body.
+    fn frame(&mut self, bytes: &[u8]) -> Result<usize, CheckResult> {
+        let bad = |why: &str| CheckResult::error(format!("malformed chunked body: {why}"));
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Chunked::Data(left) = self.framing {
+                let n = left.min((bytes.len() - i) as u64);
+                i += n as usize;
+                self.framing = if n == left {
+                    Chunked::DataEnd
+                } else {
+                    Chunked::Data(left - n)
+                };
+                continue;
+            }
+            let b = bytes[i];
+            self.framing = match self.framing {
+                Chunked::Done => return Ok(i),
+                Chunked::Data(_) => unreachable!("handled above"),
+                Chunked::Size { value, digits, ext } => match b {
+                    b'\n' if digits == 0 => return Err(bad("no chunk size")),
+                    b'\n' if value == 0 => Chunked::Trailer(0),
+                    b'\n' => Chunked::Data(value),
+                    b'\r' => self.framing,
+                    b';' | b' ' | b'\t' => Chunked::Size {
+                        value,
+                        digits,
+                        ext: true,
+                    },
+                    _ if ext => self.framing,
+                    _ => {
+                        let Some(d) = (b as char).to_digit(16) else {
+                            return Err(bad("bad chunk size"));
+                        };
+                        if digits >= 15 {
+                            return Err(bad("chunk size too large"));
+                        }
+                        Chunked::Size {
+                            value: value * 16 + u64::from(d),
+                            digits: digits + 1,
+                            ext,
+                        }
+                    }
+                },
+                Chunked::DataEnd => match b {
+                    b'\r' => Chunked::DataEnd,
+                    b'\n' => CHUNK_START,
+                    _ => return Err(bad("no line end after a chunk")),
+                },
+                Chunked::Trailer(len) => match b {
+                    b'\r' => Chunked::Trailer(len),
+                    b'\n' if len == 0 => Chunked::Done,
+                    b'\n' => Chunked::Trailer(0),
+                    _ => Chunked::Trailer(len + 1),
+                },
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    /// Whether this is a redirect status with a `Location`.
+    fn is_redirect(&self) -> bool {
+        matches!(self.status, 301 | 302 | 303 | 307 | 308) && self.location.is_some()
+    }
+}
+
+/// Reads one HTTP/1.1 response from bytes that arrive in chunks of any size,
+/// without any socket: [`HttpCheck`] feeds it what the connection delivers, and
+/// a fuzz target feeds it arbitrary bytes.
+///
+/// - status line and headers, interim (1xx) responses included, are bounded by
+///   [`MAX_HEAD`] bytes in all; interim responses are skipped (an endless
+///   stream of them fails once it passes the bound, as Go's client bounds the
+///   1xx headers it accepts);
+/// - the head is parsed only once its end (an empty line) has arrived, so the
+///   work per byte stays constant however the bytes are split;
+/// - at most [`MAX_BODY`] bytes of body are kept ([`ResponseReader::room`] never
+///   asks for more); bytes past what is asked for are dropped.
+///
+/// Errors before the headers are failures; errors after them (a body shorter
+/// than its `Content-Length`, a chunked body cut short) are [`CheckResult::error`]s.
+///
+/// ```
+/// use vmpulse_probes::http::ResponseReader;
+///
+/// let mut r = ResponseReader::new();
+/// assert!(!r.feed(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Le").unwrap());
+/// assert!(r.feed(b"ngth: 2\r\n\r\nok").unwrap());
+/// assert_eq!(r.response().unwrap().status, 200);
+///
+/// let mut short = ResponseReader::new();
+/// assert!(!short.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok").unwrap());
+/// let error = short.eof().unwrap_err();
+/// assert_eq!(error.outcome, vmpulse_probes::tracker::Outcome::Error);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ResponseReader {
+    /// Head bytes not parsed yet.
+    input: Vec<u8>,
+    /// Bytes at the start of `input` known to hold no end of head.
+    scanned: usize,
+    /// Head bytes consumed so far (interim responses).
+    head_bytes: usize,
+    /// Interim responses skipped.
+    interim: u64,
+    response: Option<Response>,
+}
+
+/// Where the head ends in `input` (the index past the empty line), searching from `from`.
+fn head_end(input: &[u8], from: usize) -> Option<usize> {
+    let from = from.min(input.len());
+    input[from..]
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .find_map(|(i, _)| {
+            let i = from + i;
+            let rest = &input[i + 1..];
+            if rest.starts_with(b"\n") {
+                Some(i + 2)
+            } else if rest.starts_with(b"\r\n") {
+                Some(i + 3)
+            } else {
+                None
+            }
+        })
+}
+
+impl ResponseReader {
+    /// A reader waiting for the first byte.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many bytes the reader takes next at most: 0 once the response is complete.
+    pub fn room(&self) -> usize {
+        match &self.response {
+            None => READ_CHUNK,
+            Some(r) if r.body_complete() => 0,
+            Some(r) => (MAX_BODY - r.body.len()).min(READ_CHUNK),
+        }
+    }
+
+    /// Whether the final response's headers have arrived.
+    pub fn headers_done(&self) -> bool {
+        self.response.is_some()
+    }
+
+    /// Whether the response is complete (no more bytes are wanted).
+    pub fn complete(&self) -> bool {
+        self.room() == 0
+    }
+
+    /// The response, once its headers have arrived.
+    pub fn response(&self) -> Option<&Response> {
+        self.response.as_ref()
+    }
+
+    /// Interim (1xx) responses skipped so far.
+    pub fn interim(&self) -> u64 {
+        self.interim
+    }
+
+    /// Bytes held: unparsed head bytes plus the body kept.
+    pub fn buffered(&self) -> usize {
+        self.input.len() + self.response.as_ref().map_or(0, |r| r.body.len())
+    }
+
+    /// Take `bytes` (at most [`ResponseReader::room`] of them are kept once the
+    /// headers are in); returns whether the response is complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<bool, CheckResult> {
+        if let Some(r) = &mut self.response {
+            r.take_body(bytes)?;
+            return Ok(self.complete());
+        }
+        self.input.extend_from_slice(bytes);
+        self.parse()?;
+        Ok(self.complete())
+    }
+
+    /// Parse whatever complete heads are buffered: skip interim responses, keep
+    /// the final one.
+    fn parse(&mut self) -> Result<(), CheckResult> {
+        let mut pos = 0;
+        let result = loop {
+            // Up to two bytes before the scanned part may start the end of head.
+            let from = self.scanned.saturating_sub(2).max(pos);
+            let Some(end) = head_end(&self.input, from) else {
+                self.scanned = self.input.len();
+                break if self.head_bytes + self.input.len() - pos > MAX_HEAD {
+                    Err(self.too_long())
+                } else {
+                    Ok(())
+                };
+            };
+            if self.head_bytes + end - pos > MAX_HEAD {
+                break Err(self.too_long());
+            }
+            match parse_one(&self.input[pos..end]) {
+                Ok(Head::Interim(len)) => {
+                    self.interim += 1;
+                    self.head_bytes += len;
+                    pos += len;
+                }
+                Ok(Head::Final(mut r)) => {
+                    let taken = r.take_body(&self.input[end..]);
+                    self.response = Some(r);
+                    self.input = Vec::new();
+                    self.scanned = 0;
+                    return taken;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.input.drain(..pos);
+        self.scanned = self.scanned.saturating_sub(pos);
+        result
+    }
+
+    fn too_long(&self) -> CheckResult {
+        let interim = match self.interim {
+            0 => String::new(),
+            n => format!(" ({n} interim responses)"),
+        };
+        CheckResult::failure(format!(
+            "response headers{interim} longer than {MAX_HEAD} bytes"
+        ))
+    }
+
+    /// The peer closed the connection: `Ok` if the response is complete (a body
+    /// without length ends here), else why not.
+    pub fn eof(&mut self) -> Result<(), CheckResult> {
+        let Some(r) = &self.response else {
+            // Interim responses alone are no response.
+            return Err(CheckResult::failure(if self.input.is_empty() {
+                "connection closed without a response".into()
+            } else {
+                "connection closed before the end of the headers".into()
+            }));
+        };
+        if r.body_complete() {
+            return Ok(());
+        }
+        if r.chunked {
+            return Err(CheckResult::error(
+                "connection closed before the end of the chunked body".into(),
+            ));
+        }
+        match r.content_length {
+            Some(n) => Err(CheckResult::error(format!(
+                "connection closed after {} of {n} body bytes",
+                r.body.len()
+            ))),
+            None => {
+                // Read until the end: that is the whole body.
+                if let Some(r) = &mut self.response {
+                    r.content_length = Some(r.body.len());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Take the response (complete or not).
+    pub fn take_response(&mut self) -> Option<Response> {
+        self.response.take()
+    }
+}
+
+/// One parsed head.
+enum Head {
+    /// An interim response of this many bytes.
+    Interim(usize),
+    /// The final response (its body still empty).
+    Final(Response),
+}
+
+/// Parse one complete head (status line, headers and the empty line).
+fn parse_one(head: &[u8]) -> Result<Head, CheckResult> {
+    let mut stack = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut heap;
+    let mut resp = httparse::Response::new(&mut stack);
+    let mut parsed = resp.parse(head);
+    if parsed == Err(httparse::Error::TooManyHeaders) {
+        // No limit on the count (Go has none): one slot per line is enough.
+        let lines = head.iter().filter(|b| **b == b'\n').count();
+        heap = vec![httparse::EMPTY_HEADER; lines + 1];
+        resp = httparse::Response::new(&mut heap);
+        parsed = resp.parse(head);
+    }
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return Err(CheckResult::failure(
+                "malformed HTTP response: incomplete head".into(),
+            ))
+        }
+        Err(e) => {
+            return Err(CheckResult::failure(format!(
+                "malformed HTTP response: {e}"
+            )))
+        }
+    };
+    let status = resp.code.unwrap_or(0);
+    if (100..200).contains(&status) && status != 101 {
+        return Ok(Head::Interim(len));
+    }
+    let mut location = None;
+    let mut content_length = None;
+    let mut chunked = false;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("Location") {
+            location = Some(String::from_utf8_lossy(h.value).trim().to_string());
+        } else if h.name.eq_ignore_ascii_case("Content-Length") {
+            content_length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        } else if h.name.eq_ignore_ascii_case("Transfer-Encoding") {
+            chunked = String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked");
+        }
+    }
+    Ok(Head::Final(Response {
+        status,
+        reason: resp.reason.unwrap_or("").to_string(),
+        location,
+        content_length,
+        chunked,
+        body: Vec::new(),
+        framing: CHUNK_START,
+    }))
 }
 
 #[derive(Debug)]
@@ -402,8 +817,7 @@ enum Phase {
         transport: Transport,
         request: Vec<u8>,
         written: usize,
-        input: Vec<u8>,
-        response: Option<Response>,
+        reader: ResponseReader,
     },
     Done,
 }
@@ -415,7 +829,7 @@ fn phase_name(phase: &Phase) -> &'static str {
         Phase::Exchange {
             written, request, ..
         } if *written < request.len() => "sending the request",
-        Phase::Exchange { response: None, .. } => "waiting for the response",
+        Phase::Exchange { reader, .. } if !reader.headers_done() => "waiting for the response",
         Phase::Exchange { .. } => "reading the body",
         Phase::Done => "done",
     }
@@ -430,6 +844,8 @@ pub struct HttpCheck {
     requests: u32,
     phase: Phase,
     result: Option<CheckResult>,
+    /// Bytes the current [`HttpCheck::on_ready`] call may still read from the socket.
+    budget: usize,
 }
 
 impl HttpCheck {
@@ -448,6 +864,7 @@ impl HttpCheck {
             requests: 0,
             phase: Phase::Done,
             result: None,
+            budget: READ_BUDGET,
         };
         check.request();
         // Poll at once only if the connection did not simply start (refused or
@@ -480,13 +897,7 @@ impl HttpCheck {
 
     /// Whether the attempt is reading the body (headers received).
     pub fn reading_body(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Exchange {
-                response: Some(_),
-                ..
-            }
-        )
+        matches!(&self.phase, Phase::Exchange { reader, .. } if reader.headers_done())
     }
 
     /// Connections opened so far (a redirect opens a new one).
@@ -514,6 +925,8 @@ impl HttpCheck {
 
     /// Make progress; returns the result once known. Safe to call spuriously.
     pub fn on_ready(&mut self) -> Option<&CheckResult> {
+        // One budget for the whole call, redirects included.
+        self.budget = READ_BUDGET;
         // A redirect starts a new connection, which may progress at once: loop.
         for _ in 0..=MAX_REQUESTS {
             if self.result.is_some() {
@@ -554,13 +967,13 @@ impl HttpCheck {
                 transport,
                 request: build_request(&self.spec, &self.url),
                 written: 0,
-                input: Vec::new(),
-                response: None,
+                reader: ResponseReader::new(),
             };
         }
         if matches!(self.phase, Phase::Exchange { .. }) {
-            if let Err(m) = self.exchange() {
-                self.fail(m);
+            if let Err(result) = self.exchange() {
+                self.phase = Phase::Done;
+                self.result = Some(result);
             }
         }
     }
@@ -576,179 +989,158 @@ impl HttpCheck {
         ClientConnection::new(config, name).map_err(|e| format!("TLS: {e}"))
     }
 
-    /// Write the request, read and parse the response. `Err` is a failure.
-    fn exchange(&mut self) -> Result<(), String> {
+    /// Write the request, read and parse the response, with at most
+    /// [`READ_BUDGET`] bytes read from the socket per call. `Err` ends the attempt.
+    fn exchange(&mut self) -> Result<(), CheckResult> {
+        let HttpCheck {
+            phase,
+            url,
+            spec,
+            budget,
+            ..
+        } = self;
         let Phase::Exchange {
             transport,
             request,
             written,
-            input,
-            response,
-        } = &mut self.phase
+            reader,
+        } = phase
         else {
             return Ok(());
         };
         while *written < request.len() {
             match transport.write(&request[*written..]) {
-                Ok(0) => return Err("connection closed while sending the request".into()),
+                Ok(0) => {
+                    return Err(CheckResult::failure(
+                        "connection closed while sending the request".into(),
+                    ))
+                }
                 Ok(n) => *written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(format!("sending the request: {}", error_text(&e))),
+                Err(e) => {
+                    return Err(CheckResult::failure(format!(
+                        "sending the request: {}",
+                        error_text(&e)
+                    )))
+                }
             }
         }
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            let want = match response {
-                Some(r) => (MAX_BODY - r.body.len()).min(READ_CHUNK),
-                None => READ_CHUNK,
+            let room = reader.room();
+            if room == 0 || reader.response().is_some_and(|r| follows(url, spec, r)) {
+                break;
+            }
+            // Past the budget, only what TLS already decrypted is taken (a bounded
+            // amount); the socket stays readable and brings the check back.
+            let read = if *budget > 0 {
+                transport.read(&mut chunk[..room])
+            } else {
+                transport.read_buffered(&mut chunk[..room])
             };
-            let eof = match transport.read(&mut chunk[..want]) {
-                Ok(0) => true,
+            let complete = match read {
+                Ok(0) => {
+                    reader.eof()?;
+                    true
+                }
                 Ok(n) => {
-                    match response {
-                        Some(r) => r.body.extend_from_slice(&chunk[..n]),
-                        None => input.extend_from_slice(&chunk[..n]),
-                    }
-                    false
+                    *budget = budget.saturating_sub(n);
+                    reader.feed(&chunk[..n])?
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let phase = if response.is_some() {
-                        "reading the body"
+                    // After the headers, an I/O error is the kubelet's probe error.
+                    return Err(if reader.headers_done() {
+                        CheckResult::error(format!("reading the body: {}", error_text(&e)))
                     } else {
-                        "reading the response"
-                    };
-                    return Err(format!("{phase}: {}", error_text(&e)));
+                        CheckResult::failure(format!("reading the response: {}", error_text(&e)))
+                    });
                 }
             };
-            if response.is_none() {
-                match parse_head(input)? {
-                    Some(r) => *response = Some(r),
-                    None if eof && input.is_empty() => {
-                        return Err("connection closed without a response".into())
-                    }
-                    None if eof => {
-                        return Err("connection closed before the end of the headers".into())
-                    }
-                    None => continue,
-                }
-            }
-            let r = response.as_ref().expect("parsed above");
-            if eof || r.body_complete() {
+            if complete {
                 break;
             }
         }
-        let Phase::Exchange {
-            response: Some(r), ..
-        } = std::mem::replace(&mut self.phase, Phase::Done)
+        let Phase::Exchange { mut reader, .. } = std::mem::replace(&mut self.phase, Phase::Done)
         else {
-            unreachable!("the loop ends only with a response")
+            unreachable!("matched above")
         };
+        let r = reader
+            .take_response()
+            .expect("the loop ends only with a response");
         self.finish(r)
     }
 
-    /// Decide on a complete response: result or redirect.
-    fn finish(&mut self, r: Response) -> Result<(), String> {
+    /// Decide on a response (complete, or a redirect's headers): result or redirect.
+    fn finish(&mut self, r: Response) -> Result<(), CheckResult> {
         let status = r.status;
         // "302 Found", or "302" when the reason phrase is empty or not UTF-8.
         let line = format!("{status} {}", r.reason).trim_end().to_string();
-        let redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
-        if redirect {
-            if let Some(location) = &r.location {
-                match resolve_location(&self.url, location) {
-                    Some(next) if same_host(&next.host, &self.spec.host) => {
-                        if self.requests >= MAX_REQUESTS {
-                            return Err(format!(
-                                "stopped after {MAX_REQUESTS} redirects (last Location: {location})"
-                            ));
-                        }
-                        self.url = next;
-                        self.request();
-                        return Ok(());
+        if r.is_redirect() {
+            let location = r.location.as_deref().unwrap_or_default();
+            match resolve_location(&self.url, location) {
+                Some(next) if same_host(&next.host, &self.spec.host) => {
+                    if self.requests >= MAX_REQUESTS {
+                        return Err(CheckResult::failure(format!(
+                            "stopped after {MAX_REQUESTS} redirects (last Location: {location})"
+                        )));
                     }
-                    _ => {
-                        self.succeed(format!(
-                            "warning: HTTP {line}: redirect to another host not followed (Location: {location})"
-                        ));
-                        return Ok(());
-                    }
+                    self.url = next;
+                    self.request();
+                    return Ok(());
+                }
+                _ => {
+                    self.succeed(format!(
+                        "warning: HTTP {line}: redirect to another host not followed (Location: {location})"
+                    ));
+                    return Ok(());
                 }
             }
         }
         match status {
             200..=299 => self.succeed(format!("HTTP {line}")),
             300..=399 => self.succeed(format!("warning: HTTP {line}: probe terminated redirects")),
-            _ => return Err(format!("HTTP probe failed with statuscode: {status}")),
+            _ => {
+                return Err(CheckResult::failure(format!(
+                    "HTTP probe failed with statuscode: {status}"
+                )))
+            }
         }
         Ok(())
     }
 
-    /// The deadline passed: the attempt fails (unless it already finished).
+    /// The deadline passed: the attempt fails (unless it already finished). A
+    /// stall after the response headers is an error, which the thresholds ignore.
     pub fn on_timeout(&mut self, timeout: Duration) -> CheckResult {
         if self.result.is_none() {
             let phase = phase_name(&self.phase);
-            self.fail(format!("timed out after {timeout:?} ({phase})"));
+            let message = format!("timed out after {timeout:?} ({phase})");
+            self.result = Some(if self.reading_body() {
+                CheckResult::error(message)
+            } else {
+                CheckResult::failure(message)
+            });
         }
         self.phase = Phase::Done;
         self.result.clone().expect("set above")
     }
 }
 
-/// Parse the status line and headers from `input`, skipping interim 1xx
-/// responses. `Ok(None)` when more bytes are needed; the body bytes already read
-/// move into the response.
-fn parse_head(input: &mut Vec<u8>) -> Result<Option<Response>, String> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(input) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                if input.len() > MAX_HEAD {
-                    return Err(format!("response headers longer than {MAX_HEAD} bytes"));
-                }
-                return Ok(None);
-            }
-            Err(e) => return Err(format!("malformed HTTP response: {e}")),
-        };
-        let status = resp.code.unwrap_or(0);
-        if (100..200).contains(&status) && status != 101 {
-            // Interim response: wait for the final one.
-            input.drain(..len);
-            continue;
-        }
-        let mut location = None;
-        let mut content_length = None;
-        let mut chunked = false;
-        for h in resp.headers.iter() {
-            let value = String::from_utf8_lossy(h.value).trim().to_string();
-            if h.name.eq_ignore_ascii_case("Location") {
-                location = Some(value);
-            } else if h.name.eq_ignore_ascii_case("Content-Length") {
-                content_length = value.parse().ok();
-            } else if h.name.eq_ignore_ascii_case("Transfer-Encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            }
-        }
-        let reason = resp.reason.unwrap_or("").to_string();
-        let mut body = input.split_off(len);
-        body.truncate(MAX_BODY);
-        input.clear();
-        return Ok(Some(Response {
-            status,
-            reason,
-            location,
-            content_length,
-            chunked,
-            body,
-        }));
-    }
+/// Whether a response is a redirect that will be followed: then its body is
+/// not needed (Go's client follows as soon as the headers arrive).
+fn follows(url: &Url, spec: &HttpSpec, r: &Response) -> bool {
+    r.is_redirect()
+        && r.location
+            .as_deref()
+            .and_then(|l| resolve_location(url, l))
+            .is_some_and(|next| same_host(&next.host, &spec.host))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracker::Outcome;
 
     fn url(host: &str, port: u16, path: &str) -> Url {
         Url {
@@ -861,33 +1253,179 @@ mod tests {
     }
 
     #[test]
-    fn parse_head_skips_interim_and_keeps_body() {
-        let mut input =
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel"
-                .to_vec();
-        let r = parse_head(&mut input).unwrap().unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.reason, "OK");
-        assert_eq!(r.content_length, Some(5));
-        assert_eq!(r.body, b"hel");
-        assert!(!r.body_complete());
-        let mut partial = b"HTTP/1.1 200 OK\r\nContent-".to_vec();
-        assert!(parse_head(&mut partial).unwrap().is_none());
-        let mut garbage = b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec();
-        assert!(parse_head(&mut garbage)
-            .unwrap_err()
-            .starts_with("malformed HTTP response"));
-        let mut long = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
-        long.resize(MAX_HEAD + 1, b'a');
-        assert!(parse_head(&mut long).unwrap_err().contains("longer than"));
+    fn reader_skips_interim_and_keeps_body() {
+        let mut r = ResponseReader::new();
+        let done = r
+            .feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+            .unwrap();
+        assert!(!done);
+        let resp = r.response().unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.reason, "OK");
+        assert_eq!(resp.content_length, Some(5));
+        assert_eq!(resp.body, b"hel");
+        assert_eq!(r.interim(), 1);
+        assert!(r.feed(b"lo").unwrap());
+        assert_eq!(r.room(), 0);
+
+        let mut partial = ResponseReader::new();
+        assert!(!partial.feed(b"HTTP/1.1 200 OK\r\nContent-").unwrap());
+        assert!(!partial.headers_done());
+        let mut garbage = ResponseReader::new();
+        let e = garbage.feed(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").unwrap_err();
+        assert!(e.message.starts_with("malformed HTTP response"), "{e:?}");
+        assert_eq!(e.outcome, Outcome::Failure);
     }
 
     #[test]
-    fn chunked_end_detected() {
-        let mut input =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec();
-        let r = parse_head(&mut input).unwrap().unwrap();
-        assert!(r.chunked);
-        assert!(r.body_complete());
+    fn reader_result_does_not_depend_on_chunking() {
+        let bytes: &[u8] = b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\nLink: x\n\n\
+            HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 4\r\n\r\nbody";
+        for size in 1..bytes.len() {
+            let mut r = ResponseReader::new();
+            let mut done = false;
+            for chunk in bytes.chunks(size) {
+                done = r
+                    .feed(chunk)
+                    .unwrap_or_else(|e| panic!("size {size}: {e:?}"));
+            }
+            assert!(done, "chunk size {size}");
+            assert_eq!(r.interim(), 2);
+            assert_eq!(r.response().unwrap().body, b"body");
+        }
+    }
+
+    #[test]
+    fn head_bound_counts_interim_responses_and_allows_many_headers() {
+        // 30 KiB of headers, 1000 of them: accepted (Go's bound is 1 MiB, no count).
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..1000 {
+            big.extend_from_slice(format!("X-H{i:04}: {}\r\n", "v".repeat(20)).as_bytes());
+        }
+        big.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        assert!(big.len() > 30 * 1024);
+        let mut r = ResponseReader::new();
+        assert!(r.feed(&big).unwrap());
+
+        // An endless stream of interim responses fails once past the bound.
+        let interim = b"HTTP/1.1 102 Processing\r\n\r\n";
+        let mut r = ResponseReader::new();
+        let mut fed = 0;
+        let e = loop {
+            match r.feed(&interim.repeat(100)) {
+                Ok(done) => assert!(!done),
+                Err(e) => break e,
+            }
+            fed += 100 * interim.len();
+            assert!(fed <= MAX_HEAD + 100 * interim.len(), "never failed");
+            assert!(r.buffered() < interim.len());
+        };
+        assert_eq!(e.outcome, Outcome::Failure);
+        assert!(e.message.contains("longer than 1048576 bytes"), "{e:?}");
+
+        // Endless header lines: the buffer stays within the bound.
+        let mut r = ResponseReader::new();
+        r.feed(b"HTTP/1.1 200 OK\r\n").unwrap();
+        let e = loop {
+            if let Err(e) = r.feed(&b"X: y\r\n".repeat(1000)) {
+                break e;
+            }
+            assert!(r.buffered() <= MAX_HEAD);
+        };
+        assert!(e.message.contains("longer than"), "{e:?}");
+    }
+
+    #[test]
+    fn errors_after_the_headers_are_errors() {
+        let mut r = ResponseReader::new();
+        r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+            .unwrap();
+        let e = r.eof().unwrap_err();
+        assert_eq!(e.outcome, Outcome::Error);
+        assert_eq!(e.message, "connection closed after 5 of 10 body bytes");
+
+        let mut r = ResponseReader::new();
+        r.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            .unwrap();
+        assert_eq!(r.eof().unwrap_err().outcome, Outcome::Error);
+
+        // Without a length, the end of the connection ends the body.
+        let mut r = ResponseReader::new();
+        r.feed(b"HTTP/1.1 200 OK\r\n\r\nall of it").unwrap();
+        assert!(r.eof().is_ok());
+
+        // Before the headers: failures.
+        let mut r = ResponseReader::new();
+        assert_eq!(
+            r.eof().unwrap_err().message,
+            "connection closed without a response"
+        );
+        let mut r = ResponseReader::new();
+        r.feed(b"HTTP/1.1 200 OK\r\n").unwrap();
+        let e = r.eof().unwrap_err();
+        assert_eq!(e.outcome, Outcome::Failure);
+        assert_eq!(e.message, "connection closed before the end of the headers");
+    }
+
+    #[test]
+    fn body_is_capped() {
+        let mut r = ResponseReader::new();
+        let mut bytes = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 3 * MAX_BODY));
+        assert!(r.feed(&bytes).unwrap());
+        assert_eq!(r.response().unwrap().body.len(), MAX_BODY);
+        assert_eq!(r.room(), 0);
+    }
+
+    #[test]
+    fn chunked_end_detected_however_split() {
+        let head: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let bodies: [&[u8]; 3] = [
+            b"3\r\nabc\r\n0\r\n\r\n",
+            b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            b"0\r\n\r\n",
+        ];
+        for body in bodies {
+            let mut all = head.to_vec();
+            all.extend_from_slice(body);
+            // Whatever follows the end is not part of the body.
+            all.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\ntrailing junk");
+            for size in 1..all.len() {
+                let mut r = ResponseReader::new();
+                let mut done = false;
+                for chunk in all.chunks(size) {
+                    if !done {
+                        done = r.feed(chunk).unwrap();
+                    }
+                }
+                assert!(done, "size {size}");
+                let resp = r.response().unwrap();
+                assert!(resp.chunked);
+                assert_eq!(resp.body, body, "size {size}");
+            }
+        }
+        // Content-Length: extra bytes are not body either.
+        let mut r = ResponseReader::new();
+        assert!(r
+            .feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+            .unwrap());
+        assert_eq!(r.response().unwrap().body, b"ok");
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_an_error() {
+        for body in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcX",
+            b"1234567890abcdef0\r\n",
+        ] {
+            let mut r = ResponseReader::new();
+            let mut all = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            all.extend_from_slice(body);
+            let e = r.feed(&all).unwrap_err();
+            assert_eq!(e.outcome, Outcome::Error, "{body:?}");
+            assert!(e.message.starts_with("malformed chunked body"), "{e:?}");
+        }
     }
 }

@@ -43,6 +43,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use config::ProbeKind;
+use tracker::Outcome;
 
 /// How to reach the QEMU guest agent of the VM.
 #[derive(Debug)]
@@ -69,8 +70,12 @@ pub struct ProbeEnv {
 pub struct ProbeAttempt {
     /// Which probe.
     pub probe: ProbeKind,
-    /// Whether the attempt succeeded.
+    /// Whether the attempt succeeded (`outcome == Outcome::Success`).
     pub success: bool,
+    /// What the attempt counts as: a success, a failure, or an error that the
+    /// thresholds ignore (the kubelet's rule for an HTTP error after the response
+    /// headers). The runner prints it as `result` in its `probe` event.
+    pub outcome: Outcome,
     /// What happened, in a few words.
     pub message: String,
     /// The address probed (`host:port`), where the handler has one.
@@ -102,8 +107,10 @@ pub enum ProbeEvent {
 /// The result of one check against one address (a handler's verdict).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckResult {
-    /// Whether the check passed.
+    /// Whether the check passed (`outcome == Outcome::Success`).
     pub success: bool,
+    /// What the check counts as (an error counts toward neither threshold).
+    pub outcome: Outcome,
     /// What happened, in a few words.
     pub message: String,
 }
@@ -113,6 +120,7 @@ impl CheckResult {
     pub fn success(message: String) -> Self {
         CheckResult {
             success: true,
+            outcome: Outcome::Success,
             message,
         }
     }
@@ -121,6 +129,17 @@ impl CheckResult {
     pub fn failure(message: String) -> Self {
         CheckResult {
             success: false,
+            outcome: Outcome::Failure,
+            message,
+        }
+    }
+
+    /// A check that ended in an error the thresholds ignore: for HTTP, an I/O
+    /// error, a short body or a stall after the response headers arrived.
+    pub fn error(message: String) -> Self {
+        CheckResult {
+            success: false,
+            outcome: Outcome::Error,
             message,
         }
     }

@@ -136,10 +136,13 @@ pub struct ProbeStats {
     pub successes: u64,
     /// Attempts that failed.
     pub failures: u64,
+    /// Attempts that ended in an error (an HTTP error after the response
+    /// headers): counted toward neither threshold, as in the kubelet.
+    pub errors: u64,
     /// Checks (one per address) that hit their deadline.
     pub timeouts: u64,
     /// HTTP checks whose body stalled after the headers until the deadline:
-    /// counted as failures, where the kubelet discards them (SPEC-probes 3.1).
+    /// errors, which the thresholds ignore (as the kubelet discards them).
     pub body_stalls: u64,
 }
 
@@ -865,10 +868,17 @@ impl ProbeSet {
         let attempt = self.probes[i].attempt.take().expect("checked above");
         let elapsed = self.elapsed(now);
         let probe = &mut self.probes[i];
-        let success = attempt
-            .subs
-            .iter()
-            .all(|s| s.result.as_ref().is_some_and(|r| r.success));
+        // Any failure fails the attempt; otherwise any error makes it an error
+        // (counted toward neither threshold); otherwise it succeeded.
+        let outcomes = || attempt.subs.iter().filter_map(|s| s.result.as_ref());
+        let outcome = if outcomes().any(|r| r.outcome == Outcome::Failure) {
+            Outcome::Failure
+        } else if outcomes().any(|r| r.outcome == Outcome::Error) {
+            Outcome::Error
+        } else {
+            Outcome::Success
+        };
+        let success = outcome == Outcome::Success;
         let results: Vec<(&str, &CheckResult)> = attempt
             .subs
             .iter()
@@ -900,6 +910,7 @@ impl ProbeSet {
         events.push(ProbeEvent::Attempt(ProbeAttempt {
             probe: probe.kind,
             success,
+            outcome,
             message: message.clone(),
             address,
             exit_code,
@@ -908,16 +919,11 @@ impl ProbeSet {
             duration: now.saturating_duration_since(attempt.started),
         }));
         self.stats.attempts += 1;
-        if success {
-            self.stats.successes += 1;
-        } else {
-            self.stats.failures += 1;
+        match outcome {
+            Outcome::Success => self.stats.successes += 1,
+            Outcome::Failure => self.stats.failures += 1,
+            Outcome::Error => self.stats.errors += 1,
         }
-        let outcome = if success {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        };
         match probe.tracker.complete(elapsed, outcome) {
             Some(Transition::Ready) => self.publish_ready_into(true, events),
             Some(Transition::NotReady) => self.publish_ready_into(false, events),

@@ -14,7 +14,7 @@
 //! | `liveness` | `action` (`stop`, `reset`, `shutdown`), `message`: the liveness probe failed |
 //! | `stopped` | `reason` (`watchdog`, `liveness`, `guest`, `shutdown`, `runtime`, `error`, `signal`, `api`), optional `trigger` (`watchdog`, `liveness`, `api`) and `forced` (shutdowns only) |
 //! | `restart` | `count` (1, 2, …), `delay_ms` (the back-off before the new VM starts; emitted when the restart is decided) |
-//! | `probe` | `probe`, `result` (`success`/`failure`), `message`, `address`, `duration_ms` (a float, microsecond precision), for exec `exit_code` and `output` |
+//! | `probe` | `probe`, `result` (`success`/`failure`/`error`), `message`, `address`, `duration_ms` (a float, microsecond precision), for exec `exit_code` and `output` |
 //! | `ready` | `ready` (true/false), on every readiness transition |
 //! | `error` | `message` |
 //! | `summary` | the run in figures, just before `finished` (see [`Summary`]) |
@@ -136,7 +136,8 @@ pub enum Event {
     Probe {
         /// `liveness` or `readiness`.
         probe: String,
-        /// `success` or `failure`.
+        /// `success`, `failure`, or `error` (an HTTP error after the response
+        /// headers: counted toward neither threshold, as in the kubelet).
         result: String,
         /// What happened.
         message: String,

@@ -61,6 +61,7 @@ use super::status::{RunStatus, StatusDoc, WatchdogLive};
 use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};
 use vmpulse_manifest::{LivenessAction, RunStrategy};
 use vmpulse_probes::config::ProbeConfig;
+use vmpulse_probes::tracker::Outcome as ProbeOutcome;
 use vmpulse_probes::{AgentChannel, ProbeEnv, ProbeEvent, ProbeSet};
 
 /// What the event loop needs from a virtual machine ([`Machine`] in production).
@@ -876,7 +877,12 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             match event {
                 ProbeEvent::Attempt(a) => self.out.emit(Event::Probe {
                     probe: a.probe.name().to_string(),
-                    result: if a.success { "success" } else { "failure" }.to_string(),
+                    result: match a.outcome {
+                        ProbeOutcome::Success => "success",
+                        ProbeOutcome::Failure => "failure",
+                        ProbeOutcome::Error => "error",
+                    }
+                    .to_string(),
                     message: a.message,
                     address: a.address,
                     exit_code: a.exit_code,
