@@ -115,13 +115,31 @@ pub struct CheckResult {
     pub message: String,
 }
 
+/// The longest message a check keeps, in characters. Messages echo what a peer sent
+/// (an HTTP reason phrase, a redirect's `Location`, an agent's error text), so a hostile
+/// peer could otherwise put megabytes into every event; longer messages are cut to this
+/// many characters, the last one an ellipsis.
+pub const MAX_MESSAGE_CHARS: usize = 200;
+
+/// `message` cut to at most [`MAX_MESSAGE_CHARS`] characters.
+fn clip_message(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS - 1) {
+        if message[cut..].chars().nth(1).is_some() {
+            message.truncate(cut);
+            message.push('…');
+        }
+    }
+    message
+}
+
 impl CheckResult {
-    /// A passed check.
+    /// A passed check. Like every constructor, it cuts `message` to
+    /// [`MAX_MESSAGE_CHARS`] characters.
     pub fn success(message: String) -> Self {
         CheckResult {
             success: true,
             outcome: Outcome::Success,
-            message,
+            message: clip_message(message),
         }
     }
 
@@ -130,7 +148,7 @@ impl CheckResult {
         CheckResult {
             success: false,
             outcome: Outcome::Failure,
-            message,
+            message: clip_message(message),
         }
     }
 
@@ -140,7 +158,27 @@ impl CheckResult {
         CheckResult {
             success: false,
             outcome: Outcome::Error,
-            message,
+            message: clip_message(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_messages_are_cut_to_200_characters() {
+        let short = "HTTP probe failed with statuscode: 503".to_string();
+        assert_eq!(CheckResult::failure(short.clone()).message, short);
+        let exact = "é".repeat(MAX_MESSAGE_CHARS);
+        assert_eq!(CheckResult::success(exact.clone()).message, exact);
+        // A hostile reason phrase of 100,000 characters.
+        let long = format!("HTTP 500 {}", "ü".repeat(100_000));
+        let cut = CheckResult::error(long.clone()).message;
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(cut.ends_with('…'));
+        let kept: String = long.chars().take(MAX_MESSAGE_CHARS - 1).collect();
+        assert!(cut.starts_with(&kept));
     }
 }
