@@ -9,12 +9,14 @@
 //! It runs before and after the `ProbeSet` runs, whose attempts' `duration`s (what
 //! the `probe` events report as `duration_ms`) are compared with it: exec and
 //! `guestAgentPing` probes at a 1 s period, their starts spread over the period
-//! so that they never wait for each other on the agent's one connection.
+//! so that they never wait for each other on the agent's one connection. The
+//! floor keeps the same pace (one exchange per period / probes), so that both
+//! find the agent, and this process, idle between exchanges alike.
 //!
-//! Size: `AGENT_BENCH_N` floor exchanges of each kind (default 2,000 under
-//! `cargo bench`, 30 in `cargo test --benches`) and `AGENT_BENCH_PROBES` probes
-//! of each kind in the `ProbeSet` for `AGENT_BENCH_SECONDS` (default 50 probes
-//! for 20 s; 5 probes for 1 s).
+//! Size: `AGENT_BENCH_PROBES` probes of each kind in the `ProbeSet` for
+//! `AGENT_BENCH_SECONDS` (default 50 probes for 10 s under `cargo bench`, 10
+//! probes for 1 s in `cargo test --benches`); each floor run makes as many
+//! exchanges.
 //!
 //! Reported per probe: wall latency (criterion, plus our own totals) and CPU:
 //! - agent path: CPU of this process (the client, i.e. what the VMM pays) and of
@@ -144,12 +146,14 @@ impl Floor {
         v
     }
 
-    /// `n` exec probes of `true`, each polled as fast as the agent answers.
-    fn exec(sock: &Path, n: u64) -> FloorRun {
+    /// `n` exec probes of `true`, one every `every`, each polled as fast as the agent answers.
+    fn exec(sock: &Path, n: u64, every: Duration) -> FloorRun {
         let mut f = Floor::connect(sock);
         let mut run = FloorRun::default();
         let cpu0 = own_cpu();
-        for _ in 0..n {
+        let start = Instant::now();
+        for k in 0..n {
+            pace(start, every, k);
             let t0 = Instant::now();
             let v = f.call(
                 b"{\"execute\":\"guest-exec\",\"arguments\":{\"path\":\"true\",\"capture-output\":true}}\n",
@@ -171,18 +175,29 @@ impl Floor {
         run
     }
 
-    /// `n` guest-ping round trips.
-    fn ping(sock: &Path, n: u64) -> FloorRun {
+    /// `n` guest-ping round trips, one every `every`.
+    fn ping(sock: &Path, n: u64, every: Duration) -> FloorRun {
         let mut f = Floor::connect(sock);
         let mut run = FloorRun::default();
         let cpu0 = own_cpu();
-        for _ in 0..n {
+        let start = Instant::now();
+        for k in 0..n {
+            pace(start, every, k);
             let t0 = Instant::now();
             f.call(b"{\"execute\":\"guest-ping\"}\n");
             run.walls.push(t0.elapsed());
         }
         run.cpu = own_cpu() - cpu0;
         run
+    }
+}
+
+/// Sleeps until the `k`-th slot of `every` after `start`.
+fn pace(start: Instant, every: Duration, k: u64) {
+    let due = start + every * k as u32;
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
     }
 }
 
@@ -360,9 +375,10 @@ fn main() {
         return;
     }
     let bench = std::env::args().any(|a| a == "--bench");
-    let n = env_number("AGENT_BENCH_N", if bench { 2_000 } else { 30 });
-    let set_probes = env_number("AGENT_BENCH_PROBES", if bench { 50 } else { 5 }).max(1);
-    let set_seconds = env_number("AGENT_BENCH_SECONDS", if bench { 20 } else { 1 }).max(1);
+    let set_probes = env_number("AGENT_BENCH_PROBES", if bench { 50 } else { 10 }).max(1);
+    let set_seconds = env_number("AGENT_BENCH_SECONDS", if bench { 10 } else { 1 }).max(1);
+    let n = set_probes * set_seconds;
+    let every = Duration::from_secs(1) / set_probes as u32;
     let tps = ticks_per_second();
     let me = std::process::id();
     let agent = TempQga::start();
@@ -373,8 +389,8 @@ fn main() {
     let exec_handler = ProbeHandler::Exec {
         command: vec!["true".into()],
     };
-    let mut floor_exec = Floor::exec(&agent.sock, n);
-    let mut floor_ping = Floor::ping(&agent.sock, n);
+    let mut floor_exec = Floor::exec(&agent.sock, n, every);
+    let mut floor_ping = Floor::ping(&agent.sock, n, every);
     let mut set_exec = probe_set(&agent.sock, exec_handler, set_probes, set_seconds);
     let mut set_ping = probe_set(
         &agent.sock,
@@ -382,8 +398,8 @@ fn main() {
         set_probes,
         set_seconds,
     );
-    let floor_exec2 = Floor::exec(&agent.sock, n);
-    let floor_ping2 = Floor::ping(&agent.sock, n);
+    let floor_exec2 = Floor::exec(&agent.sock, n, every);
+    let floor_ping2 = Floor::ping(&agent.sock, n, every);
     floor_exec.walls.extend(floor_exec2.walls);
     floor_exec.polls += floor_exec2.polls;
     floor_exec.cpu += floor_exec2.cpu;
@@ -493,7 +509,9 @@ fn main() {
     let (se_mean, se_p50, se_p99) = summary(&mut set_exec.durations);
     let (sp_mean, sp_p50, sp_p99) = summary(&mut set_ping.durations);
     println!();
-    println!("against the agent's floor (blocking client, same agent, same run; us):");
+    println!(
+        "against the agent's floor (blocking client, same agent, same run, one exchange every {every:?}; us):"
+    );
     println!(
         "  exec floor    : {floor_n} probes, mean {fe_mean:.0}, p50 {fe_p50:.0}, p99 {fe_p99:.0}; {:.2} status polls per probe; CPU {floor_exec_cpu:.1} per probe",
         floor_exec.polls as f64 / floor_n.max(1) as f64

@@ -64,9 +64,9 @@ pub const OUTPUT_EXCERPT: usize = 1024;
 pub const PREVIOUS_EXEC_RUNNING: &str = "previous exec still running";
 
 /// The `guest-exec-status` poll schedule of one attempt, from the `guest-exec`
-/// reply on. The first poll goes out at once, or, when the same probe's previous
-/// exec was seen exiting after `h`, at `h` × [`POLL_HINT_SHARE`] (most probes
-/// run the same quick command every period). After a poll that finds the command
+/// reply on. The first poll goes out at once, or, for a probe whose previous exec
+/// was polled, at the latest time that exec was seen still running (most probes
+/// run the same quick command every period; see `remember_run_time`). After a poll that finds the command
 /// still running, the next one waits `POLL_FIRST` × [`POLL_GROWTH`]^k (k: polls
 /// already made), and at least an eighth of the time the command has run so far
 /// (so a long command is seen exiting at most about 12 % late), never more than
@@ -78,8 +78,9 @@ const POLL_FIRST: Duration = Duration::from_micros(200);
 const POLL_GROWTH: f64 = 1.5;
 /// The longest interval between two polls.
 const POLL_MAX: Duration = Duration::from_millis(100);
-/// Share of the previous exec's observed run time after which the first poll goes out.
-const POLL_HINT_SHARE: f64 = 0.9;
+/// When the first poll of an exec already found it exited at `t`, the next exec
+/// of the probe is first polled at `t` × this.
+const POLL_HINT_SHARE: f64 = 0.8;
 /// The latest first poll a hint can ask for.
 const POLL_HINT_CAP: Duration = Duration::from_secs(1);
 /// Probes whose last exec run time is remembered; the memory is cleared when full.
@@ -240,11 +241,16 @@ enum AttemptState {
         polls: usize,
         /// When the `guest-exec` reply came.
         since: Instant,
+        /// The latest poll (time after `since` it was sent) that found the command running.
+        running: Option<Duration>,
     },
     ExecPolling {
         pid: i64,
         polls: usize,
         since: Instant,
+        running: Option<Duration>,
+        /// When this poll was sent.
+        sent: Instant,
     },
 }
 
@@ -752,9 +758,19 @@ impl AgentClient {
                     (Req::Exec { probe: id }, bytes)
                 }
                 AttemptState::ExecRunning {
-                    pid, polls, since, ..
+                    pid,
+                    polls,
+                    since,
+                    running,
+                    ..
                 } => {
-                    a.state = AttemptState::ExecPolling { pid, polls, since };
+                    a.state = AttemptState::ExecPolling {
+                        pid,
+                        polls,
+                        since,
+                        running,
+                        sent: now,
+                    };
                     (Req::Status { probe: id, pid }, status_request(pid))
                 }
                 other => {
@@ -1013,15 +1029,17 @@ impl AgentClient {
                     }
                     (None, Some(pid)) if pid > 0 => match f.owner {
                         Some(owner) => {
-                            let first = self.exec_hints.get(&probe).map_or(Duration::ZERO, |h| {
-                                h.mul_f64(POLL_HINT_SHARE).min(POLL_HINT_CAP)
-                            });
+                            let first = self
+                                .exec_hints
+                                .get(&probe)
+                                .map_or(Duration::ZERO, |h| (*h).min(POLL_HINT_CAP));
                             if let Some(a) = self.attempts.iter_mut().find(|a| a.id == owner) {
                                 a.state = AttemptState::ExecRunning {
                                     pid,
                                     next_poll: now + first,
                                     polls: 0,
                                     since: now,
+                                    running: None,
                                 };
                             }
                         }
@@ -1056,20 +1074,24 @@ impl AgentClient {
                     Some(true) => {
                         self.forget_stuck(probe, pid);
                         if let Some(owner) = f.owner {
-                            self.remember_run_time(owner, probe, now);
+                            self.remember_run_time(owner, probe);
                             self.complete(owner, exited_outcome(ret));
                         }
                     }
                     Some(false) => match f.owner {
                         Some(owner) => {
                             if let Some(a) = self.attempts.iter_mut().find(|a| a.id == owner) {
-                                if let AttemptState::ExecPolling { polls, since, .. } = a.state {
+                                if let AttemptState::ExecPolling {
+                                    polls, since, sent, ..
+                                } = a.state
+                                {
                                     let ran = now.saturating_duration_since(since);
                                     a.state = AttemptState::ExecRunning {
                                         pid,
                                         next_poll: now + poll_interval(polls, ran),
                                         polls: polls + 1,
                                         since,
+                                        running: Some(sent.saturating_duration_since(since)),
                                     };
                                 }
                             }
@@ -1091,22 +1113,32 @@ impl AgentClient {
         }
     }
 
-    /// Remembers when the exec of `owner`'s attempt (probe `probe`) was seen exited.
-    fn remember_run_time(&mut self, owner: u64, probe: u64, now: Instant) {
-        let since = self.attempts.iter().find(|a| a.id == owner).and_then(|a| {
-            if let AttemptState::ExecPolling { since, .. } = a.state {
-                Some(since)
-            } else {
-                None
-            }
+    /// The exec of `owner`'s attempt (probe `probe`) was seen exited by the poll
+    /// in flight: the next exec of the probe is first polled at the latest time
+    /// this one was seen running, or, when the first poll already found it exited,
+    /// earlier than that poll (by [`POLL_HINT_SHARE`]), so the hint follows a
+    /// command that got quicker as well as one that got slower.
+    fn remember_run_time(&mut self, owner: u64, probe: u64) {
+        let Some(a) = self.attempts.iter().find(|a| a.id == owner) else {
+            return;
+        };
+        let AttemptState::ExecPolling {
+            since,
+            running,
+            sent,
+            ..
+        } = a.state
+        else {
+            return;
+        };
+        let hint = running.unwrap_or_else(|| {
+            sent.saturating_duration_since(since)
+                .mul_f64(POLL_HINT_SHARE)
         });
-        if let Some(since) = since {
-            if self.exec_hints.len() >= MAX_EXEC_HINTS && !self.exec_hints.contains_key(&probe) {
-                self.exec_hints.clear();
-            }
-            self.exec_hints
-                .insert(probe, now.saturating_duration_since(since));
+        if self.exec_hints.len() >= MAX_EXEC_HINTS && !self.exec_hints.contains_key(&probe) {
+            self.exec_hints.clear();
         }
+        self.exec_hints.insert(probe, hint);
     }
 
     fn forget_stuck(&mut self, probe: u64, pid: i64) {
@@ -1466,7 +1498,11 @@ mod tests {
         assert_eq!(poll_interval(0, Duration::ZERO), Duration::from_micros(200));
         assert_eq!(poll_interval(1, Duration::ZERO), Duration::from_micros(300));
         assert_eq!(poll_interval(2, Duration::ZERO), Duration::from_micros(450));
-        assert_eq!(poll_interval(3, ms(80)), ms(10), "an eighth of the run time");
+        assert_eq!(
+            poll_interval(3, ms(80)),
+            ms(10),
+            "an eighth of the run time"
+        );
         assert_eq!(poll_interval(0, Duration::from_secs(10)), ms(100));
         c.on_timer(t + ms(100));
         f.req();
@@ -1490,6 +1526,7 @@ mod tests {
     fn exec_first_poll_follows_the_previous_run_time() {
         let (mut c, mut f) = Fake::pair();
         let t0 = Instant::now();
+        let us = Duration::from_micros;
         let status = json!({"execute": "guest-exec-status", "arguments": {"pid": 7}});
         c.start_exec(3, &["true".into()], t0, t0 + ms(1000));
         f.sync_with_marker();
@@ -1500,16 +1537,21 @@ mod tests {
         assert_eq!(f.req(), status, "first poll at once");
         f.send(b"{\"return\": {\"exited\": false}}\n");
         c.on_ready(t0);
-        let due = c.next_deadline().expect("a poll");
-        assert_eq!(due, t0 + Duration::from_micros(200));
-        c.on_timer(due);
+        assert_eq!(c.next_deadline(), Some(t0 + us(200)));
+        c.on_timer(t0 + us(200));
         assert_eq!(f.req(), status);
-        // Seen exited 2 ms after the exec reply.
+        f.send(b"{\"return\": {\"exited\": false}}\n");
+        c.on_ready(t0 + us(210));
+        // Still running when polled 200 us in; the next poll 300 us after that reply.
+        assert_eq!(c.next_deadline(), Some(t0 + us(510)));
+        c.on_timer(t0 + us(510));
+        assert_eq!(f.req(), status);
         f.send(b"{\"return\": {\"exitcode\": 0, \"exited\": true}}\n");
-        c.on_ready(t0 + ms(2));
+        c.on_ready(t0 + us(520));
         assert_eq!(c.take_completions().len(), 1);
+        assert_eq!(c.exec_hints.get(&3), Some(&us(200)));
 
-        // The next exec of probe 3 is first polled at 90 % of that.
+        // The next exec of probe 3 is first polled when the last one was last seen running.
         let t1 = t0 + ms(1000);
         c.start_exec(3, &["true".into()], t1, t1 + ms(1000));
         c.on_timer(t1);
@@ -1517,19 +1559,16 @@ mod tests {
         f.send(b"{\"return\": {\"pid\": 7}}\n");
         c.on_ready(t1);
         assert!(f.nothing_sent(), "no poll before the hint");
-        assert_eq!(c.next_deadline(), Some(t1 + Duration::from_micros(1800)));
-        c.on_timer(t1 + Duration::from_micros(1799));
+        assert_eq!(c.next_deadline(), Some(t1 + us(200)));
+        c.on_timer(t1 + us(199));
         assert!(f.nothing_sent());
-        c.on_timer(t1 + Duration::from_micros(1800));
+        c.on_timer(t1 + us(200));
         assert_eq!(f.req(), status);
+        // Already exited at the first poll: next time, poll earlier.
         f.send(b"{\"return\": {\"exitcode\": 1, \"exited\": true}}\n");
-        c.on_ready(t1 + ms(3));
+        c.on_ready(t1 + us(230));
         assert_eq!(c.take_completions().len(), 1);
-        assert_eq!(
-            c.exec_hints.get(&3),
-            Some(&ms(3)),
-            "the hint follows the latest run"
-        );
+        assert_eq!(c.exec_hints.get(&3), Some(&us(160)));
     }
 
     #[test]
@@ -1542,7 +1581,11 @@ mod tests {
         f.req();
         f.send(b"{\"return\": {\"pid\": 77}}\n");
         c.on_ready(t0);
-        assert_eq!(f.req()["execute"], "guest-exec-status", "first poll at once");
+        assert_eq!(
+            f.req()["execute"],
+            "guest-exec-status",
+            "first poll at once"
+        );
         f.send(b"{\"return\": {\"exited\": false}}\n");
         c.on_ready(t0);
         c.on_timer(t0 + ms(50));
@@ -1586,7 +1629,11 @@ mod tests {
         f.req();
         f.send(b"{\"return\": {\"pid\": 77}}\n");
         c.on_ready(t0);
-        assert_eq!(f.req()["execute"], "guest-exec-status", "first poll at once");
+        assert_eq!(
+            f.req()["execute"],
+            "guest-exec-status",
+            "first poll at once"
+        );
         f.send(b"{\"return\": {\"exited\": false}}\n");
         c.on_ready(t0);
         c.on_timer(t0 + ms(10));
