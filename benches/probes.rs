@@ -10,7 +10,9 @@
 //!    HTTP request/response) and close.
 //! 3. Criterion micro-benchmarks of the pure tracker.
 //!
-//! Environment: `PROBES_BENCH_N` (default 10000), `PROBES_BENCH_ROUNDS` (default 3).
+//! Environment: `PROBES_BENCH_N` (default 10000 under `cargo bench`, 500 in the
+//! `cargo test --benches` smoke run), `PROBES_BENCH_ROUNDS` (default 3; 1 in the
+//! smoke run).
 
 #[path = "../tests/probes_util/mod.rs"]
 mod probes_util;
@@ -276,14 +278,15 @@ fn print(name: &str, f: &Figures) {
 }
 
 fn loop_benchmarks() {
+    let bench = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("PROBES_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if bench { 10_000 } else { 500 });
     let rounds: u32 = std::env::var("PROBES_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(if bench { 3 } else { 1 });
     println!(
         "probes on one loop: {n} probes, period {PERIOD:?}, spread over the period, {rounds} measured rounds"
     );

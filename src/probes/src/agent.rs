@@ -63,9 +63,28 @@ pub const OUTPUT_EXCERPT: usize = 1024;
 /// What a second exec for a probe whose previous exec still runs ends with.
 pub const PREVIOUS_EXEC_RUNNING: &str = "previous exec still running";
 
-/// Delays between `guest-exec-status` polls of one attempt: short at first so
-/// quick commands finish quickly, then every 100 ms.
-const POLL_DELAYS_MS: [u64; 6] = [1, 4, 10, 20, 50, 100];
+/// The `guest-exec-status` poll schedule of one attempt, from the `guest-exec`
+/// reply on. The first poll goes out at once, or, for a probe whose previous exec
+/// was polled, at the latest time that exec was seen still running (most probes
+/// run the same quick command every period; see `remember_run_time`). After a poll that finds the command
+/// still running, the next one waits `POLL_FIRST` × [`POLL_GROWTH`]^k (k: polls
+/// already made), and at least an eighth of the time the command has run so far
+/// (so a long command is seen exiting at most about 12 % late), never more than
+/// [`POLL_MAX`]: a quick command is answered within a fraction of a millisecond
+/// of its end, a long one is polled at most ten times a second, never in a busy
+/// loop.
+const POLL_FIRST: Duration = Duration::from_micros(200);
+/// Growth of the interval between two polls that found the command running.
+const POLL_GROWTH: f64 = 1.5;
+/// The longest interval between two polls.
+const POLL_MAX: Duration = Duration::from_millis(100);
+/// When the first poll of an exec already found it exited at `t`, the next exec
+/// of the probe is first polled at `t` × this.
+const POLL_HINT_SHARE: f64 = 0.8;
+/// The latest first poll a hint can ask for.
+const POLL_HINT_CAP: Duration = Duration::from_secs(1);
+/// Probes whose last exec run time is remembered; the memory is cleared when full.
+const MAX_EXEC_HINTS: usize = 4096;
 /// How long a request whose attempt is gone (deadline, cancel) may still hold
 /// the link while its reply is awaited, before the link is resynchronised.
 const ORPHAN_GRACE: Duration = Duration::from_millis(250);
@@ -168,6 +187,8 @@ pub struct AgentClient {
     attempts: Vec<Attempt>,
     stuck: HashMap<u64, StuckExec>,
     stuck_bound: Duration,
+    /// Per probe: how long after its `guest-exec` reply the last exec was seen exited.
+    exec_hints: HashMap<u64, Duration>,
     done: Vec<(u64, AgentOutcome)>,
     rng: RandomState,
     rng_counter: u64,
@@ -218,10 +239,18 @@ enum AttemptState {
         pid: i64,
         next_poll: Instant,
         polls: usize,
+        /// When the `guest-exec` reply came.
+        since: Instant,
+        /// The latest poll (time after `since` it was sent) that found the command running.
+        running: Option<Duration>,
     },
     ExecPolling {
         pid: i64,
         polls: usize,
+        since: Instant,
+        running: Option<Duration>,
+        /// When this poll was sent.
+        sent: Instant,
     },
 }
 
@@ -249,6 +278,7 @@ impl AgentClient {
             attempts: Vec::new(),
             stuck: HashMap::new(),
             stuck_bound: DEFAULT_STUCK_EXEC_BOUND,
+            exec_hints: HashMap::new(),
             done: Vec::new(),
             rng: RandomState::new(),
             rng_counter: 0,
@@ -727,8 +757,20 @@ impl AgentClient {
                     a.state = AttemptState::ExecSent;
                     (Req::Exec { probe: id }, bytes)
                 }
-                AttemptState::ExecRunning { pid, polls, .. } => {
-                    a.state = AttemptState::ExecPolling { pid, polls };
+                AttemptState::ExecRunning {
+                    pid,
+                    polls,
+                    since,
+                    running,
+                    ..
+                } => {
+                    a.state = AttemptState::ExecPolling {
+                        pid,
+                        polls,
+                        since,
+                        running,
+                        sent: now,
+                    };
                     (Req::Status { probe: id, pid }, status_request(pid))
                 }
                 other => {
@@ -987,11 +1029,17 @@ impl AgentClient {
                     }
                     (None, Some(pid)) if pid > 0 => match f.owner {
                         Some(owner) => {
+                            let first = self
+                                .exec_hints
+                                .get(&probe)
+                                .map_or(Duration::ZERO, |h| (*h).min(POLL_HINT_CAP));
                             if let Some(a) = self.attempts.iter_mut().find(|a| a.id == owner) {
                                 a.state = AttemptState::ExecRunning {
                                     pid,
-                                    next_poll: now + poll_delay(0),
+                                    next_poll: now + first,
                                     polls: 0,
+                                    since: now,
+                                    running: None,
                                 };
                             }
                         }
@@ -1026,17 +1074,24 @@ impl AgentClient {
                     Some(true) => {
                         self.forget_stuck(probe, pid);
                         if let Some(owner) = f.owner {
+                            self.remember_run_time(owner, probe);
                             self.complete(owner, exited_outcome(ret));
                         }
                     }
                     Some(false) => match f.owner {
                         Some(owner) => {
                             if let Some(a) = self.attempts.iter_mut().find(|a| a.id == owner) {
-                                if let AttemptState::ExecPolling { polls, .. } = a.state {
+                                if let AttemptState::ExecPolling {
+                                    polls, since, sent, ..
+                                } = a.state
+                                {
+                                    let ran = now.saturating_duration_since(since);
                                     a.state = AttemptState::ExecRunning {
                                         pid,
-                                        next_poll: now + poll_delay(polls + 1),
+                                        next_poll: now + poll_interval(polls, ran),
                                         polls: polls + 1,
+                                        since,
+                                        running: Some(sent.saturating_duration_since(since)),
                                     };
                                 }
                             }
@@ -1056,6 +1111,34 @@ impl AgentClient {
                 }
             }
         }
+    }
+
+    /// The exec of `owner`'s attempt (probe `probe`) was seen exited by the poll
+    /// in flight: the next exec of the probe is first polled at the latest time
+    /// this one was seen running, or, when the first poll already found it exited,
+    /// earlier than that poll (by [`POLL_HINT_SHARE`]), so the hint follows a
+    /// command that got quicker as well as one that got slower.
+    fn remember_run_time(&mut self, owner: u64, probe: u64) {
+        let Some(a) = self.attempts.iter().find(|a| a.id == owner) else {
+            return;
+        };
+        let AttemptState::ExecPolling {
+            since,
+            running,
+            sent,
+            ..
+        } = a.state
+        else {
+            return;
+        };
+        let hint = running.unwrap_or_else(|| {
+            sent.saturating_duration_since(since)
+                .mul_f64(POLL_HINT_SHARE)
+        });
+        if self.exec_hints.len() >= MAX_EXEC_HINTS && !self.exec_hints.contains_key(&probe) {
+            self.exec_hints.clear();
+        }
+        self.exec_hints.insert(probe, hint);
     }
 
     fn forget_stuck(&mut self, probe: u64, pid: i64) {
@@ -1101,8 +1184,11 @@ fn status_request(pid: i64) -> Vec<u8> {
     bytes
 }
 
-fn poll_delay(polls: usize) -> Duration {
-    Duration::from_millis(POLL_DELAYS_MS[polls.min(POLL_DELAYS_MS.len() - 1)])
+/// The wait before the next status poll, after `polls` polls (beyond the first)
+/// found the command still running `ran` after its `guest-exec` reply.
+fn poll_interval(polls: usize, ran: Duration) -> Duration {
+    let grown = POLL_FIRST.mul_f64(POLL_GROWTH.powi(polls.min(32) as i32));
+    grown.max(ran / 8).min(POLL_MAX)
 }
 
 /// `CLASS: desc` of an agent `error` object, whatever its shape.
@@ -1375,7 +1461,7 @@ mod tests {
             5,
             &["sh".into(), "-c".into(), "x".into()],
             t0,
-            t0 + ms(1000),
+            t0 + ms(60_000),
         );
         f.sync_with_marker();
         c.on_ready(t0);
@@ -1386,21 +1472,38 @@ mod tests {
         );
         f.send(b"{\"return\": {\"pid\": 4242}}\n");
         c.on_ready(t0);
+        // No run time known for probe 5 yet: the first poll goes out at once.
+        let status = json!({"execute": "guest-exec-status", "arguments": {"pid": 4242}});
+        assert_eq!(f.req(), status);
+        f.send(b"{\"return\": {\"exited\": false}}\n");
+        c.on_ready(t0);
         let mut t = t0;
-        for polls in 0..8 {
-            let due = t + poll_delay(polls);
-            assert_eq!(c.next_deadline(), Some(due), "poll {polls}");
+        let mut last_gap = Duration::ZERO;
+        for polls in 0..40 {
+            let due = c.next_deadline().expect("a poll is scheduled");
+            let gap = due - t;
+            assert_eq!(gap, poll_interval(polls, t - t0), "poll {polls}");
+            assert!(gap >= last_gap && gap <= ms(100), "poll {polls}: {gap:?}");
             assert!(f.nothing_sent());
+            c.on_timer(due - Duration::from_micros(1));
+            assert!(f.nothing_sent(), "poll {polls} sent early");
             c.on_timer(due);
-            assert_eq!(
-                f.req(),
-                json!({"execute": "guest-exec-status", "arguments": {"pid": 4242}})
-            );
+            assert_eq!(f.req(), status);
             f.send(b"{\"return\": {\"exited\": false}}\n");
             c.on_ready(due);
             t = due;
+            last_gap = gap;
         }
-        assert_eq!(poll_delay(7), ms(100));
+        assert_eq!(last_gap, ms(100), "long commands are polled every 100 ms");
+        assert_eq!(poll_interval(0, Duration::ZERO), Duration::from_micros(200));
+        assert_eq!(poll_interval(1, Duration::ZERO), Duration::from_micros(300));
+        assert_eq!(poll_interval(2, Duration::ZERO), Duration::from_micros(450));
+        assert_eq!(
+            poll_interval(3, ms(80)),
+            ms(10),
+            "an eighth of the run time"
+        );
+        assert_eq!(poll_interval(0, Duration::from_secs(10)), ms(100));
         c.on_timer(t + ms(100));
         f.req();
         f.send(b"{\"return\": {\"exitcode\": 0, \"out-data\": \"b2sK\", \"out-truncated\": false, \"exited\": true}}\n");
@@ -1420,6 +1523,55 @@ mod tests {
     }
 
     #[test]
+    fn exec_first_poll_follows_the_previous_run_time() {
+        let (mut c, mut f) = Fake::pair();
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        let status = json!({"execute": "guest-exec-status", "arguments": {"pid": 7}});
+        c.start_exec(3, &["true".into()], t0, t0 + ms(1000));
+        f.sync_with_marker();
+        c.on_ready(t0);
+        f.req();
+        f.send(b"{\"return\": {\"pid\": 7}}\n");
+        c.on_ready(t0);
+        assert_eq!(f.req(), status, "first poll at once");
+        f.send(b"{\"return\": {\"exited\": false}}\n");
+        c.on_ready(t0);
+        assert_eq!(c.next_deadline(), Some(t0 + us(200)));
+        c.on_timer(t0 + us(200));
+        assert_eq!(f.req(), status);
+        f.send(b"{\"return\": {\"exited\": false}}\n");
+        c.on_ready(t0 + us(210));
+        // Still running when polled 200 us in; the next poll 300 us after that reply.
+        assert_eq!(c.next_deadline(), Some(t0 + us(510)));
+        c.on_timer(t0 + us(510));
+        assert_eq!(f.req(), status);
+        f.send(b"{\"return\": {\"exitcode\": 0, \"exited\": true}}\n");
+        c.on_ready(t0 + us(520));
+        assert_eq!(c.take_completions().len(), 1);
+        assert_eq!(c.exec_hints.get(&3), Some(&us(200)));
+
+        // The next exec of probe 3 is first polled when the last one was last seen running.
+        let t1 = t0 + ms(1000);
+        c.start_exec(3, &["true".into()], t1, t1 + ms(1000));
+        c.on_timer(t1);
+        f.req();
+        f.send(b"{\"return\": {\"pid\": 7}}\n");
+        c.on_ready(t1);
+        assert!(f.nothing_sent(), "no poll before the hint");
+        assert_eq!(c.next_deadline(), Some(t1 + us(200)));
+        c.on_timer(t1 + us(199));
+        assert!(f.nothing_sent());
+        c.on_timer(t1 + us(200));
+        assert_eq!(f.req(), status);
+        // Already exited at the first poll: next time, poll earlier.
+        f.send(b"{\"return\": {\"exitcode\": 1, \"exited\": true}}\n");
+        c.on_ready(t1 + us(230));
+        assert_eq!(c.take_completions().len(), 1);
+        assert_eq!(c.exec_hints.get(&3), Some(&us(160)));
+    }
+
+    #[test]
     fn stuck_exec_is_polled_in_the_background_and_released() {
         let (mut c, mut f) = Fake::pair();
         let t0 = Instant::now();
@@ -1428,6 +1580,13 @@ mod tests {
         c.on_ready(t0);
         f.req();
         f.send(b"{\"return\": {\"pid\": 77}}\n");
+        c.on_ready(t0);
+        assert_eq!(
+            f.req()["execute"],
+            "guest-exec-status",
+            "first poll at once"
+        );
+        f.send(b"{\"return\": {\"exited\": false}}\n");
         c.on_ready(t0);
         c.on_timer(t0 + ms(50));
         assert_eq!(
@@ -1469,6 +1628,13 @@ mod tests {
         c.on_ready(t0);
         f.req();
         f.send(b"{\"return\": {\"pid\": 77}}\n");
+        c.on_ready(t0);
+        assert_eq!(
+            f.req()["execute"],
+            "guest-exec-status",
+            "first poll at once"
+        );
+        f.send(b"{\"return\": {\"exited\": false}}\n");
         c.on_ready(t0);
         c.on_timer(t0 + ms(10));
         c.take_completions();
