@@ -82,7 +82,7 @@ use vmpulse_manifest::{LivenessAction, RunStrategy};
 
 use super::events::{Cause, Event, StopReason};
 use super::machine::MachineEvent;
-use super::router::{liveness_action_name, route, Decision, Trigger};
+use super::router::{liveness_action_name, route, ApiAction, Decision, Trigger};
 use super::runner::{Outcome, RunConfig};
 use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};
 
@@ -181,6 +181,10 @@ pub enum Input {
     Timer(Timer),
     /// vmpulse received this signal (SIGINT or SIGTERM): stop the VM, end the run.
     Signal(i32),
+    /// A `PUT /vm/<action>` of the ops API, carried out through the router (cause `api`).
+    /// A reset of a paused VM resumes it first, so that the guest boots again. Ignored
+    /// when no VM is present (the shell answers such a request with a conflict).
+    Api(ApiAction),
     /// The shell cannot go on (its event loop or a timer failed): the run ends with this
     /// error.
     Fault(String),
@@ -498,6 +502,7 @@ impl Controller {
                 }
             }
             Input::Signal(sig) => self.interrupted(sig),
+            Input::Api(action) => self.api_action(action),
             Input::Fault(message) => self.fatal(message),
         }
     }
@@ -757,6 +762,23 @@ impl Controller {
             self.stop_vm(Stop::plain(StopReason::Signal));
         }
         self.ending = Some(Ending::Interrupted(sig));
+    }
+
+    /// A `PUT /vm/<action>` of the ops API.
+    fn api_action(&mut self, action: ApiAction) {
+        if !self.vm_present() {
+            return;
+        }
+        if action == ApiAction::Reset && self.phase == Phase::Paused {
+            // A paused machine would stay paused through a reset (QEMU's `system_reset`);
+            // asked through the API, the user wants the guest to boot again: resume
+            // first, and reset once the resume is done.
+            self.inbox
+                .push_front((self.now, Input::Api(ApiAction::Reset)));
+            self.carry_out(Trigger::Api(ApiAction::Resume));
+            return;
+        }
+        self.carry_out(Trigger::Api(action));
     }
 
     /// Carry out the router's decision for `trigger`.
