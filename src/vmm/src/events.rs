@@ -20,7 +20,9 @@
 //! | `summary` | the run in figures, just before `finished` (see [`Summary`]) |
 //! | `finished` | `exit_code`, `message`: the last line of every run |
 //!
-//! Absent optional fields are left out, never `null`.
+//! Absent optional fields are left out, never `null` — with one exception: a `probe`
+//! event always has `address`, `null` for exec and guest-agent probes (which have none),
+//! so that scripts can rely on the field.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
