@@ -81,7 +81,7 @@ use i6300esb::Expiry;
 use vmpulse_manifest::{LivenessAction, RunStrategy};
 
 use super::events::{Cause, Event, StopReason};
-use super::machine::MachineEvent;
+use super::platform::MachineEvent;
 use super::router::{liveness_action_name, route, ApiAction, Decision, Trigger};
 use super::runner::{Outcome, RunConfig};
 use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};

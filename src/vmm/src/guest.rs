@@ -55,7 +55,7 @@ use super::control::{
     PV_CMD_POWEROFF, PV_COMMAND_PORT, PV_MARK_PORT, PV_STATUS_BUTTON, PV_STATUS_PORT,
     RESET_CONTROL_PORT, RESET_HARD,
 };
-use super::machine::GuestOptions;
+use super::platform::GuestOptions;
 
 /// Guest timer rate: PIT channel 0 interrupts per second.
 pub const TICK_HZ: u32 = 100;
