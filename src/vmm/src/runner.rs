@@ -334,7 +334,7 @@ impl<S: EventSink> Out<'_, S> {
             log::debug!("error event: {message}");
         }
         self.status.observe(&mut event, at);
-        self.sink.emit(event);
+        self.sink.emit_at(at, event);
     }
     fn emit(&mut self, event: Event) {
         self.emit_at(event, Instant::now());
