@@ -635,8 +635,12 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 Token::Machine => {}
                 Token::Probes => self.probe_events(),
                 Token::Timer => {
-                    // Re-armed (or disarmed) by `drive`, which also quiets the fd.
+                    // Disarming drops the expiration, so the fd is quiet until `drive` arms
+                    // it again for the next deadline.
                     self.timer_at = None;
+                    if let Err(e) = self.timer.clear() {
+                        log::warn!("cannot disarm the timer: {e}");
+                    }
                     let now = self.now();
                     self.ctl.fire_due_timers(now);
                 }
@@ -669,9 +673,9 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                     let now = self.now();
                     self.ctl
                         .handle(now, Input::Fault(format!("cannot arm a timer: {e}")));
-                    // The controller has finished: its last commands need no timer.
                     self.timer_at = None;
-                    if self.finished() && self.ctl.next_deadline().is_none() {
+                    if self.finished() {
+                        // The fault ended the run: its last commands need no timer.
                         while let Some(command) = self.ctl.poll_command() {
                             let _ = self.execute(command);
                         }
