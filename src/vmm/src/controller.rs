@@ -83,7 +83,6 @@ use vmpulse_manifest::{LivenessAction, RunStrategy};
 use super::events::{Cause, Event, StopReason};
 use super::platform::MachineEvent;
 use super::router::{liveness_action_name, route, ApiAction, Decision, Trigger};
-use super::runner::{Outcome, RunConfig};
 use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};
 
 /// What the controller needs to know about the run.
@@ -109,20 +108,20 @@ pub struct ControllerConfig {
     pub backoff: Duration,
 }
 
-impl ControllerConfig {
-    /// The controller's part of the runner's configuration.
-    pub fn from_run_config(cfg: &RunConfig) -> Self {
-        ControllerConfig {
-            strategy: cfg.strategy,
-            watchdog_name: cfg.watchdog.as_ref().map(|(name, _)| name.clone()),
-            liveness_action: cfg.liveness_action,
-            grace_period: cfg.grace_period,
-            probes: !cfg.probes.is_empty(),
-            max_restarts: cfg.max_restarts,
-            run_for: cfg.run_for,
-            backoff: cfg.backoff,
-        }
-    }
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Why.
+    pub ending: Ending,
+    /// How many `error` events were reported.
+    pub errors: u32,
+    /// Boots, warm resets included.
+    pub boots: u32,
+    /// runStrategy restarts.
+    pub restarts: u32,
+    /// The exit code ([`exit_code`]; the runner's outcome has 3 instead of 0 when
+    /// `--exit-code-from-phase` is set and the final phase is `Failed`).
+    pub exit_code: u8,
 }
 
 /// The controller's timers.

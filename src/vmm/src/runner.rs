@@ -176,20 +176,22 @@ pub struct RunConfig {
     pub ops: OpsConfig,
 }
 
-/// How a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// Why.
-    pub ending: Ending,
-    /// How many `error` events were reported.
-    pub errors: u32,
-    /// Boots, warm resets included.
-    pub boots: u32,
-    /// runStrategy restarts.
-    pub restarts: u32,
-    /// The exit code ([`exit_code`]; 3 instead of 0 when [`OpsConfig::exit_code_from_phase`]
-    /// is set and the final phase is `Failed`).
-    pub exit_code: u8,
+pub use super::controller::Outcome;
+
+impl ControllerConfig {
+    /// The controller's part of the runner's configuration.
+    pub fn from_run_config(cfg: &RunConfig) -> Self {
+        ControllerConfig {
+            strategy: cfg.strategy,
+            watchdog_name: cfg.watchdog.as_ref().map(|(name, _)| name.clone()),
+            liveness_action: cfg.liveness_action,
+            grace_period: cfg.grace_period,
+            probes: !cfg.probes.is_empty(),
+            max_restarts: cfg.max_restarts,
+            run_for: cfg.run_for,
+            backoff: cfg.backoff,
+        }
+    }
 }
 
 /// The exit code of a run whose final phase is `Failed`, with `--exit-code-from-phase`.

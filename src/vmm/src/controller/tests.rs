@@ -3,6 +3,7 @@
 //! The first group ports the runner's fake-VM tests; the rest covers issue 9's cases.
 
 use super::*;
+use crate::runner::RunConfig;
 use i6300esb::WatchdogAction;
 
 const MS: Duration = Duration::from_millis(1);
