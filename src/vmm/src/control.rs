@@ -23,7 +23,7 @@ use std::time::Instant;
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::MutDevicePio;
 
-use super::machine::{EventQueue, MachineEvent};
+use super::platform::{EventQueue, MachineEvent};
 
 /// The reset control register's port.
 pub const RESET_CONTROL_PORT: u16 = 0xcf9;

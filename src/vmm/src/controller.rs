@@ -81,9 +81,8 @@ use i6300esb::Expiry;
 use vmpulse_manifest::{LivenessAction, RunStrategy};
 
 use super::events::{Cause, Event, StopReason};
-use super::machine::MachineEvent;
-use super::router::{liveness_action_name, route, Decision, Trigger};
-use super::runner::{Outcome, RunConfig};
+use super::platform::MachineEvent;
+use super::router::{liveness_action_name, route, ApiAction, Decision, Trigger};
 use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};
 
 /// What the controller needs to know about the run.
@@ -109,20 +108,20 @@ pub struct ControllerConfig {
     pub backoff: Duration,
 }
 
-impl ControllerConfig {
-    /// The controller's part of the runner's configuration.
-    pub fn from_run_config(cfg: &RunConfig) -> Self {
-        ControllerConfig {
-            strategy: cfg.strategy,
-            watchdog_name: cfg.watchdog.as_ref().map(|(name, _)| name.clone()),
-            liveness_action: cfg.liveness_action,
-            grace_period: cfg.grace_period,
-            probes: !cfg.probes.is_empty(),
-            max_restarts: cfg.max_restarts,
-            run_for: cfg.run_for,
-            backoff: cfg.backoff,
-        }
-    }
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Why.
+    pub ending: Ending,
+    /// How many `error` events were reported.
+    pub errors: u32,
+    /// Boots, warm resets included.
+    pub boots: u32,
+    /// runStrategy restarts.
+    pub restarts: u32,
+    /// The exit code ([`exit_code`]; the runner's outcome has 3 instead of 0 when
+    /// `--exit-code-from-phase` is set and the final phase is `Failed`).
+    pub exit_code: u8,
 }
 
 /// The controller's timers.
@@ -181,6 +180,10 @@ pub enum Input {
     Timer(Timer),
     /// vmpulse received this signal (SIGINT or SIGTERM): stop the VM, end the run.
     Signal(i32),
+    /// A `PUT /vm/<action>` of the ops API, carried out through the router (cause `api`).
+    /// A reset of a paused VM resumes it first, so that the guest boots again. Ignored
+    /// when no VM is present (the shell answers such a request with a conflict).
+    Api(ApiAction),
     /// The shell cannot go on (its event loop or a timer failed): the run ends with this
     /// error.
     Fault(String),
@@ -498,6 +501,7 @@ impl Controller {
                 }
             }
             Input::Signal(sig) => self.interrupted(sig),
+            Input::Api(action) => self.api_action(action),
             Input::Fault(message) => self.fatal(message),
         }
     }
@@ -757,6 +761,23 @@ impl Controller {
             self.stop_vm(Stop::plain(StopReason::Signal));
         }
         self.ending = Some(Ending::Interrupted(sig));
+    }
+
+    /// A `PUT /vm/<action>` of the ops API.
+    fn api_action(&mut self, action: ApiAction) {
+        if !self.vm_present() {
+            return;
+        }
+        if action == ApiAction::Reset && self.phase == Phase::Paused {
+            // A paused machine would stay paused through a reset (QEMU's `system_reset`);
+            // asked through the API, the user wants the guest to boot again: resume
+            // first, and reset once the resume is done.
+            self.inbox
+                .push_front((self.now, Input::Api(ApiAction::Reset)));
+            self.carry_out(Trigger::Api(ApiAction::Resume));
+            return;
+        }
+        self.carry_out(Trigger::Api(action));
     }
 
     /// Carry out the router's decision for `trigger`.

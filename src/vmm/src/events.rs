@@ -20,7 +20,9 @@
 //! | `summary` | the run in figures, just before `finished` (see [`Summary`]) |
 //! | `finished` | `exit_code`, `message`: the last line of every run |
 //!
-//! Absent optional fields are left out, never `null`.
+//! Absent optional fields are left out, never `null` — with one exception: a `probe`
+//! event always has `address`, `null` for exec and guest-agent probes (which have none),
+//! so that scripts can rely on the field.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -422,8 +424,15 @@ pub fn rfc3339_now() -> String {
 
 /// Anything that takes the run's events (the terminal, or a recorder in tests).
 pub trait EventSink {
-    /// Report one event.
+    /// Report one event, which happens now.
     fn emit(&mut self, event: Event);
+
+    /// Report one event, which happened `at` (the run controller's time of the input that
+    /// caused it). By default the same as [`EventSink::emit`].
+    fn emit_at(&mut self, at: Instant, event: Event) {
+        let _ = at;
+        self.emit(event);
+    }
 }
 
 /// Writes events to a stream in one of the [`Format`]s, timed from its creation.
@@ -490,7 +499,13 @@ impl<W: Write> Printer<W> {
 
 impl<W: Write> EventSink for Printer<W> {
     fn emit(&mut self, event: Event) {
-        let time_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.emit_at(Instant::now(), event);
+    }
+
+    /// `time_ms` counts from the printer's origin to `at`.
+    fn emit_at(&mut self, at: Instant, event: Event) {
+        let since = at.saturating_duration_since(self.origin);
+        let time_ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         let line = Self::render(self.format, time_ms, &rfc3339_now(), &self.vm, &event);
         let written = writeln!(self.out, "{line}").and_then(|()| self.out.flush());
         if let Err(e) = written {
@@ -511,11 +526,18 @@ impl<A: EventSink, B: EventSink> EventSink for Tee<A, B> {
         self.0.emit(event.clone());
         self.1.emit(event);
     }
+    fn emit_at(&mut self, at: Instant, event: Event) {
+        self.0.emit_at(at, event.clone());
+        self.1.emit_at(at, event);
+    }
 }
 
 impl<T: EventSink + ?Sized> EventSink for Box<T> {
     fn emit(&mut self, event: Event) {
         (**self).emit(event);
+    }
+    fn emit_at(&mut self, at: Instant, event: Event) {
+        (**self).emit_at(at, event);
     }
 }
 
@@ -533,6 +555,36 @@ pub fn stdout_printer(format: Format) -> Printer<io::Stdout> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_printer_times_an_event_at_its_instant_not_at_the_write() {
+        let origin = Instant::now();
+        let printer = Printer::new(Vec::new(), Format::Json).with_origin(origin);
+        let mut tee = Tee(printer, Vec::new());
+        tee.emit_at(
+            origin + std::time::Duration::from_millis(1234),
+            Event::Started { boot: 1 },
+        );
+        // An instant before the origin counts as 0.
+        tee.emit_at(
+            origin
+                .checked_sub(std::time::Duration::from_secs(1))
+                .unwrap_or(origin),
+            Event::Started { boot: 2 },
+        );
+        let Tee(printer, events) = tee;
+        assert_eq!(events.len(), 2);
+        let text = String::from_utf8(printer.into_inner()).unwrap();
+        let times: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["time_ms"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(times, [1234, 0]);
+    }
 
     const STAMP: &str = "2026-01-02T03:04:05.678Z";
 

@@ -55,7 +55,7 @@ use super::control::{
     PV_CMD_POWEROFF, PV_COMMAND_PORT, PV_MARK_PORT, PV_STATUS_BUTTON, PV_STATUS_PORT,
     RESET_CONTROL_PORT, RESET_HARD,
 };
-use super::machine::GuestOptions;
+use super::platform::GuestOptions;
 
 /// Guest timer rate: PIT channel 0 interrupts per second.
 pub const TICK_HZ: u32 = 100;
@@ -68,8 +68,12 @@ const PIT_HZ: u32 = 1_193_182;
 /// Where the guest puts the watchdog's BAR0 (QEMU's `pc` firmware picks 0xfebf1000;
 /// any free address works).
 pub const GUEST_BAR0: u32 = 0xfebf_0000;
-/// Largest heartbeat the Linux driver accepts, in seconds.
-pub const MAX_TIMEOUT_SECS: u32 = 2046;
+/// Largest heartbeat the test guest programs, in seconds: the preload `T << 9` must fit
+/// the device's 20 bits, so 2047 (`--guest-timeout`'s bound, `cli::MAX_GUEST_TIMEOUT`).
+/// The Linux driver itself stops one short, at [`LINUX_MAX_TIMEOUT_SECS`].
+pub const MAX_TIMEOUT_SECS: u32 = 2047;
+/// Largest heartbeat the Linux driver accepts, in seconds (`2 * 0x3ff`).
+pub const LINUX_MAX_TIMEOUT_SECS: u32 = 2046;
 
 const GDT_BASE: u64 = 0x1000;
 const IDT_BASE: u64 = 0x2000;
@@ -730,7 +734,7 @@ pub fn kick_loop_guest(kicks: u32) -> Result<GuestImage, GuestError> {
     f.find_esb()?;
     f.program_bar0()?;
     let asm = &mut f.asm;
-    let preload = (MAX_TIMEOUT_SECS << 9) as i32;
+    let preload = (LINUX_MAX_TIMEOUT_SECS << 9) as i32;
     asm.cfg_select(CFG_WDT_CONFIG)?;
     asm.a.mov(ax, WDT_CONFIG_LINUX)?;
     asm.a.out(dx, ax)?;

@@ -9,6 +9,7 @@ pub mod guest;
 pub mod machine;
 pub mod metrics;
 pub mod pci;
+pub mod platform;
 pub mod router;
 pub mod runner;
 pub mod serial;

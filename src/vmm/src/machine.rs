@@ -72,14 +72,12 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use i6300esb::adapters::timer::MonotonicClock;
-use i6300esb::{EventCounters, I6300Esb};
 use kvm_bindings::{
     kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_run,
     kvm_segment, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, KVM_MP_STATE_RUNNABLE,
@@ -99,26 +97,11 @@ use super::pci::{
     devfn, AccessLog, EsbFunction, HostBridge, PciConfigIo, PciRoot, PioDevice, PCI_CONFIG_PORT,
     PCI_CONFIG_PORTS,
 };
+pub use super::platform::{EventQueue, GuestOptions, MachineEvent, SharedEsb, MAX_QUEUED_LINES};
 use super::serial::{
     AgentBridge, AgentPort, ConsolePort, LineSplitter, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE,
     COM2_IRQ, UART_REGS,
 };
-
-/// The watchdog as the VMM shares it between the vCPU thread and the event loop.
-pub type SharedEsb = Arc<Mutex<I6300Esb<MonotonicClock, Arc<EventCounters>>>>;
-
-/// Behaviour of the built-in test guest (baked into the generated program).
-#[derive(Clone, Debug)]
-pub struct GuestOptions {
-    /// Linux heartbeat T in seconds: preload = T << 9 for both stages (default 30).
-    pub timeout_secs: u32,
-    /// Interval between kicks.
-    pub kick_every: Duration,
-    /// Stop kicking this long after boot (`None`: never).
-    pub hang_after: Option<Duration>,
-    /// Ignore the power button (to test the forced poweroff).
-    pub ignore_shutdown: bool,
-}
 
 /// How to build a [`Machine`].
 pub struct MachineConfig {
@@ -128,21 +111,6 @@ pub struct MachineConfig {
     pub guest: GuestOptions,
     /// Host end of COM2 (0x2F8), the agent channel for `qemu-ga -m isa-serial` guests.
     pub agent_serial: Option<std::os::unix::net::UnixStream>,
-}
-
-/// Something the machine reports to the event loop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MachineEvent {
-    /// One line the guest printed on COM1, without the newline.
-    ConsoleLine(String),
-    /// The guest powered itself off. The vCPU is parked: [`Machine::reset`] boots
-    /// the guest again, [`Machine::stop`] releases the VM.
-    GuestPoweroff,
-    /// The guest asked for a reset (port 0xCF9, or a triple fault). The vCPU is
-    /// parked until the owner calls [`Machine::reset`] (or [`Machine::stop`]).
-    GuestReset,
-    /// The vCPU thread hit an error; the vCPU is stopped (parked).
-    Error(String),
 }
 
 /// Errors of the machine.
@@ -193,65 +161,6 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> MachineError {
     move |err| MachineError::Io { what, err }
-}
-
-/// Console lines held for an owner that does not drain; more are dropped (counted).
-pub const MAX_QUEUED_LINES: usize = 16 * 1024;
-
-/// Events on their way to the owner, with an eventfd that is readable while any wait.
-pub struct EventQueue {
-    events: Mutex<Vec<MachineEvent>>,
-    fd: EventFd,
-    dropped_lines: AtomicU64,
-}
-
-impl EventQueue {
-    /// An empty queue.
-    pub fn new() -> io::Result<Self> {
-        Ok(EventQueue {
-            events: Mutex::new(Vec::new()),
-            fd: EventFd::new(EFD_NONBLOCK)?,
-            dropped_lines: AtomicU64::new(0),
-        })
-    }
-
-    /// Queue `event` and make the eventfd readable. Console lines beyond
-    /// [`MAX_QUEUED_LINES`] undrained events are dropped and counted, so a guest
-    /// that floods its console cannot grow the queue without bound; other events
-    /// are always kept.
-    pub fn push(&self, event: MachineEvent) {
-        {
-            let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_QUEUED_LINES && matches!(event, MachineEvent::ConsoleLine(_)) {
-                let n = self.dropped_lines.fetch_add(1, Ordering::Relaxed);
-                if n % 10_000 == 0 {
-                    log::warn!("machine: console lines not drained; {} dropped", n + 1);
-                }
-                return;
-            }
-            q.push(event);
-        }
-        if let Err(e) = self.fd.write(1) {
-            log::error!("machine: cannot signal the event fd: {e}");
-        }
-    }
-
-    /// Console lines dropped because the queue was full.
-    pub fn dropped_lines(&self) -> u64 {
-        self.dropped_lines.load(Ordering::Relaxed)
-    }
-
-    /// Take every queued event, in order.
-    pub fn drain(&self) -> Vec<MachineEvent> {
-        // Clear the eventfd first: a push racing with us signals it again.
-        let _ = self.fd.read();
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// The eventfd.
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
 }
 
 /// Exit counts, for tests and benchmarks.
@@ -1051,39 +960,5 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_queue_signals_keeps_order_and_bounds_console_lines() {
-        let q = EventQueue::new().unwrap();
-        let mut buf = [0u8; 8];
-        // SAFETY: reading 8 bytes from a non-blocking eventfd into a local buffer.
-        let readable = |q: &EventQueue, buf: &mut [u8; 8]| unsafe {
-            libc::read(q.fd(), buf.as_mut_ptr().cast(), 8) == 8
-        };
-        assert!(!readable(&q, &mut buf));
-        q.push(MachineEvent::ConsoleLine("a".into()));
-        q.push(MachineEvent::GuestReset);
-        assert_eq!(
-            q.drain(),
-            vec![
-                MachineEvent::ConsoleLine("a".into()),
-                MachineEvent::GuestReset
-            ]
-        );
-        assert!(!readable(&q, &mut buf), "drain clears the eventfd");
-        for i in 0..MAX_QUEUED_LINES + 10 {
-            q.push(MachineEvent::ConsoleLine(i.to_string()));
-        }
-        q.push(MachineEvent::GuestPoweroff);
-        let all = q.drain();
-        assert_eq!(all.len(), MAX_QUEUED_LINES + 1);
-        assert_eq!(all.last(), Some(&MachineEvent::GuestPoweroff));
-        assert_eq!(q.dropped_lines(), 10);
     }
 }

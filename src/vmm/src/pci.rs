@@ -26,7 +26,7 @@ use vm_device::device_manager::MmioManager;
 use vm_device::{DeviceMmio, DevicePio, MutDeviceMmio, MutDevicePio};
 
 use super::bus::SharedMmio;
-use super::machine::SharedEsb;
+use super::platform::SharedEsb;
 
 /// A device on the memory bus, as vm-device's `IoManager` holds it.
 pub type MmioDevice = Arc<dyn DeviceMmio + Send + Sync>;

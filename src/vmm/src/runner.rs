@@ -1,40 +1,44 @@
-//! The event loop of `vmpulse run`: one epoll loop in the calling thread.
+//! The shell of `vmpulse run`: one epoll loop in the calling thread around the pure
+//! [`Controller`].
 //!
-//! One [`event_manager::EventManager`] watches, in the calling thread:
-//! - the machine's event fd (console lines, guest poweroff/reset, vCPU errors);
-//! - the watchdog's timerfd, through the device crate's
-//!   [`WatchdogTimer`] subscriber (armed at the device's deadline; the device itself
-//!   tells it when a guest access, a reset, a pause or a resume moves the deadline
-//!   earlier, so the loop never services the watchdog by hand);
-//! - the probes' inner epoll fd ([`ProbeSet::fd`]);
-//! - three timerfds of the runner: the shutdown grace period, the restart back-off and
-//!   `--run-for`.
+//! The [`Controller`] decides everything (runStrategy, restart back-off, the action
+//! router, phases and readiness); this shell owns the fds, the VM and the probe set, feeds
+//! the controller [`Input`]s and carries out its [`Command`]s in order, reporting the
+//! outcome of those that can fail. One [`event_manager::EventManager`] watches:
+//! - the runner's own fds, each under a typed token (`Token`): the machine's event fd
+//!   (console lines, guest poweroff/reset, vCPU errors), the probes' inner epoll fd
+//!   ([`ProbeSet::fd`]), ONE timerfd kept at the controller's next deadline
+//!   ([`Controller::next_deadline`]; a wake-up fires every due timer with
+//!   [`Controller::fire_due_timers`]) and, with [`RunConfig::handle_signals`], the
+//!   SIGINT/SIGTERM self-pipes;
+//! - the watchdog's timerfd, through the device crate's [`WatchdogTimer`] subscriber: the
+//!   device tells it when a guest access, a reset, a pause or a resume moves the deadline,
+//!   and its expiries go into its action sink, from which the loop hands them to the
+//!   controller (nobody services the watchdog by hand);
+//! - the ops [`HttpServer`], with [`OpsConfig`]'s API socket or metrics address.
 //!
-//! No thread sleeps: the only other thread is the machine's vCPU thread (KVM_RUN blocks).
-//! Subscribers only record what became ready; after every `run()` of the manager the loop
-//! dispatches with full access to its state: machine events first, then watchdog expiries,
-//! then probe results, then timers. Watchdog expiries and liveness failures both go through
-//! [`router::route`](super::router::route), and stops through
-//! [`RestartPolicy`].
+//! After every `run()` of the manager the loop hands what became ready to the
+//! controller in a fixed order: machine events first, then watchdog expiries, then probe
+//! results, timers and signals. No thread of this module sleeps; the other threads of a
+//! run are the machine's vCPU thread (KVM_RUN blocks) and, with `--agent-serial`, the
+//! machine's COM2 reader thread.
 //!
-//! The machine sits behind the small [`Vm`] trait (implemented by
-//! [`Machine`]), so the loop is tested here with a fake VM that
-//! drives a real i6300esb model on a real timerfd, without KVM.
+//! API and metrics requests are answered after each dispatch ([`api::answer`]); a
+//! `PUT /vm/...` is the controller's [`Input::Api`], so it goes through the router as
+//! `Trigger::Api`. Every event passes through a [`RunStatus`] on its way to the sink, which
+//! keeps the status, the metrics and the end-of-run `summary`; the shell emits the
+//! `summary` just before the controller's `finished` (whose exit code becomes
+//! [`EXIT_FAILED_PHASE`] with `--exit-code-from-phase` and a `Failed` final phase).
+//!
+//! The machine sits behind the small [`Vm`] trait (implemented by [`Machine`]), so the
+//! shell is tested here with a fake VM that drives a real i6300esb model on a real
+//! timerfd, without KVM; the decisions themselves are tested in virtual time in the
+//! controller's tests.
 //!
 //! Every start of the VM (first start and runStrategy restarts) is a new VM, as a new VMI
 //! is in KubeVirt: the watchdog gets a power-on reset (its timeout flag cleared) and the
-//! probes a new schedule. A warm reset (watchdog or liveness `reset`, or the guest's own
-//! reboot) keeps the VM and the watchdog's timeout flag, and restarts the probes' schedule
-//! (`initialDelaySeconds` counts from every boot). A paused VM is not probed and not ready.
-//! After a liveness-triggered reset the probes resume only after the restart back-off
-//! (1 s, doubling, as for restarts; a fourth timerfd), so a probe that fails at once cannot
-//! reset the VM in a tight loop.
-//!
-//! With [`OpsConfig`]'s API socket or metrics address, the [`HttpServer`] is one more
-//! subscriber of the same manager; its requests are answered after each dispatch
-//! ([`api::answer`]), and `PUT /vm/...` goes through the router as
-//! [`Trigger::Api`]. Every event passes through a [`RunStatus`] on its way to the sink,
-//! which keeps the status, the metrics and the end-of-run `summary`.
+//! probes a new set. A warm reset (watchdog or liveness `reset`, or the guest's own
+//! reboot) keeps the VM and the watchdog's timeout flag, and restarts the probes' schedule.
 
 use std::cell::RefCell;
 use std::io;
@@ -54,11 +58,12 @@ use i6300esb::{ActionSink, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::api::{self, CommandError, Control, HttpServer, OpsConfig};
-use super::events::{Cause, Event, EventSink, FinalPhase, StopReason};
+use super::controller::{Command, Controller, ControllerConfig, Input, Phase, ProbeReport};
+use super::events::{Event, EventSink, FinalPhase};
 use super::machine::{Machine, MachineEvent, SharedEsb};
-use super::router::{liveness_action_name, route, ApiAction, Decision, Trigger};
+use super::router::ApiAction;
 use super::status::{RunStatus, StatusDoc, WatchdogLive};
-use super::strategy::{exit_code, starts, AfterStop, Backoff, Ending, RestartPolicy, Stop};
+use super::strategy::{exit_code, Ending};
 use vmpulse_manifest::{LivenessAction, RunStrategy};
 use vmpulse_probes::config::ProbeConfig;
 use vmpulse_probes::tracker::Outcome as ProbeOutcome;
@@ -171,20 +176,22 @@ pub struct RunConfig {
     pub ops: OpsConfig,
 }
 
-/// How a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// Why.
-    pub ending: Ending,
-    /// How many `error` events were reported.
-    pub errors: u32,
-    /// Boots, warm resets included.
-    pub boots: u32,
-    /// runStrategy restarts.
-    pub restarts: u32,
-    /// The exit code ([`exit_code`]; 3 instead of 0 when [`OpsConfig::exit_code_from_phase`]
-    /// is set and the final phase is `Failed`).
-    pub exit_code: u8,
+pub use super::controller::Outcome;
+
+impl ControllerConfig {
+    /// The controller's part of the runner's configuration.
+    pub fn from_run_config(cfg: &RunConfig) -> Self {
+        ControllerConfig {
+            strategy: cfg.strategy,
+            watchdog_name: cfg.watchdog.as_ref().map(|(name, _)| name.clone()),
+            liveness_action: cfg.liveness_action,
+            grace_period: cfg.grace_period,
+            probes: !cfg.probes.is_empty(),
+            max_restarts: cfg.max_restarts,
+            run_for: cfg.run_for,
+            backoff: cfg.backoff,
+        }
+    }
 }
 
 /// The exit code of a run whose final phase is `Failed`, with `--exit-code-from-phase`.
@@ -207,21 +214,42 @@ pub enum RunnerError {
 /// How long past the grace period a `PUT /vm/shutdown` may wait for its answer.
 const SHUTDOWN_ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
-// Tokens of the runner's own fds.
-const TOKEN_MACHINE: u32 = 1;
-const TOKEN_PROBES: u32 = 2;
-const TOKEN_GRACE: u32 = 3;
-const TOKEN_BACKOFF: u32 = 4;
-const TOKEN_RUN_FOR: u32 = 5;
-const TOKEN_PROBE_RESUME: u32 = 6;
-const TOKEN_SIGINT: u32 = 7;
-const TOKEN_SIGTERM: u32 = 8;
+/// The runner's own fds in its epoll (the watchdog's timer and the ops server are
+/// subscribers of their own). The value is the epoll data of the fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+enum Token {
+    /// The machine's event fd.
+    Machine = 1,
+    /// The probe set's inner epoll fd.
+    Probes = 2,
+    /// The one timerfd of the controller's timers.
+    Timer = 3,
+    /// SIGINT's self-pipe.
+    Sigint = 4,
+    /// SIGTERM's self-pipe.
+    Sigterm = 5,
+}
+
+impl Token {
+    const ALL: [Token; 5] = [
+        Token::Machine,
+        Token::Probes,
+        Token::Timer,
+        Token::Sigint,
+        Token::Sigterm,
+    ];
+
+    fn from_data(data: u32) -> Option<Token> {
+        Token::ALL.into_iter().find(|t| *t as u32 == data)
+    }
+}
 
 /// SIGINT and SIGTERM turned into readable sockets for the loop (signal-hook's self-pipe),
 /// registered for the run only.
 struct Interrupts {
     /// (signal, token, read end).
-    pipes: Vec<(i32, u32, UnixStream)>,
+    pipes: Vec<(i32, Token, UnixStream)>,
     ids: Vec<signal_hook::SigId>,
 }
 
@@ -232,8 +260,8 @@ impl Interrupts {
             ids: Vec::new(),
         };
         for (sig, token) in [
-            (signal_hook::consts::SIGINT, TOKEN_SIGINT),
-            (signal_hook::consts::SIGTERM, TOKEN_SIGTERM),
+            (signal_hook::consts::SIGINT, Token::Sigint),
+            (signal_hook::consts::SIGTERM, Token::Sigterm),
         ] {
             let (rx, tx) = UnixStream::pair()?;
             rx.set_nonblocking(true)?;
@@ -246,7 +274,7 @@ impl Interrupts {
     }
 
     /// Empty the pipe of `token`; returns its signal if anything had arrived.
-    fn take(&mut self, token: u32) -> Option<i32> {
+    fn take(&mut self, token: Token) -> Option<i32> {
         let (sig, _, rx) = self.pipes.iter_mut().find(|(_, t, _)| *t == token)?;
         let mut buf = [0u8; 64];
         let mut got = false;
@@ -267,17 +295,20 @@ impl Drop for Interrupts {
 
 /// Records which of the runner's fds became ready; the loop handles them after `run()`.
 struct ReadyFds {
-    ready: Rc<RefCell<Vec<u32>>>,
+    ready: Rc<RefCell<Vec<Token>>>,
 }
 
 impl MutEventSubscriber for ReadyFds {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        self.ready.borrow_mut().push(events.data());
+        match Token::from_data(events.data()) {
+            Some(token) => self.ready.borrow_mut().push(token),
+            None => log::warn!("event for an unknown token {}", events.data()),
+        }
     }
     fn init(&mut self, _ops: &mut EventOps) {}
 }
 
-/// Queues watchdog expiries for the loop.
+/// Queues watchdog expiries for the loop (the device adapter's action sink).
 struct ExpiryQueue(Rc<RefCell<Vec<Expiry>>>);
 
 impl ActionSink for ExpiryQueue {
@@ -289,71 +320,6 @@ impl ActionSink for ExpiryQueue {
 type Subscriber = Rc<RefCell<dyn MutEventSubscriber>>;
 type EsbTimer = WatchdogTimer<MonotonicClock, Arc<EventCounters>, ExpiryQueue>;
 
-/// The runner's own timers.
-struct Timers {
-    grace: Deadline,
-    backoff: Deadline,
-    run_for: Deadline,
-    probe_resume: Deadline,
-}
-
-/// A one-shot timerfd with its deadline remembered, so the loop never reads a timerfd that
-/// might have been disarmed (a read would block): a ready token whose deadline is not set
-/// or not reached is stale and ignored.
-struct Deadline {
-    fd: TimerFd,
-    at: Option<Instant>,
-}
-
-impl Deadline {
-    fn new() -> io::Result<Self> {
-        Ok(Deadline {
-            fd: TimerFd::new()?,
-            at: None,
-        })
-    }
-    fn arm(&mut self, after: Duration) -> io::Result<()> {
-        self.at = Some(Instant::now() + after);
-        // A zero duration would disarm a timerfd; one nanosecond fires at once.
-        self.fd.reset(after.max(Duration::from_nanos(1)), None)?;
-        Ok(())
-    }
-    fn disarm(&mut self) {
-        self.at = None;
-        // Disarming also drops a pending expiration, so the fd stops being readable.
-        if let Err(e) = self.fd.clear() {
-            log::warn!("cannot disarm a timer: {e}");
-        }
-    }
-    /// Whether the deadline has passed; if so it is consumed (disarmed).
-    fn take_if_due(&mut self) -> bool {
-        match self.at {
-            Some(at) if Instant::now() >= at => {
-                self.disarm();
-                true
-            }
-            Some(_) => false,
-            None => {
-                // Stale readiness: make sure the fd is quiet.
-                self.disarm();
-                false
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// The VM runs.
-    Running,
-    /// A shutdown was requested; the grace timer runs.
-    ShuttingDown(Cause),
-    /// The VM is paused (watchdog `pause`).
-    Paused,
-    /// The VM is stopped; a restart waits for the back-off timer.
-    BackingOff { count: u32 },
-}
-
 /// Counts errors and keeps the status on the events' way to the real sink.
 struct Out<'s, S: EventSink> {
     sink: &'s mut S,
@@ -363,38 +329,39 @@ struct Out<'s, S: EventSink> {
 }
 
 impl<S: EventSink> Out<'_, S> {
-    fn emit(&mut self, mut event: Event) {
+    /// Report `event`, which happened `at`.
+    fn emit_at(&mut self, mut event: Event, at: Instant) {
         if let Event::Error { message } = &event {
             self.errors += 1;
             log::debug!("error event: {message}");
         }
-        self.status.observe(&mut event, Instant::now());
-        self.sink.emit(event);
+        self.status.observe(&mut event, at);
+        self.sink.emit_at(at, event);
+    }
+    fn emit(&mut self, event: Event) {
+        self.emit_at(event, Instant::now());
     }
     fn error(&mut self, message: String) {
         self.emit(Event::Error { message });
     }
 }
 
-/// The whole run's state.
+/// The shell of the run: it owns the fds, the VM and the probe set, and carries out the
+/// [`Controller`]'s commands.
 struct Runner<'a, F: VmFactory, S: EventSink> {
     cfg: RunConfig,
     factory: &'a mut F,
     out: Out<'a, S>,
+    ctl: Controller,
     manager: EventManager<Subscriber>,
     fds_id: SubscriberId,
-    ready: Rc<RefCell<Vec<u32>>>,
+    ready: Rc<RefCell<Vec<Token>>>,
     expiries: Rc<RefCell<Vec<Expiry>>>,
     esb: SharedEsb,
-    grace: Deadline,
-    backoff: Deadline,
-    run_for: Deadline,
-    /// Resumes the probes after a liveness-triggered reset, after a back-off.
-    probe_resume: Deadline,
-    /// Back-off of liveness-triggered resets, so that a probe failing at once cannot
-    /// reset the VM in a tight loop.
-    liveness_backoff: Backoff,
-    last_liveness_reset: Option<Instant>,
+    /// Armed at the controller's next deadline.
+    timer: TimerFd,
+    /// What `timer` is armed for (time since the run started).
+    timer_at: Option<Duration>,
     /// The probes were (re)started outside their fd's readiness: process them before
     /// blocking again.
     probes_due: bool,
@@ -402,11 +369,11 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     vm_fd: Option<RawFd>,
     probes: Option<ProbeSet>,
     probes_fd: Option<RawFd>,
-    phase: Phase,
-    policy: RestartPolicy,
-    boots: u32,
+    /// Time 0 of the controller.
     run_started: Instant,
-    ending: Option<Ending>,
+    /// The exit code of the `finished` event (the controller's, or
+    /// [`EXIT_FAILED_PHASE`]).
+    exit_code: Option<u8>,
     /// SIGINT/SIGTERM, when [`RunConfig::handle_signals`] is set.
     interrupts: Option<Interrupts>,
     /// The API and metrics server, when asked for.
@@ -430,42 +397,43 @@ pub fn run<F: VmFactory, S: EventSink>(cfg: RunConfig, factory: &mut F, sink: &m
         errors: 0,
         status: Box::new(status),
     };
-    if !starts(cfg.strategy) {
-        out.emit(Event::Info {
-            message: "runStrategy Halted: the VM is not started".into(),
-        });
-        return finish(out, Ending::Halted, 0, 0);
-    }
     let runner = match Runner::new(cfg, factory, out) {
         Ok(r) => r,
-        Err((mut out, e)) => {
+        Err((o, e)) => {
+            out = o;
             let message = e.to_string();
             out.error(message.clone());
-            return finish(out, Ending::Fatal(message), 0, 0);
+            let code = exit_code(&Ending::Fatal(message.clone()), out.errors);
+            let code = summary_then_finished(&mut out, &Ending::Fatal(message.clone()), code);
+            return Outcome {
+                ending: Ending::Fatal(message),
+                errors: out.errors,
+                boots: 0,
+                restarts: 0,
+                exit_code: code,
+            };
         }
     };
     runner.run()
 }
 
-fn finish<S: EventSink>(mut out: Out<'_, S>, ending: Ending, boots: u32, restarts: u32) -> Outcome {
-    let summary = out.status.summary(&ending, Instant::now());
+/// Emit the `summary`, then `finished` with `code` (or [`EXIT_FAILED_PHASE`] instead of 0
+/// when the final phase is `Failed` and `--exit-code-from-phase` is set); returns the
+/// exit code.
+fn summary_then_finished<S: EventSink>(out: &mut Out<'_, S>, ending: &Ending, code: u8) -> u8 {
+    let summary = out.status.summary(ending, Instant::now());
     let failed = summary.phase == FinalPhase::Failed;
     out.emit(Event::Summary(summary));
-    let mut code = exit_code(&ending, out.errors);
-    if code == 0 && failed && out.status.exit_code_from_phase {
-        code = EXIT_FAILED_PHASE;
-    }
+    let code = if code == 0 && failed && out.status.exit_code_from_phase {
+        EXIT_FAILED_PHASE
+    } else {
+        code
+    };
     out.emit(Event::Finished {
         exit_code: code,
         message: ending.message(),
     });
-    Outcome {
-        ending,
-        errors: out.errors,
-        boots,
-        restarts,
-        exit_code: code,
-    }
+    code
 }
 
 fn em_err(e: event_manager::Error) -> RunnerError {
@@ -490,58 +458,51 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 Arc::new(EventCounters::default()),
             )));
             let expiries = Rc::new(RefCell::new(Vec::new()));
-            // Its constructor installs the device's deadline listener: from here on the
-            // timer follows the device with no help from this loop.
-            let esb_timer: Rc<RefCell<EsbTimer>> = Rc::new(RefCell::new(WatchdogTimer::new(
-                esb.clone(),
-                ExpiryQueue(expiries.clone()),
-            )?));
             let ready = Rc::new(RefCell::new(Vec::new()));
             let mut manager: EventManager<Subscriber> = EventManager::new().map_err(em_err)?;
-            manager.add_subscriber(esb_timer.clone());
             let fds_id = manager.add_subscriber(Rc::new(RefCell::new(ReadyFds {
                 ready: ready.clone(),
             })));
-            let grace = Deadline::new()?;
-            let backoff = Deadline::new()?;
-            let run_for = Deadline::new()?;
-            let probe_resume = Deadline::new()?;
-            {
-                let mut ops = manager.event_ops(fds_id).map_err(em_err)?;
-                for (fd, token) in [
-                    (grace.fd.as_raw_fd(), TOKEN_GRACE),
-                    (backoff.fd.as_raw_fd(), TOKEN_BACKOFF),
-                    (run_for.fd.as_raw_fd(), TOKEN_RUN_FOR),
-                    (probe_resume.fd.as_raw_fd(), TOKEN_PROBE_RESUME),
-                ] {
-                    ops.add(Events::with_data_raw(fd, token, EventSet::IN))
-                        .map_err(em_err)?;
-                }
-            }
-            let timers = Timers {
-                grace,
-                backoff,
-                run_for,
-                probe_resume,
-            };
+            let timer = TimerFd::new().map_err(io::Error::from)?;
+            manager
+                .event_ops(fds_id)
+                .map_err(em_err)?
+                .add(Events::with_data_raw(
+                    timer.as_raw_fd(),
+                    Token::Timer as u32,
+                    EventSet::IN,
+                ))
+                .map_err(em_err)?;
             let interrupts = if cfg.handle_signals {
                 let interrupts = Interrupts::register()?;
                 let mut ops = manager.event_ops(fds_id).map_err(em_err)?;
                 for (_, token, rx) in &interrupts.pipes {
-                    ops.add(Events::with_data_raw(rx.as_raw_fd(), *token, EventSet::IN))
-                        .map_err(em_err)?;
+                    ops.add(Events::with_data_raw(
+                        rx.as_raw_fd(),
+                        *token as u32,
+                        EventSet::IN,
+                    ))
+                    .map_err(em_err)?;
                 }
                 Some(interrupts)
             } else {
                 None
             };
-            Ok((esb, expiries, ready, manager, fds_id, timers, interrupts))
+            // Its constructor installs the device's deadline listener: from here on the
+            // timer follows the device with no help from this loop, and expiries go to
+            // its sink.
+            let esb_timer: Rc<RefCell<EsbTimer>> = Rc::new(RefCell::new(WatchdogTimer::new(
+                esb.clone(),
+                ExpiryQueue(expiries.clone()),
+            )?));
+            manager.add_subscriber(esb_timer);
+            Ok((esb, expiries, ready, manager, fds_id, timer, interrupts))
         })();
-        let (esb, expiries, ready, manager, fds_id, timers, interrupts) = match parts {
+        let (esb, expiries, ready, mut manager, fds_id, timer, interrupts) = match parts {
             Ok(p) => p,
             Err(e) => return Err((out, e)),
         };
-        let (mut manager, mut api) = (manager, None);
+        let mut api = None;
         if cfg.ops.api_socket.is_some() || cfg.ops.metrics_addr.is_some() {
             match HttpServer::bind(
                 cfg.ops.api_socket.as_deref(),
@@ -556,53 +517,51 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 Err(e) => return Err((out, RunnerError::Listen(e))),
             }
         }
-        let policy = RestartPolicy::new(cfg.strategy, cfg.max_restarts, Backoff::new(cfg.backoff));
-        let cfg_backoff = cfg.backoff;
+        let ctl = Controller::new(ControllerConfig::from_run_config(&cfg));
         Ok(Runner {
             cfg,
             factory,
             out,
+            ctl,
             manager,
             fds_id,
             ready,
             expiries,
             esb,
-            grace: timers.grace,
-            backoff: timers.backoff,
-            run_for: timers.run_for,
-            probe_resume: timers.probe_resume,
-            liveness_backoff: Backoff::new(cfg_backoff),
-            last_liveness_reset: None,
+            timer,
+            timer_at: None,
             probes_due: false,
             vm: None,
             vm_fd: None,
             probes: None,
             probes_fd: None,
-            phase: Phase::Running,
-            policy,
-            boots: 0,
             run_started: Instant::now(),
-            ending: None,
+            exit_code: None,
             interrupts,
             api,
             held: Vec::new(),
         })
     }
 
+    /// The controller's time.
+    fn now(&self) -> Duration {
+        self.run_started.elapsed()
+    }
+
+    fn finished(&self) -> bool {
+        self.ctl.outcome().is_some()
+    }
+
     fn run(mut self) -> Outcome {
-        if let Some(limit) = self.cfg.run_for {
-            if let Err(e) = self.run_for.arm(limit) {
-                self.fatal(format!("cannot arm the --run-for timer: {e}"));
-            }
-        }
-        if self.ending.is_none() {
-            self.start_vm();
-        }
-        while self.ending.is_none() {
+        self.run_started = Instant::now();
+        self.ctl.begin(Duration::ZERO);
+        self.drive();
+        while !self.finished() {
             if std::mem::take(&mut self.probes_due) {
                 // Handled here, not where the probes were started, so that an action they
                 // trigger never recurses into the code that started them.
                 self.probe_events();
+                self.drive();
                 continue;
             }
             if !self.expiries.borrow().is_empty() {
@@ -611,7 +570,10 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 continue;
             }
             if let Err(e) = self.manager.run() {
-                self.fatal(format!("event loop: {e}"));
+                let now = self.now();
+                self.ctl
+                    .handle(now, Input::Fault(format!("event loop: {e}")));
+                self.drive();
                 break;
             }
             self.dispatch();
@@ -619,70 +581,229 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         }
         // Answer what is still waiting (a shutdown that ended the run, among others).
         self.serve_requests();
-        // Whatever ended the run, leave nothing running.
+        // The controller stopped the VM; make sure.
         if let Some(mut vm) = self.take_vm() {
             vm.stop();
         }
-        let ending = self
-            .ending
-            .take()
-            .unwrap_or(Ending::Fatal("no ending".into()));
-        let (boots, restarts) = (self.boots, self.policy.restarts());
-        finish(self.out, ending, boots, restarts)
+        match self.ctl.outcome() {
+            Some(outcome) => Outcome {
+                exit_code: self.exit_code.unwrap_or(outcome.exit_code),
+                ..outcome.clone()
+            },
+            None => {
+                // Unreachable in practice: the controller always finishes on a fault.
+                let ending = Ending::Fatal("the run loop ended early".into());
+                self.out.error("the run loop ended early".into());
+                let code = exit_code(&ending, self.out.errors);
+                let code = summary_then_finished(&mut self.out, &ending, code);
+                Outcome {
+                    ending,
+                    errors: self.out.errors,
+                    boots: self.ctl.boots(),
+                    restarts: 0,
+                    exit_code: code,
+                }
+            }
+        }
     }
 
+    /// Hand what became ready to the controller, in a fixed order: the machine's events,
+    /// then watchdog expiries, then probe results, timers and signals.
     fn dispatch(&mut self) {
         let mut tokens = std::mem::take(&mut *self.ready.borrow_mut());
-        // Handle each fd once per round, in a fixed order: the machine before the timers.
         tokens.sort_unstable();
         tokens.dedup();
-        if tokens.contains(&TOKEN_MACHINE) {
-            self.machine_events();
+        if tokens.contains(&Token::Machine) {
+            if let Some(vm) = self.vm.as_mut() {
+                let events = vm.drain_events();
+                let now = self.now();
+                for event in events {
+                    self.ctl.handle(now, Input::Machine(event));
+                }
+                self.drive();
+            }
         }
         let expiries = std::mem::take(&mut *self.expiries.borrow_mut());
         for expiry in expiries {
-            if self.ending.is_some() {
-                return;
-            }
-            self.watchdog_expired(expiry);
+            let now = self.now();
+            self.ctl.handle(now, Input::Expiry(expiry));
+            self.drive();
         }
         for token in tokens {
-            if self.ending.is_some() {
+            if self.finished() {
                 return;
             }
             match token {
-                TOKEN_PROBES => self.probe_events(),
-                TOKEN_GRACE if self.grace.take_if_due() => self.grace_expired(),
-                TOKEN_BACKOFF if self.backoff.take_if_due() => self.backoff_expired(),
-                TOKEN_RUN_FOR if self.run_for.take_if_due() => self.run_for_expired(),
-                TOKEN_PROBE_RESUME if self.probe_resume.take_if_due() => self.resume_probes(),
-                TOKEN_SIGINT | TOKEN_SIGTERM => {
+                Token::Machine => {}
+                Token::Probes => self.probe_events(),
+                Token::Timer => {
+                    // Disarming drops the expiration, so the fd is quiet until `drive` arms
+                    // it again for the next deadline.
+                    self.timer_at = None;
+                    if let Err(e) = self.timer.clear() {
+                        log::warn!("cannot disarm the timer: {e}");
+                    }
+                    let now = self.now();
+                    self.ctl.fire_due_timers(now);
+                }
+                Token::Sigint | Token::Sigterm => {
                     if let Some(sig) = self.interrupts.as_mut().and_then(|i| i.take(token)) {
-                        self.interrupted(sig);
+                        let now = self.now();
+                        self.ctl.handle(now, Input::Signal(sig));
                     }
                 }
-                _ => {}
+            }
+            self.drive();
+        }
+    }
+
+    /// Carry out the controller's commands, reporting the outcomes it waits for; then
+    /// keep the timerfd at its next deadline.
+    fn drive(&mut self) {
+        loop {
+            while let Some(command) = self.ctl.poll_command() {
+                let needs_outcome = command.needs_outcome();
+                let result = self.execute(command);
+                if needs_outcome {
+                    let now = self.now();
+                    self.ctl.command_done(now, result);
+                }
+            }
+            match self.sync_timer() {
+                Ok(()) => return,
+                Err(e) => {
+                    let now = self.now();
+                    self.ctl
+                        .handle(now, Input::Fault(format!("cannot arm a timer: {e}")));
+                    self.timer_at = None;
+                    if self.finished() {
+                        // The fault ended the run: its last commands need no timer.
+                        while let Some(command) = self.ctl.poll_command() {
+                            let _ = self.execute(command);
+                        }
+                        return;
+                    }
+                }
             }
         }
     }
 
-    fn fatal(&mut self, message: String) {
-        self.out.error(message.clone());
-        self.ending = Some(Ending::Fatal(message));
+    /// Arm the timerfd for the controller's next deadline (disarm it without one).
+    fn sync_timer(&mut self) -> io::Result<()> {
+        let next = self.ctl.next_deadline().map(|(at, _)| at);
+        if next == self.timer_at {
+            return Ok(());
+        }
+        self.timer_at = next;
+        match next {
+            // Setting a timerfd also drops an expiration not yet read, so a fired
+            // timerfd stops being readable.
+            Some(at) => {
+                let after = at.saturating_sub(self.now());
+                // A zero duration would disarm a timerfd; one nanosecond fires at once.
+                self.timer
+                    .reset(after.max(Duration::from_nanos(1)), None)
+                    .map_err(io::Error::from)
+            }
+            None => self.timer.clear().map_err(io::Error::from),
+        }
     }
 
-    fn watch(&mut self, fd: RawFd, token: u32) -> Result<(), String> {
+    /// Carry out one command; `Err` is the outcome of a failed one.
+    fn execute(&mut self, command: Command) -> Result<(), String> {
+        match command {
+            Command::Start => self.try_start_vm(),
+            Command::Stop => {
+                self.stop_vm();
+                Ok(())
+            }
+            Command::Reset => self.with_vm(|vm| vm.reset()),
+            Command::Pause => {
+                self.with_vm(|vm| vm.pause())?;
+                self.out.status.set_paused(true, Instant::now());
+                Ok(())
+            }
+            Command::Resume => {
+                self.with_vm(|vm| vm.resume())?;
+                self.out.status.set_paused(false, Instant::now());
+                Ok(())
+            }
+            Command::PowerButton => self.with_vm(|vm| {
+                vm.power_button();
+                Ok(())
+            }),
+            Command::InjectNmi => self.with_vm(|vm| vm.inject_nmi()),
+            Command::StartProbes => {
+                if let Some(probes) = self.probes.as_mut() {
+                    probes.vm_started(Instant::now());
+                    self.probes_due = true;
+                }
+                Ok(())
+            }
+            Command::StopProbes => {
+                if let Some(probes) = self.probes.as_mut() {
+                    let now = Instant::now();
+                    probes.vm_stopped(now);
+                    // The controller already reported the VM not ready; what the stopped
+                    // schedule still has is dropped.
+                    let _ = probes.process(now);
+                }
+                Ok(())
+            }
+            Command::HoldLiveness => {
+                if let Some(probes) = self.probes.as_mut() {
+                    probes.vm_stopping(Instant::now());
+                }
+                Ok(())
+            }
+            // The timerfd follows the controller's deadlines after every command batch.
+            Command::ArmTimer { .. } | Command::DisarmTimer(_) => Ok(()),
+            Command::Log(message) => {
+                log::warn!("{message}");
+                Ok(())
+            }
+            Command::Emit {
+                event: Event::Finished { exit_code, .. },
+                ..
+            } => {
+                let ending = self
+                    .ctl
+                    .outcome()
+                    .map(|o| o.ending.clone())
+                    .unwrap_or(Ending::Fatal("no ending".into()));
+                let code = summary_then_finished(&mut self.out, &ending, exit_code);
+                self.exit_code = Some(code);
+                Ok(())
+            }
+            Command::Emit { at, event } => {
+                self.out.emit_at(event, self.run_started + at);
+                Ok(())
+            }
+        }
+    }
+
+    fn with_vm(
+        &mut self,
+        f: impl FnOnce(&mut Box<dyn Vm>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        match self.vm.as_mut() {
+            Some(vm) => f(vm),
+            None => Err("there is no VM".into()),
+        }
+    }
+
+    fn watch(&mut self, fd: RawFd, token: Token) -> Result<(), String> {
         self.manager
             .event_ops(self.fds_id)
-            .and_then(|mut ops| ops.add(Events::with_data_raw(fd, token, EventSet::IN)))
+            .and_then(|mut ops| ops.add(Events::with_data_raw(fd, token as u32, EventSet::IN)))
             .map_err(|e| format!("cannot watch fd {fd}: {e}"))
     }
 
-    fn unwatch(&mut self, fd: RawFd, token: u32) {
+    fn unwatch(&mut self, fd: RawFd, token: Token) {
         let removed = self
             .manager
             .event_ops(self.fds_id)
-            .and_then(|mut ops| ops.remove(Events::with_data_raw(fd, token, EventSet::IN)));
+            .and_then(|mut ops| ops.remove(Events::with_data_raw(fd, token as u32, EventSet::IN)));
         if let Err(e) = removed {
             log::warn!("cannot stop watching fd {fd}: {e}");
         }
@@ -690,16 +811,8 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
 
     // ---- starting and stopping --------------------------------------------------------
 
-    fn start_vm(&mut self) {
-        if let Err(message) = self.try_start_vm() {
-            if let Some(mut vm) = self.take_vm() {
-                vm.stop();
-            }
-            self.drop_probes();
-            self.fatal(message);
-        }
-    }
-
+    /// A new VM, its watchdog powered on afresh and its probe set made (not scheduled).
+    /// On failure, whatever was made is released by the `Stop` that follows.
     fn try_start_vm(&mut self) -> Result<(), String> {
         // A new VM: the watchdog is powered on afresh (timeout flag cleared).
         self.esb
@@ -718,16 +831,12 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             .create(self.esb.clone(), vm_serial)
             .map_err(|e| format!("cannot create the VM: {e}"))?;
         let fd = vm.event_fd();
-        self.watch(fd, TOKEN_MACHINE)?;
+        self.watch(fd, Token::Machine)?;
         self.vm_fd = Some(fd);
         // Owned by the runner before it can fail, so a failure unregisters its fd first.
         let vm = self.vm.insert(vm);
         vm.start()
             .map_err(|e| format!("cannot start the VM: {e}"))?;
-        self.phase = Phase::Running;
-        self.run_started = Instant::now();
-        self.boots += 1;
-        self.out.emit(Event::Started { boot: self.boots });
         if !self.cfg.probes.is_empty() {
             let agent = match (&self.cfg.agent, probe_serial) {
                 (AgentSpec::Socket(path), _) => Some(AgentChannel::UnixSocket(path.clone())),
@@ -738,44 +847,28 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 vm_addresses: self.cfg.probe_addresses.clone(),
                 agent,
             };
-            let mut probes = ProbeSet::new(self.cfg.probes.clone(), env)
+            let probes = ProbeSet::new(self.cfg.probes.clone(), env)
                 .map_err(|e| format!("cannot set up the probes: {e}"))?;
             let pfd = probes.fd();
-            self.watch(pfd, TOKEN_PROBES)?;
+            self.watch(pfd, Token::Probes)?;
             self.probes_fd = Some(pfd);
-            probes.vm_started(self.run_started);
             self.probes = Some(probes);
-            self.probes_due = true;
         }
         Ok(())
     }
 
     fn take_vm(&mut self) -> Option<Box<dyn Vm>> {
         if let Some(fd) = self.vm_fd.take() {
-            self.unwatch(fd, TOKEN_MACHINE);
+            self.unwatch(fd, Token::Machine);
         }
         self.vm.take()
     }
 
-    fn drop_probes(&mut self) {
-        if let Some(mut probes) = self.probes.take() {
-            let now = Instant::now();
-            probes.vm_stopped(now);
-            let events = probes.process(now);
-            self.report_probe_events(events, false);
-            if let Some(fd) = self.probes_fd.take() {
-                self.unwatch(fd, TOKEN_PROBES);
-            }
-        }
-    }
-
-    /// The VM stopped (or is stopped now) for `stop`; apply runStrategy.
-    fn stop_vm(&mut self, stop: Stop) {
+    /// Power the VM off and release it with its probe set; power the watchdog off.
+    fn stop_vm(&mut self) {
         if let Some(mut vm) = self.take_vm() {
             vm.stop();
         }
-        self.grace.disarm();
-        self.probe_resume.disarm();
         // The device is powered off with the VM: no expiry may follow the stop (a
         // power-on reset drops those not yet polled; the queue holds those polled).
         self.esb
@@ -783,99 +876,30 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             .unwrap_or_else(|e| e.into_inner())
             .power_on_reset();
         self.expiries.borrow_mut().clear();
-        self.out.emit(Event::Stopped {
-            reason: stop.reason,
-            trigger: stop.trigger,
-            forced: stop.forced,
-        });
-        // Then the probes: the VM is not ready any more.
-        self.drop_probes();
-        let lasted = self.run_started.elapsed();
-        match self.policy.after_stop(&stop, lasted) {
-            AfterStop::Restart { count, delay } => {
-                self.out.emit(Event::Restart {
-                    count,
-                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                });
-                self.phase = Phase::BackingOff { count };
-                if let Err(e) = self.backoff.arm(delay) {
-                    self.fatal(format!("cannot arm the back-off timer: {e}"));
-                }
-            }
-            AfterStop::End(ending) => self.ending = Some(ending),
-        }
-    }
-
-    // ---- event handlers ---------------------------------------------------------------
-
-    fn machine_events(&mut self) {
-        let events = match self.vm.as_mut() {
-            Some(vm) => vm.drain_events(),
-            None => return,
-        };
-        for event in events {
-            if self.vm.is_none() {
-                // Stopped by an earlier event of this batch; the rest belongs to a dead VM.
-                break;
-            }
-            match event {
-                MachineEvent::ConsoleLine(line) => self.out.emit(Event::Console { line }),
-                MachineEvent::GuestPoweroff => {
-                    let stop = match self.phase {
-                        Phase::ShuttingDown(cause) => Stop {
-                            reason: StopReason::Shutdown,
-                            trigger: Some(cause),
-                            forced: Some(false),
-                        },
-                        _ => Stop::plain(StopReason::Guest),
-                    };
-                    self.stop_vm(stop);
-                }
-                MachineEvent::GuestReset => {
-                    self.out.emit(Event::Info {
-                        message: "the guest asked for a reset".into(),
-                    });
-                    self.warm_reset(None);
-                }
-                MachineEvent::Error(message) => {
-                    self.out.error(format!("the VM failed: {message}"));
-                    self.stop_vm(Stop::plain(StopReason::Error));
-                }
+        if let Some(mut probes) = self.probes.take() {
+            probes.vm_stopped(Instant::now());
+            if let Some(fd) = self.probes_fd.take() {
+                self.unwatch(fd, Token::Probes);
             }
         }
+        self.probes_due = false;
     }
 
-    fn watchdog_expired(&mut self, expiry: Expiry) {
-        if self.vm.is_none() {
-            return;
-        }
-        let device = self
-            .cfg
-            .watchdog
-            .as_ref()
-            .map_or_else(|| "(none in the manifest)".to_string(), |(n, _)| n.clone());
-        self.out.emit(Event::Watchdog {
-            action: expiry.action.name().to_string(),
-            device,
-        });
-        self.carry_out(Trigger::Watchdog(expiry.action));
-    }
+    // ---- inputs -----------------------------------------------------------------------
 
+    /// Hand the probe set's results to the controller.
     fn probe_events(&mut self) {
         let Some(probes) = self.probes.as_mut() else {
             return;
         };
         let events = probes.process(Instant::now());
-        self.report_probe_events(events, true);
-    }
-
-    /// Report probe events; with `act`, carry out a liveness failure once the whole batch
-    /// is reported (its other attempts completed before the action).
-    fn report_probe_events(&mut self, events: Vec<ProbeEvent>, act: bool) {
-        let mut failed = false;
-        for event in events {
-            match event {
-                ProbeEvent::Attempt(a) => self.out.emit(Event::Probe {
+        if events.is_empty() {
+            return;
+        }
+        let reports = events
+            .into_iter()
+            .map(|event| match event {
+                ProbeEvent::Attempt(a) => ProbeReport::Attempt(Event::Probe {
                     probe: a.probe.name().to_string(),
                     result: match a.outcome {
                         ProbeOutcome::Success => "success",
@@ -890,183 +914,12 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                     duration_us: u64::try_from(a.duration.as_micros()).unwrap_or(u64::MAX),
                     streak: None,
                 }),
-                ProbeEvent::Ready(ready) => self.out.emit(Event::Ready { ready }),
-                ProbeEvent::LivenessFailed { message } => {
-                    let action = self.cfg.liveness_action;
-                    self.out.emit(Event::Liveness {
-                        action: liveness_action_name(action).to_string(),
-                        message,
-                        failures: None,
-                    });
-                    failed = true;
-                }
-            }
-        }
-        if failed && act && self.vm.is_some() {
-            self.carry_out(Trigger::Liveness(self.cfg.liveness_action));
-        }
-    }
-
-    /// Carry out the router's decision for `trigger`.
-    fn carry_out(&mut self, trigger: Trigger) {
-        let cause = trigger.cause();
-        match route(trigger) {
-            Decision::PowerOff(reason) => self.stop_vm(Stop {
-                reason,
-                trigger: Some(cause),
-                forced: None,
-            }),
-            Decision::Reset if cause == Cause::Liveness => {
-                let lasted = self
-                    .last_liveness_reset
-                    .map_or(Duration::MAX, |t| t.elapsed());
-                let delay = self.liveness_backoff.next_delay(lasted);
-                self.last_liveness_reset = Some(Instant::now());
-                self.warm_reset(Some(delay));
-            }
-            Decision::Reset => self.warm_reset(None),
-            Decision::Shutdown => {
-                if let Phase::ShuttingDown(_) = self.phase {
-                    // Already asked; the grace period already runs.
-                    return;
-                }
-                if let Some(vm) = self.vm.as_mut() {
-                    vm.power_button();
-                }
-                self.phase = Phase::ShuttingDown(cause);
-                if let Err(e) = self.grace.arm(self.cfg.grace_period) {
-                    self.out
-                        .error(format!("cannot arm the grace-period timer: {e}"));
-                    self.grace_expired();
-                }
-            }
-            Decision::Pause => {
-                let paused = self.vm.as_mut().map(|vm| vm.pause());
-                match paused {
-                    Some(Err(e)) => self.out.error(format!("cannot pause the VM: {e}")),
-                    Some(Ok(())) => {
-                        self.phase = Phase::Paused;
-                        self.out.status.set_paused(true, Instant::now());
-                        self.grace.disarm();
-                        self.out.emit(Event::Info {
-                            message: "the VM is paused".into(),
-                        });
-                        self.drop_probes_schedule();
-                    }
-                    None => {}
-                }
-            }
-            Decision::Resume => {
-                if self.phase != Phase::Paused {
-                    return;
-                }
-                match self.vm.as_mut().map(|vm| vm.resume()) {
-                    Some(Err(e)) => self.out.error(format!("cannot resume the VM: {e}")),
-                    Some(Ok(())) => {
-                        self.phase = Phase::Running;
-                        self.out.status.set_paused(false, Instant::now());
-                        self.out.emit(Event::Info {
-                            message: "the VM is resumed".into(),
-                        });
-                        self.resume_probes();
-                    }
-                    None => {}
-                }
-            }
-            Decision::InjectNmi => {
-                if let Some(Err(e)) = self.vm.as_mut().map(|vm| vm.inject_nmi()) {
-                    self.out.error(format!("cannot inject an NMI: {e}"));
-                }
-            }
-            Decision::Report { log } => {
-                if log {
-                    log::warn!("watchdog expired (action debug): the VM keeps running");
-                }
-            }
-        }
-    }
-
-    /// The probes stop while the VM is paused (a paused VM is not ready).
-    fn drop_probes_schedule(&mut self) {
-        if let Some(probes) = self.probes.as_mut() {
-            let now = Instant::now();
-            probes.vm_stopped(now);
-            let events = probes.process(now);
-            self.report_probe_events(events, false);
-        }
-    }
-
-    /// Warm-reset the VM; the probes restart at once, or after `probe_delay`.
-    fn warm_reset(&mut self, probe_delay: Option<Duration>) {
-        let Some(vm) = self.vm.as_mut() else {
-            return;
-        };
-        if let Err(e) = vm.reset() {
-            self.out.error(format!("cannot reset the VM: {e}"));
-            self.stop_vm(Stop::plain(StopReason::Error));
-            return;
-        }
-        self.grace.disarm();
-        self.phase = Phase::Running;
-        self.boots += 1;
-        self.out.emit(Event::Started { boot: self.boots });
-        self.probe_resume.disarm();
-        if let Some(probes) = self.probes.as_mut() {
-            let now = Instant::now();
-            probes.vm_stopped(now);
-            let events = probes.process(now);
-            self.report_probe_events(events, false);
-            match probe_delay {
-                None => self.resume_probes(),
-                Some(delay) => {
-                    self.out.emit(Event::Info {
-                        message: format!(
-                            "probes resume in {} ms (back-off of liveness resets)",
-                            delay.as_millis()
-                        ),
-                    });
-                    if let Err(e) = self.probe_resume.arm(delay) {
-                        self.out
-                            .error(format!("cannot arm the probe back-off timer: {e}"));
-                        self.resume_probes();
-                    }
-                }
-            }
-        }
-    }
-
-    fn resume_probes(&mut self) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        if let Some(probes) = self.probes.as_mut() {
-            probes.vm_started(Instant::now());
-            self.probes_due = true;
-        }
-    }
-
-    fn grace_expired(&mut self) {
-        if let Phase::ShuttingDown(cause) = self.phase {
-            self.stop_vm(Stop {
-                reason: StopReason::Shutdown,
-                trigger: Some(cause),
-                forced: Some(true),
-            });
-        }
-    }
-
-    fn backoff_expired(&mut self) {
-        if let Phase::BackingOff { .. } = self.phase {
-            self.start_vm();
-        }
-    }
-
-    /// SIGINT or SIGTERM: stop the VM cleanly (no restart) and end the run.
-    fn interrupted(&mut self, sig: i32) {
-        if self.vm.is_some() {
-            self.stop_vm(Stop::plain(StopReason::Signal));
-        }
-        self.ending = Some(Ending::Interrupted(sig));
+                ProbeEvent::Ready(ready) => ProbeReport::Ready(ready),
+                ProbeEvent::LivenessFailed { message } => ProbeReport::LivenessFailed { message },
+            })
+            .collect();
+        let now = self.now();
+        self.ctl.handle(now, Input::Probes(reports));
     }
 
     /// Answer the API and metrics requests that arrived in this round.
@@ -1106,14 +959,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
 
     /// A shutdown request is in progress.
     fn shutting_down(&self) -> bool {
-        matches!(self.phase, Phase::ShuttingDown(_)) && self.vm.is_some() && self.ending.is_none()
-    }
-
-    fn run_for_expired(&mut self) {
-        if self.vm.is_some() {
-            self.stop_vm(Stop::plain(StopReason::Runtime));
-        }
-        self.ending = Some(Ending::RunFor);
+        matches!(self.ctl.phase(), Phase::ShuttingDown(_)) && !self.finished()
     }
 }
 
@@ -1127,16 +973,13 @@ impl<F: VmFactory, S: EventSink> Control for Runner<'_, F, S> {
     }
 
     fn command(&mut self, action: ApiAction) -> Result<(), CommandError> {
-        if self.vm.is_none() || self.ending.is_some() {
+        if self.vm.is_none() || self.finished() {
             return Err(CommandError::Conflict("the VM is not running".into()));
         }
         let errors = self.out.errors;
-        if action == ApiAction::Reset && self.phase == Phase::Paused {
-            // A paused machine would stay paused through a reset (QEMU's `system_reset`);
-            // asked through the API, the user wants the guest to boot again.
-            self.carry_out(Trigger::Api(ApiAction::Resume));
-        }
-        self.carry_out(Trigger::Api(action));
+        let now = self.now();
+        self.ctl.handle(now, Input::Api(action));
+        self.drive();
         if self.out.errors > errors {
             return Err(CommandError::Failed(format!(
                 "{action:?} failed: see the error event"
@@ -1149,6 +992,7 @@ impl<F: VmFactory, S: EventSink> Control for Runner<'_, F, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{Cause, StopReason};
     use std::collections::VecDeque;
     use vmm_sys_util::eventfd::EventFd;
 

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::MutDevicePio;
 
-use super::machine::{EventQueue, MachineEvent};
+use super::platform::{EventQueue, MachineEvent};
 
 /// COM1's first port.
 pub const COM1_BASE: u64 = 0x3f8;

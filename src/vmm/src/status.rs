@@ -27,8 +27,8 @@ use serde::Serialize;
 use i6300esb::{Clock, EventCounters, Stage};
 
 use super::events::{rfc3339_now, Event, FinalPhase, ProbeSummary, Summary};
-use super::machine::SharedEsb;
 use super::metrics::Metrics;
+use super::platform::SharedEsb;
 use super::strategy::{is_failure, Ending, Stop};
 use vmpulse_probes::config::{ProbeConfig, ProbeHandler, ProbeKind};
 

@@ -3,6 +3,7 @@
 //! The first group ports the runner's fake-VM tests; the rest covers issue 9's cases.
 
 use super::*;
+use crate::runner::RunConfig;
 use i6300esb::WatchdogAction;
 
 const MS: Duration = Duration::from_millis(1);
@@ -1692,4 +1693,66 @@ fn a_signal_during_a_graceful_shutdown_stops_the_vm_at_once() {
     assert_eq!(sim.calls, ["start", "power_button", "stop"]);
     // The grace period went with the VM.
     assert_ne!(sim.ctl.next_deadline().map(|(_, t)| t), Some(Timer::Grace));
+}
+
+// ---- the ops API's actions ------------------------------------------------------------
+
+#[test]
+fn api_actions_go_through_the_router_with_cause_api() {
+    let (mut ctl, _) = running(config(RunStrategy::Always));
+    ctl.handle(ms(10), Input::Api(ApiAction::Pause));
+    assert_eq!(drain(&mut ctl), [Command::Pause]);
+    ctl.command_done(ms(10), Ok(()));
+    assert_eq!(ctl.phase(), Phase::Paused);
+    drain(&mut ctl);
+    ctl.handle(ms(20), Input::Api(ApiAction::Resume));
+    assert_eq!(drain(&mut ctl), [Command::Resume]);
+    ctl.command_done(ms(20), Ok(()));
+    assert_eq!(ctl.phase(), Phase::Running);
+    drain(&mut ctl);
+    ctl.handle(ms(30), Input::Api(ApiAction::Shutdown));
+    let commands = drain(&mut ctl);
+    assert_eq!(commands[0], Command::PowerButton);
+    assert_eq!(ctl.phase(), Phase::ShuttingDown(Cause::Api));
+    ctl.handle(ms(40), Input::Api(ApiAction::Stop));
+    let events = emitted(&drain(&mut ctl));
+    assert_eq!(
+        events[0],
+        Event::Stopped {
+            reason: StopReason::Api,
+            trigger: Some(Cause::Api),
+            forced: None
+        }
+    );
+}
+
+#[test]
+fn an_api_reset_of_a_paused_vm_resumes_it_first() {
+    let (mut ctl, _) = running(config(RunStrategy::Always));
+    ctl.handle(ms(10), Input::Api(ApiAction::Pause));
+    drain(&mut ctl);
+    ctl.command_done(ms(10), Ok(()));
+    drain(&mut ctl);
+    ctl.handle(ms(20), Input::Api(ApiAction::Reset));
+    // The reset waits for the resume's outcome.
+    assert_eq!(drain(&mut ctl), [Command::Resume]);
+    ctl.command_done(ms(21), Ok(()));
+    let commands = drain(&mut ctl);
+    assert_eq!(commands.last(), Some(&Command::Reset));
+    ctl.command_done(ms(22), Ok(()));
+    let events = emitted(&drain(&mut ctl));
+    assert_eq!(events, [Event::Started { boot: 2 }]);
+    assert_eq!(ctl.phase(), Phase::Running);
+}
+
+#[test]
+fn an_api_action_without_a_vm_is_ignored() {
+    let mut cfg = config(RunStrategy::Always);
+    cfg.backoff = ms(500);
+    let (mut ctl, _) = running(cfg);
+    ctl.handle(ms(10), Input::Machine(MachineEvent::GuestPoweroff));
+    drain(&mut ctl);
+    assert!(matches!(ctl.phase(), Phase::Stopped { .. }));
+    ctl.handle(ms(20), Input::Api(ApiAction::Reset));
+    assert_eq!(drain(&mut ctl), []);
 }
