@@ -925,8 +925,8 @@ pub fn unaligned_access_guest() -> Result<GuestImage, GuestError> {
     asm.a.in_(eax, dx)?;
     asm.a.mov(r14d, eax)?;
     // BAR0: an unlock sequence of unaligned word writes, then preload 1.
-    asm.a.mov(word_ptr(rbp + 0x0b), (UNLOCK1 << 8) as i32)?;
-    asm.a.mov(word_ptr(rbp + 0x0b), (UNLOCK2 << 8) as i32)?;
+    asm.a.mov(word_ptr(rbp + 0x0b), UNLOCK1 << 8)?;
+    asm.a.mov(word_ptr(rbp + 0x0b), UNLOCK2 << 8)?;
     asm.a.mov(dword_ptr(rbp + BAR_PRELOAD1), 0x321)?;
     asm.a.mov(r15d, dword_ptr(rbp + 0x0a))?;
     asm.a.mov(ebx, dword_ptr(rbp + 0x0e))?;

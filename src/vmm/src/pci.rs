@@ -755,7 +755,9 @@ mod tests {
     /// A function that records the configuration accesses it gets and reads each
     /// byte as its offset.
     #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<(char, usize, Vec<u8>)>>>);
+    struct Recorder(Arc<Mutex<Vec<Access>>>);
+    /// `('r' or 'w', offset, bytes)`.
+    type Access = (char, usize, Vec<u8>);
     impl PciFunction for Recorder {
         fn config_read(&mut self, offset: usize, data: &mut [u8]) {
             for (i, b) in data.iter_mut().enumerate() {
@@ -799,7 +801,7 @@ mod tests {
         select(0x40);
 
         // (port, width, expected value, configuration accesses, unclaimed parts)
-        type Case = (u16, usize, &'static [u8], Vec<(char, usize, Vec<u8>)>, u64);
+        type Case = (u16, usize, &'static [u8], Vec<Access>, u64);
         let reads: Vec<Case> = vec![
             (
                 0xcfc,
