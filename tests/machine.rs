@@ -15,7 +15,7 @@ use i6300esb::adapters::timer::MonotonicClock;
 use i6300esb::{Clock, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmpulse::vmm::guest::{
     com2_echo_guest, halt_guest, kick_loop_guest, reset_request_guest, stray_access_guest,
-    GuestImage, KICK_LOOP_SETUP_WRITES,
+    unaligned_access_guest, GuestImage, KICK_LOOP_SETUP_WRITES,
 };
 use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, MachineEvent, SharedEsb};
 
@@ -586,6 +586,79 @@ fn stray_accesses_read_all_ones_and_are_counted_body() {
     // Three port accesses and two MMIO accesses that nobody decodes.
     assert_eq!(vm.m.unclaimed_accesses(), (3, 2));
     assert_eq!(vm.m.boot_count(), 1);
+}
+
+#[test]
+fn unaligned_accesses_reach_the_device_in_aligned_pieces() {
+    kvm_test(unaligned_accesses_reach_the_device_in_aligned_pieces_body);
+}
+
+/// Issue 11.2 through real KVM exits: unaligned `in`/`out` at 0xCFD-0xCFF and
+/// unaligned MMIO at BAR0 arrive as QEMU on KVM delivers them.
+fn unaligned_accesses_reach_the_device_in_aligned_pieces_body() {
+    let esb = esb(WatchdogAction::Reset);
+    // The timeout flag of an earlier expiry, so BAR0+0x0C reads 0x1200.
+    {
+        let mut d = esb.lock().unwrap();
+        let mut state = d.state();
+        state.watchdog.timed_out = true;
+        d.load_state(&state).unwrap();
+    }
+    let cfg = MachineConfig {
+        memory_bytes: 2 << 20,
+        guest: opts(30, 1000, None),
+        agent_serial: None,
+    };
+    let mut m = Machine::with_image(cfg, esb.clone(), unaligned_access_guest().unwrap()).unwrap();
+    let log = m.esb_access_log();
+    log.start();
+    m.start().unwrap();
+    let mut vm = Vm {
+        m,
+        esb,
+        deadline_changes: Arc::new(AtomicU64::new(0)),
+        log: Vec::new(),
+        cursor: 0,
+    };
+    vm.expect(BOOT, "GuestPoweroff", |e| *e == MachineEvent::GuestPoweroff);
+    let console = vm.console();
+    assert_eq!(
+        console[2..],
+        [
+            // Bytes 0x01 and 0x02 of 8086:25ab.
+            "guest: cfd=0xab80",
+            // The word at 0x02, then two bytes of port 0xD00.
+            "guest: cfe=0xffff25ab",
+            // A word write at 0xCFF: 0xA5 to byte 0x43; 0x5A to 0xD00, dropped.
+            "guest: cfg40=0xa5000000",
+            // Words at BAR0+0x0A (0) and 0x0C (the flag).
+            "guest: bar0+0a=0x12000000",
+            // The word at BAR0+0x0E, then two bytes past BAR0.
+            "guest: bar0+0e=0xffff0000",
+        ],
+        "{console:?}"
+    );
+    // The unaligned unlock opened the window: preload 1 took the write.
+    assert_eq!(vm.esb.lock().unwrap().state().watchdog.preload1, 0x321);
+    // 0xD00 twice (one read, one write) and BAR0+0x10 once.
+    assert_eq!(vm.m.unclaimed_accesses(), (2, 1));
+    // The access log has the pieces as the device saw them.
+    let lines = log.take();
+    for piece in [
+        "cfg r 0x01 1 0x80",
+        "cfg r 0x02 1 0xab",
+        "cfg r 0x02 2 0x25ab",
+        "cfg w 0x43 1 0xa5",
+        "mmio w 0x0b 1 0x00",
+        "mmio w 0x0c 1 0x80",
+        "mmio w 0x0c 1 0x86",
+        "mmio w 0x00 4 0x00000321",
+        "mmio r 0x0a 2 0x0000",
+        "mmio r 0x0c 2 0x1200",
+        "mmio r 0x0e 2 0x0000",
+    ] {
+        assert!(lines.iter().any(|l| l == piece), "{piece} not in {lines:?}");
+    }
 }
 
 /// The probe of the Linux driver as recorded in a reference trace (QEMU 7.2, Linux

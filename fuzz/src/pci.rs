@@ -11,32 +11,48 @@
 //! - a dword read of 0xCF8 returns the last dword written there, reserved bits
 //!   (30:24, 1:0) cleared; no other access changes it;
 //! - a byte at 0xCF9 goes to the reset control register and only there;
-//! - a data access with the enable bit clear, to a bus other than 0, to an absent
-//!   function, or straddling 0xCFF reads all ones; any other access that is neither
-//!   a dword at 0xCF8, a byte at 0xCF9 nor 1, 2 or 4 bytes of data reads all ones and
-//!   is counted;
-//! - a data access reads the selected register at `(address & 0xFC) + (port - 0xCFC)`:
-//!   the host bridge's constant header, the i6300esb's configuration space;
+//! - port accesses go through the VMM's vm-device port bus, which cuts an access at
+//!   0xD00 (the end of the mechanism's ports): the part past it reads all ones and
+//!   counts as one unclaimed access;
+//! - the part of an access below 0xCFC that is neither a dword at 0xCF8 nor a byte
+//!   at 0xCF9 reads all ones and is counted as odd;
+//! - the part in the data window 0xCFC-0xCFF, of any alignment, is delivered in the
+//!   naturally aligned pieces QEMU's host bridges use (each piece: what is left,
+//!   at most 4 bytes, at most its address's alignment, rounded down to a power of
+//!   two; the model computes them on its own); each piece reads the selected
+//!   register at `(address & 0xFC) + (piece - 0xCFC)`: the host bridge's constant
+//!   header, the i6300esb's configuration space, or all ones with the enable bit
+//!   clear, a bus other than 0 or an absent function;
 //! - writing all ones to BAR0 reads back `0xFFFF_FFF0` (16 bytes, 32-bit memory);
 //! - the MMIO route equals the device's `bar0_region()`, and no address a route
 //!   ever had stays claimed once the route moved away or memory decode went off;
-//! - an MMIO read inside the route returns what the device's BAR0 returns, outside
-//!   it all ones (counted as unclaimed).
+//! - an MMIO read returns, for its part inside the route, what the device's BAR0
+//!   returns for that part (through the device crate's `bar0_read_split`, so
+//!   unaligned reads too), and all ones for a part outside it, counted as one
+//!   unclaimed access.
 //!
 //! The VMM types it drives are confined to [`PciRig::new`] and a few calls, so a
 //! change in how the VMM wires its buses touches this file only there.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use i6300esb::adapters::timer::MonotonicClock;
 use i6300esb::{EventCounters, I6300Esb, WatchdogAction};
-use vmpulse::vmm::bus::{Bus, BusDevice};
+use vm_device::bus::{MmioAddress, PioAddress, PioAddressOffset, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_device::MutDevicePio;
+use vmpulse::vmm::bus::{Buses, SharedMmio};
 use vmpulse::vmm::machine::SharedEsb;
-use vmpulse::vmm::pci::{devfn, EsbFunction, HostBridge, PciConfigIo, PciFunction, PciRoot};
+use vmpulse::vmm::pci::{
+    devfn, EsbFunction, HostBridge, PciConfigIo, PciFunction, PciRoot, PCI_CONFIG_PORT,
+    PCI_CONFIG_PORTS,
+};
 
 /// Port offsets inside the mechanism's 8 ports (0xCF8 + offset).
 const ADDRESS_PORT: u8 = 0;
+/// Ports the mechanism decodes; the bus cuts accesses off at the last one.
+const PORTS: u8 = 8;
 const RESET_CONTROL_PORT: u8 = 1;
 const DATA_PORT: u8 = 4;
 /// Enable bit of the address latch.
@@ -216,26 +232,52 @@ pub struct PciCoverage {
     pub routes: u64,
     /// MMIO reads that reached the watchdog.
     pub mmio_hits: u64,
+    /// Data reads delivered in more than one piece, or cut off at 0xD00.
+    pub split_reads: u64,
 }
 
 /// Stands for the chipset's reset control register at 0xCF9: a byte that reads back.
 struct ResetControl(Arc<Mutex<u8>>);
 
-impl BusDevice for ResetControl {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+impl MutDevicePio for ResetControl {
+    fn pio_read(&mut self, _base: PioAddress, _offset: PioAddressOffset, data: &mut [u8]) {
         data.fill(*self.0.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    fn write(&mut self, _offset: u64, data: &[u8]) {
+    fn pio_write(&mut self, _base: PioAddress, _offset: PioAddressOffset, data: &[u8]) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = data[0];
     }
+}
+
+/// The naturally aligned pieces QEMU delivers an access of `len` bytes at `offset`
+/// in: each is what is left, at most 4 bytes, at most the alignment of its offset,
+/// rounded down to a power of two. Written here apart from the VMM's code, so the
+/// model does not check the VMM against itself.
+fn pieces(offset: usize, len: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let (mut at, mut left) = (offset, len);
+    while left > 0 {
+        let align = if at == 0 {
+            4
+        } else {
+            1 << at.trailing_zeros().min(2)
+        };
+        let mut n = left.min(4).min(align);
+        while !n.is_power_of_two() {
+            n -= 1;
+        }
+        out.push((at, n));
+        at += n;
+        left -= n;
+    }
+    out
 }
 
 /// The mechanism, bus 0, the MMIO bus, and the model the properties are checked
 /// against.
 pub struct PciRig {
-    io: PciConfigIo,
-    mmio: Arc<Bus>,
+    io: Arc<Mutex<PciConfigIo>>,
+    buses: Buses,
     esb: SharedEsb,
     reset_control: Arc<Mutex<u8>>,
     /// The host bridge's header, read from a bridge of its own.
@@ -246,6 +288,8 @@ pub struct PciRig {
     reset_byte: u8,
     /// Model: accesses that are not PCI accesses.
     odd: u64,
+    /// Model: port accesses (or parts) the bus gave to nobody.
+    unclaimed_pio: u64,
     /// Every base BAR0 was ever routed at.
     bases: BTreeSet<u64>,
     /// What the run covered.
@@ -261,7 +305,7 @@ impl Default for PciRig {
 impl PciRig {
     /// Bus 0 with the host bridge at 00:00.0 and the watchdog at 00:04.0.
     pub fn new() -> PciRig {
-        let mmio = Arc::new(Bus::new("mmio"));
+        let mmio: SharedMmio = Arc::new(RwLock::new(IoManager::new()));
         let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
             WatchdogAction::None,
             MonotonicClock::new(),
@@ -271,13 +315,18 @@ impl PciRig {
         root.add(devfn(0, 0), Box::new(HostBridge::default()));
         root.add(
             devfn(ESB_DEVICE, 0),
-            Box::new(EsbFunction::new(esb.clone(), None)),
+            Box::new(EsbFunction::new(esb.clone())),
         );
         let reset_control = Arc::new(Mutex::new(0));
-        let io = PciConfigIo::new(
+        let io = Arc::new(Mutex::new(PciConfigIo::new(
             root,
             Arc::new(Mutex::new(ResetControl(reset_control.clone()))),
-        );
+        )));
+        // The ports as the machine wires them.
+        let mut pio = IoManager::new();
+        let range = PioRange::new(PioAddress(PCI_CONFIG_PORT), PCI_CONFIG_PORTS);
+        pio.register_pio(range.expect("the ports"), io.clone())
+            .expect("empty bus");
         let mut bridge = [0u8; 256];
         let mut reference = HostBridge::default();
         for (i, chunk) in bridge.chunks_mut(4).enumerate() {
@@ -285,20 +334,38 @@ impl PciRig {
         }
         PciRig {
             io,
-            mmio,
+            buses: Buses::new(pio, mmio),
             esb,
             reset_control,
             bridge,
             latch: 0,
             reset_byte: 0,
             odd: 0,
+            unclaimed_pio: 0,
             bases: BTreeSet::new(),
             coverage: PciCoverage::default(),
         }
     }
 
+    fn pci(&self) -> std::sync::MutexGuard<'_, PciConfigIo> {
+        self.io.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn esb_route(&mut self) -> Option<(u64, u64)> {
-        self.io.root().route(devfn(ESB_DEVICE, 0))
+        self.pci().root().route(devfn(ESB_DEVICE, 0))
+    }
+
+    fn claimed(&self, addr: u64) -> bool {
+        self.buses
+            .mmio()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .mmio_device(MmioAddress(addr))
+            .is_some()
+    }
+
+    fn port(port: u8) -> u16 {
+        PCI_CONFIG_PORT + u16::from(port)
     }
 
     fn bar0_region(&self) -> Option<(u64, u64)> {
@@ -308,74 +375,90 @@ impl PciRig {
             .bar0_region()
     }
 
-    /// A port read, checked against the model.
+    /// A port read through the bus, checked against the model.
     fn read(&mut self, port: u8, width: u8) -> u32 {
         let mut data = vec![0u8; usize::from(width)];
         let expected = self.expected_read(port, width);
-        self.io.read(u64::from(port), &mut data);
+        self.buses.pio_read(Self::port(port), &mut data);
         let mut v = [0u8; 4];
         v[..data.len()].copy_from_slice(&data);
         let got = u32::from_le_bytes(v);
-        if let Some(want) = expected {
-            assert_eq!(
-                got,
-                want,
-                "read of {width} byte(s) at {:#x} with latch {:#010x}",
-                0xcf8 + u32::from(port),
-                self.latch
-            );
-        }
+        assert_eq!(
+            got,
+            expected,
+            "read of {width} byte(s) at {:#x} with latch {:#010x}",
+            Self::port(port),
+            self.latch
+        );
         got
     }
 
-    /// What a read must return, when the model knows (`None`: the watchdog's
-    /// register, compared against the device directly in [`PciRig::read`]).
-    fn expected_read(&mut self, port: u8, width: u8) -> Option<u32> {
-        let ones = (u64::from(u32::MAX) >> (32 - 8 * u32::from(width))) as u32;
-        match (port, width) {
-            (ADDRESS_PORT, 4) => Some(self.latch),
-            (RESET_CONTROL_PORT, 1) => Some(u32::from(self.reset_byte)),
-            (DATA_PORT..=7, 1 | 2 | 4) => {
-                let Some((dev, reg)) = self.selected(port, width) else {
-                    self.coverage.all_ones_reads += 1;
-                    return Some(ones);
-                };
-                let w = usize::from(width);
-                let mut v = [0u8; 4];
-                match dev {
-                    0 => {
-                        self.coverage.bridge_reads += 1;
-                        v[..w].copy_from_slice(&self.bridge[reg..reg + w]);
-                    }
-                    _ => {
-                        // The watchdog's own answer for that register.
-                        self.coverage.esb_reads += 1;
-                        self.esb
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .config_read(reg, &mut v[..w]);
-                    }
-                }
-                Some(u32::from_le_bytes(v))
-            }
-            _ => {
-                self.odd += 1;
-                Some(ones)
-            }
-        }
+    /// Where an access at `port` of `width` bytes falls: the bytes the mechanism
+    /// gets (the bus cuts the access at 0xD00), then the part in the address
+    /// register's ports and the part in the data window, as `(start, len)` in ports.
+    fn parts(port: u8, width: u8) -> (u8, (u8, u8), (u8, u8)) {
+        let end = (port + width).min(PORTS);
+        let address_end = end.min(DATA_PORT);
+        let data_start = port.max(DATA_PORT);
+        (
+            end - port,
+            (port, address_end.saturating_sub(port)),
+            (data_start, end.saturating_sub(data_start)),
+        )
     }
 
-    /// The present function (`0`: bridge, `4`: watchdog) and register a data access
-    /// at `port` of `width` bytes selects, per the latch; `None` when nothing is.
-    fn selected(&self, port: u8, width: u8) -> Option<(u8, usize)> {
+    /// What a read must return (the watchdog's registers as the device answers
+    /// them directly), with the model's counters updated.
+    fn expected_read(&mut self, port: u8, width: u8) -> u32 {
+        let (taken, (a_port, a_len), (d_port, d_len)) = Self::parts(port, width);
+        let mut v = [0xffu8; 4];
+        if taken < width {
+            self.unclaimed_pio += 1;
+        }
+        match (a_port, a_len) {
+            (_, 0) => {}
+            (ADDRESS_PORT, 4) => v = self.latch.to_le_bytes(),
+            (RESET_CONTROL_PORT, 1) => v[0] = self.reset_byte,
+            _ => self.odd += 1,
+        }
+        let window = pieces(usize::from(d_port - DATA_PORT), usize::from(d_len));
+        if window.len() > 1 || (d_len > 0 && taken < width) {
+            self.coverage.split_reads += 1;
+        }
+        for (at, len) in window {
+            // The piece's place in the access (`at` counts from 0xCFC).
+            let i = usize::from(DATA_PORT) + at - usize::from(port);
+            let piece = &mut v[i..i + len];
+            match self.selected(at) {
+                None => self.coverage.all_ones_reads += 1,
+                Some((0, reg)) => {
+                    self.coverage.bridge_reads += 1;
+                    piece.copy_from_slice(&self.bridge[reg..reg + len]);
+                }
+                Some((_, reg)) => {
+                    // The watchdog's own answer for that register.
+                    self.coverage.esb_reads += 1;
+                    self.esb
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .config_read(reg, piece);
+                }
+            }
+        }
+        let ones = (u64::from(u32::MAX) >> (32 - 8 * u32::from(width))) as u32;
+        u32::from_le_bytes(v) & ones
+    }
+
+    /// The present function (`0`: bridge, `4`: watchdog) and register a data piece
+    /// at `at` (0..4) of the window selects, per the latch; `None` when nothing is.
+    fn selected(&self, at: usize) -> Option<(u8, usize)> {
         let l = self.latch;
-        let inside = usize::from(port - DATA_PORT) + usize::from(width) <= 4;
         let bus = (l >> 16) & 0xff;
         let dev_fn = ((l >> 8) & 0xff) as u8;
-        if l & ENABLE == 0 || bus != 0 || !inside {
+        if l & ENABLE == 0 || bus != 0 {
             return None;
         }
-        let reg = (l & 0xfc) as usize + usize::from(port - DATA_PORT);
+        let reg = (l & 0xfc) as usize + at;
         match dev_fn {
             0 => Some((0, reg)),
             d if d == devfn(ESB_DEVICE, 0) => Some((ESB_DEVICE, reg)),
@@ -383,16 +466,20 @@ impl PciRig {
         }
     }
 
-    /// A port write, reflected in the model.
+    /// A port write through the bus, reflected in the model.
     fn write(&mut self, port: u8, width: u8, value: u32) {
         let data = &value.to_le_bytes()[..usize::from(width)];
-        match (port, width) {
+        let (taken, (a_port, a_len), _) = Self::parts(port, width);
+        if taken < width {
+            self.unclaimed_pio += 1;
+        }
+        match (a_port, a_len) {
+            (_, 0) => {}
             (ADDRESS_PORT, 4) => self.latch = value & LATCH_MASK,
             (RESET_CONTROL_PORT, 1) => self.reset_byte = data[0],
-            (DATA_PORT..=7, 1 | 2 | 4) => {}
             _ => self.odd += 1,
         }
-        self.io.write(u64::from(port), data);
+        self.buses.pio_write(Self::port(port), data);
     }
 
     fn select(&mut self, device: u8, function: u8, register: u32) {
@@ -443,7 +530,7 @@ impl PciRig {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .warm_reset();
-                self.io.reset();
+                self.pci().reset();
                 self.latch = 0;
                 assert_eq!(self.bar0_region(), None, "BAR0 survives a warm reset");
             }
@@ -457,34 +544,35 @@ impl PciRig {
         // Offsets past 0x7f fall just below the base.
         let addr = base.wrapping_add_signed(i64::from(offset as i8));
         let w = usize::from(width);
+        // The part of the access inside the route, as (offset in BAR0, index in
+        // the access, length); the rest is one unclaimed part (an access of at
+        // most 4 bytes cannot stick out of a 16-byte window on both sides).
         let inside = route.and_then(|(b, len)| {
-            let off = addr.checked_sub(b)?;
-            (off < len).then_some(off)
+            let lo = addr.max(b);
+            let hi = (addr + w as u64).min(b + len);
+            (lo < hi).then(|| (lo - b, (lo - addr) as usize, (hi - lo) as usize))
         });
+        let outside = inside.map_or(1, |(_, _, n)| u64::from(n < w));
+        let unclaimed = self.buses.unclaimed().1;
         if let Some(v) = write {
-            self.mmio.write(addr, &v.to_le_bytes()[..w]);
+            self.buses.mmio_write(addr, &v.to_le_bytes()[..w]);
+            assert_eq!(self.buses.unclaimed().1, unclaimed + outside, "{addr:#x}");
             return;
         }
-        let unclaimed = self.mmio.unclaimed();
         let mut got = [0u8; 4];
         let mut want = [0u8; 4];
-        match inside {
-            Some(off) => {
-                self.esb
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .bar0_read(off, &mut want[..w]);
-                self.mmio.read(addr, &mut got[..w]);
-                self.coverage.mmio_hits += 1;
-                assert_eq!(self.mmio.unclaimed(), unclaimed);
-            }
-            None if self.mmio.resolve(addr).is_none() => {
-                want[..w].fill(0xff);
-                self.mmio.read(addr, &mut got[..w]);
-                assert_eq!(self.mmio.unclaimed(), unclaimed + 1);
-            }
-            None => panic!("{addr:#x} is claimed outside BAR0's route {route:x?}"),
+        want[..w].fill(0xff);
+        if let Some((off, at, n)) = inside {
+            self.esb
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bar0_read_split(off, &mut want[at..at + n]);
+            self.coverage.mmio_hits += 1;
+        } else if self.claimed(addr) {
+            panic!("{addr:#x} is claimed outside BAR0's route {route:x?}");
         }
+        self.buses.mmio_read(addr, &mut got[..w]);
+        assert_eq!(self.buses.unclaimed().1, unclaimed + outside, "{addr:#x}");
         assert_eq!(got, want, "MMIO read of {w} byte(s) at {addr:#x}");
     }
 
@@ -492,14 +580,19 @@ impl PciRig {
     fn check(&mut self) {
         // The latch reads back as modelled (and the read changes nothing).
         let mut a = [0u8; 4];
-        self.io.read(u64::from(ADDRESS_PORT), &mut a);
+        self.buses.pio_read(Self::port(ADDRESS_PORT), &mut a);
         assert_eq!(u32::from_le_bytes(a), self.latch, "address latch");
         assert_eq!(
             *self.reset_control.lock().unwrap_or_else(|e| e.into_inner()),
             self.reset_byte,
             "reset control register"
         );
-        assert_eq!(self.io.odd_accesses(), self.odd, "odd accesses counted");
+        assert_eq!(self.pci().odd_accesses(), self.odd, "odd accesses counted");
+        assert_eq!(
+            self.buses.unclaimed().0,
+            self.unclaimed_pio,
+            "port accesses past 0xCFF counted as unclaimed"
+        );
         // The route follows the device's BAR0 and memory decode.
         let route = self.esb_route();
         assert_eq!(route, self.bar0_region(), "route and bar0_region()");
@@ -507,14 +600,14 @@ impl PciRig {
             if self.bases.insert(base) {
                 self.coverage.routes += 1;
             }
-            assert!(self.mmio.resolve(base).is_some());
-            assert!(self.mmio.resolve(base + len - 1).is_some());
+            assert!(self.claimed(base));
+            assert!(self.claimed(base + len - 1));
         }
         // Nothing stays claimed where BAR0 used to be.
         for &old in &self.bases {
             let now = route.is_some_and(|(b, len)| (b..b + len).contains(&old));
             assert_eq!(
-                self.mmio.resolve(old).is_some(),
+                self.claimed(old),
                 now,
                 "stale route at {old:#x} (route now {route:x?})"
             );
@@ -653,6 +746,67 @@ pub fn pci_seeds() -> Vec<(&'static str, Vec<PciOp>)> {
                 Mmio {
                     offset: 0x0f,
                     width: 1,
+                    write: None,
+                },
+            ],
+        ),
+        (
+            "pci-06-unaligned-data-and-bar0",
+            vec![
+                Select {
+                    device: ESB_DEVICE,
+                    function: 0,
+                    register: 0,
+                },
+                // A word at 0xCFD (bytes at 1 and 2), a dword at 0xCFE (a word
+                // at 2, then 0xD00), a word at 0xCFF (a byte at 3, then 0xD00).
+                Read { port: 5, width: 2 },
+                Read { port: 6, width: 4 },
+                Read { port: 7, width: 2 },
+                Read { port: 5, width: 4 },
+                // A dword at 0xCFA: half address register, half data.
+                Read { port: 2, width: 4 },
+                Select {
+                    device: ESB_DEVICE,
+                    function: 0,
+                    register: 0x10,
+                },
+                // BAR0 written in unaligned pieces: bytes 1-2, then byte 3.
+                Write {
+                    port: 5,
+                    width: 2,
+                    value: 0xbf10,
+                },
+                Write {
+                    port: 7,
+                    width: 2,
+                    value: 0xfe,
+                },
+                Read { port: 4, width: 4 },
+                ProgramBar {
+                    base: 0xfebf_1000,
+                    decode: true,
+                },
+                // The examples: 0x8000 at BAR0+0x0B, a dword at 0x0A;
+                // then across the end of BAR0.
+                Mmio {
+                    offset: 0x0b,
+                    width: 2,
+                    write: Some(0x8000),
+                },
+                Mmio {
+                    offset: 0x0a,
+                    width: 4,
+                    write: None,
+                },
+                Mmio {
+                    offset: 0x0e,
+                    width: 4,
+                    write: None,
+                },
+                Mmio {
+                    offset: 0xfe,
+                    width: 4,
                     write: None,
                 },
             ],

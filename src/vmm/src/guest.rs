@@ -43,8 +43,9 @@
 //! Smaller guests for tests and benchmarks share the same frame:
 //! [`kick_loop_guest`] (N Linux pings between two marks, then poweroff),
 //! [`reset_request_guest`] (0xCF9 ← 0x06), [`com2_echo_guest`] (echoes COM2),
-//! [`stray_access_guest`] (reads what nobody decodes) and [`halt_guest`]
-//! (`cli; hlt`, woken only by NMIs).
+//! [`stray_access_guest`] (reads what nobody decodes), [`unaligned_access_guest`]
+//! (unaligned configuration and BAR0 accesses) and [`halt_guest`] (`cli; hlt`,
+//! woken only by NMIs).
 
 use std::time::Duration;
 
@@ -878,6 +879,74 @@ pub fn stray_access_guest() -> Result<GuestImage, GuestError> {
     asm.a.mov(ecx, 8)?;
     asm.a.call(asm.print_hex)?;
     asm.print(nl)?;
+    asm.a.mov(dx, PV_COMMAND_PORT as i32)?;
+    asm.a.mov(al, PV_CMD_POWEROFF as i32)?;
+    asm.a.out(dx, al)?;
+    asm.a.hlt()?;
+    asm.subroutines()?;
+    f.handlers()?;
+    f.finish()
+}
+
+/// A guest that reaches the watchdog with unaligned accesses (issue 11.2) and
+/// prints what it read: a word at 0xCFD and a dword at 0xCFE of the ID register
+/// (`guest: cfd=0x....`, `guest: cfe=0x........`); a word write at 0xCFF after
+/// clearing configuration dword 0x40, read back (`guest: cfg40=0x........`); the
+/// unlock sequence as word writes of 0x8000 and 0x8600 at BAR0+0x0B, then 0x321 to
+/// preload 1; dword reads at BAR0+0x0A and BAR0+0x0E (`guest: bar0+0a=0x........`,
+/// `guest: bar0+0e=0x........`). Then it powers off.
+pub fn unaligned_access_guest() -> Result<GuestImage, GuestError> {
+    const CFG_SCRATCH: u32 = 0x40;
+    let mut f = Frame::new()?;
+    let boot = f.strings.add("guest: boot (unaligned)\n");
+    let lines = [
+        (f.strings.add("guest: cfd=0x"), 4),
+        (f.strings.add("guest: cfe=0x"), 8),
+        (f.strings.add("guest: cfg40=0x"), 8),
+        (f.strings.add("guest: bar0+0a=0x"), 8),
+        (f.strings.add("guest: bar0+0e=0x"), 8),
+    ];
+    let nl = f.strings.add("\n");
+    f.asm.print(boot)?;
+    f.find_esb()?;
+    f.program_bar0()?;
+    let asm = &mut f.asm;
+    // Configuration space, values kept in R12-R14 (the print routines leave them).
+    asm.cfg_select(0)?;
+    asm.a.mov(dx, PCI_DATA + 1)?;
+    asm.a.in_(ax, dx)?;
+    asm.a.movzx(r12d, ax)?;
+    asm.a.mov(dx, PCI_DATA + 2)?;
+    asm.a.in_(eax, dx)?;
+    asm.a.mov(r13d, eax)?;
+    asm.cfg_select(CFG_SCRATCH)?;
+    asm.a.xor(eax, eax)?;
+    asm.a.out(dx, eax)?;
+    asm.a.mov(dx, PCI_DATA + 3)?;
+    asm.a.mov(ax, 0x5aa5)?;
+    asm.a.out(dx, ax)?;
+    asm.a.mov(dx, PCI_DATA)?;
+    asm.a.in_(eax, dx)?;
+    asm.a.mov(r14d, eax)?;
+    // BAR0: an unlock sequence of unaligned word writes, then preload 1.
+    asm.a.mov(word_ptr(rbp + 0x0b), UNLOCK1 << 8)?;
+    asm.a.mov(word_ptr(rbp + 0x0b), UNLOCK2 << 8)?;
+    asm.a.mov(dword_ptr(rbp + BAR_PRELOAD1), 0x321)?;
+    asm.a.mov(r15d, dword_ptr(rbp + 0x0a))?;
+    asm.a.mov(ebx, dword_ptr(rbp + 0x0e))?;
+    for (i, (label, digits)) in lines.into_iter().enumerate() {
+        asm.print(label)?;
+        match i {
+            0 => asm.a.mov(eax, r12d)?,
+            1 => asm.a.mov(eax, r13d)?,
+            2 => asm.a.mov(eax, r14d)?,
+            3 => asm.a.mov(eax, r15d)?,
+            _ => asm.a.mov(eax, ebx)?,
+        }
+        asm.a.mov(ecx, digits)?;
+        asm.a.call(asm.print_hex)?;
+        asm.print(nl)?;
+    }
     asm.a.mov(dx, PV_COMMAND_PORT as i32)?;
     asm.a.mov(al, PV_CMD_POWEROFF as i32)?;
     asm.a.out(dx, al)?;

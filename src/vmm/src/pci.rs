@@ -3,7 +3,15 @@
 //! The guest writes a configuration address to the dword port at 0xCF8 (enable bit
 //! 31, bus 23:16, device 15:11, function 10:8, register 7:2) and then reads or
 //! writes 1, 2 or 4 bytes at 0xCFC–0xCFF. Functions nobody plugged in read as all
-//! ones. After every configuration write the function's memory window is looked up
+//! ones.
+//!
+//! Unaligned guest accesses are delivered as QEMU (under KVM) delivers them, in
+//! naturally aligned pieces ([`i6300esb::split_access`]; docs/DESIGN.md, "Unaligned
+//! accesses"): a data access such as a word at 0xCFD becomes one configuration
+//! access per piece (bytes at register + 1 and + 2), the part of an access past
+//! 0xCFF is cut off by the bus and goes to whatever decodes 0xD00 (nothing: all
+//! ones, dropped, counted as unclaimed), and BAR0 accesses reach the device in
+//! pieces through `bar0_read_split`/`bar0_write_split` ([`EsbBar0`]). After every configuration write the function's memory window is looked up
 //! again and the vm-device MMIO bus follows it (deregister, register), so a guest
 //! that moves BAR0 (or turns memory decode off) moves (or removes) the route to the
 //! device.
@@ -18,12 +26,15 @@
 //! separate device given at construction.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use i6300esb::access::MAX_SPLIT_ACCESS;
+use i6300esb::split_access;
 use vm_device::bus::{MmioAddress, MmioAddressOffset, MmioRange, PioAddress, PioAddressOffset};
 use vm_device::device_manager::MmioManager;
-use vm_device::{DeviceMmio, DevicePio, MutDeviceMmio, MutDevicePio};
+use vm_device::{DeviceMmio, DevicePio, MutDevicePio};
 
 use super::bus::SharedMmio;
 use super::platform::SharedEsb;
@@ -201,14 +212,17 @@ impl PciConfigIo {
         self.root.refresh_all();
     }
 
-    /// Accesses that were neither a dword to 0xCF8, a byte to 0xCF9, nor data.
+    /// Accesses to the address register's ports (0xCF8-0xCFB) that were neither a
+    /// dword at 0xCF8 nor a byte at 0xCF9 (they read as all ones and write
+    /// nothing), and empty accesses. Data accesses of any alignment are PCI
+    /// accesses, not odd ones.
     pub fn odd_accesses(&self) -> u64 {
         self.odd_accesses
     }
 
-    /// The function and register the latched address selects, for a data access
-    /// at `offset` (4..8) of `len` bytes; `None` when nothing is addressed.
-    fn target(&self, offset: u64, len: usize) -> Option<(u8, usize)> {
+    /// The function and register the latched address selects for a data piece at
+    /// `at` (0..4) of the data window; `None` when nothing is addressed.
+    fn target(&self, at: u64) -> Option<(u8, usize)> {
         if self.address & ADDRESS_ENABLE == 0 {
             return None;
         }
@@ -217,34 +231,92 @@ impl PciConfigIo {
             return None;
         }
         let devfn = ((self.address >> 8) & 0xff) as u8;
-        let register = (self.address & 0xfc) as usize + (offset - DATA_OFFSET) as usize;
-        // An access must stay inside the 4-byte data window.
-        ((offset - DATA_OFFSET) as usize + len <= 4).then_some((devfn, register))
+        Some((devfn, (self.address & 0xfc) as usize + at as usize))
     }
+}
+
+/// Where an access at `offset` of `len` bytes falls in the ports: the part in the
+/// address register's ports (0..4) and the part in the data window (4..8), as
+/// index ranges into the access's bytes. Bytes past the last port belong to
+/// neither (the bus cuts them off before they get here).
+fn port_parts(offset: u64, len: usize) -> (Range<usize>, Range<usize>) {
+    let end = offset.saturating_add(len as u64);
+    let index = |port: u64| (port.clamp(offset, end) - offset) as usize;
+    let ports = u64::from(PCI_CONFIG_PORTS);
+    (
+        index(offset)..index(DATA_OFFSET),
+        index(DATA_OFFSET)..index(ports),
+    )
 }
 
 impl PciConfigIo {
     /// A read at `offset` (0..8) of the ports.
+    ///
+    /// A data access of any alignment is delivered as QEMU's PC host bridges
+    /// deliver it: in the naturally aligned pieces [`split_access`] gives, each one
+    /// configuration read at the selected register plus the piece's place in the
+    /// window. A part of the access below the window goes to the address register
+    /// (see [`Self::odd_accesses`]); bytes past 0xCFF read as all ones.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.is_empty() {
+            self.odd_accesses += 1;
+            return;
+        }
+        data.fill(0xff);
+        let (address, window) = port_parts(offset, data.len());
+        if !address.is_empty() {
+            self.read_address(offset, &mut data[address]);
+        }
+        if window.is_empty() {
+            return;
+        }
+        let start = offset + window.start as u64 - DATA_OFFSET;
+        let data = &mut data[window];
+        for (at, len) in split_access(start, data.len()) {
+            let piece = &mut data[(at - start) as usize..][..len];
+            if let Some((devfn, reg)) = self.target(at) {
+                self.root.config_read(devfn, reg, piece);
+            }
+        }
+    }
+
+    /// A write at `offset` (0..8) of the ports, delivered as [`Self::read`] says.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            self.odd_accesses += 1;
+            return;
+        }
+        let (address, window) = port_parts(offset, data.len());
+        if !address.is_empty() {
+            self.write_address(offset, &data[address]);
+        }
+        if window.is_empty() {
+            return;
+        }
+        let start = offset + window.start as u64 - DATA_OFFSET;
+        let data = &data[window];
+        for (at, len) in split_access(start, data.len()) {
+            let piece = &data[(at - start) as usize..][..len];
+            if let Some((devfn, reg)) = self.target(at) {
+                self.root.config_write(devfn, reg, piece);
+            }
+        }
+    }
+
+    /// A read of the address register's ports (`offset` below 4).
+    fn read_address(&mut self, offset: u64, data: &mut [u8]) {
         match (offset, data.len()) {
             (0, 4) => data.copy_from_slice(&self.address.to_le_bytes()),
             (RESET_CONTROL_OFFSET, 1) => {
                 let port = PioAddress(PCI_CONFIG_PORT + RESET_CONTROL_OFFSET as u16);
                 self.reset_control.pio_read(port, 0, data)
             }
-            (DATA_OFFSET..=7, 1 | 2 | 4) => match self.target(offset, data.len()) {
-                Some((devfn, reg)) => self.root.config_read(devfn, reg, data),
-                None => data.fill(0xff),
-            },
-            _ => {
-                self.odd_accesses += 1;
-                data.fill(0xff);
-            }
+            _ => self.odd_accesses += 1,
         }
     }
 
-    /// A write at `offset` (0..8) of the ports.
-    pub fn write(&mut self, offset: u64, data: &[u8]) {
+    /// A write to the address register's ports (`offset` below 4).
+    fn write_address(&mut self, offset: u64, data: &[u8]) {
         match (offset, data.len()) {
             (0, 4) => {
                 let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -253,11 +325,6 @@ impl PciConfigIo {
             (RESET_CONTROL_OFFSET, 1) => {
                 let port = PioAddress(PCI_CONFIG_PORT + RESET_CONTROL_OFFSET as u16);
                 self.reset_control.pio_write(port, 0, data)
-            }
-            (DATA_OFFSET..=7, 1 | 2 | 4) => {
-                if let Some((devfn, reg)) = self.target(offset, data.len()) {
-                    self.root.config_write(devfn, reg, data);
-                }
             }
             _ => self.odd_accesses += 1,
         }
@@ -348,28 +415,48 @@ impl AccessLog {
     }
 }
 
-/// BAR0 of the i6300esb on the MMIO bus: the device crate's vm-device adapter
-/// (`MutDeviceMmio`), plus the access log.
+/// BAR0 of the i6300esb on the MMIO bus, plus the access log.
+///
+/// An access of any alignment (a KVM MMIO exit carries up to 8 bytes) goes to the
+/// device the way QEMU on KVM delivers it: in the naturally aligned pieces of
+/// [`split_access`], through the device crate's `bar0_read_split` /
+/// `bar0_write_split`. The access log records each piece as the device saw it, one
+/// line per piece, as QEMU's device-level trace points (which the reference
+/// traces come from) record them.
 pub struct EsbBar0 {
     esb: SharedEsb,
     log: AccessLog,
 }
 
+impl EsbBar0 {
+    /// Record the pieces of an access the device took (`data` as the guest saw it).
+    fn record(&self, write: bool, offset: u64, data: &[u8]) {
+        if data.len() > MAX_SPLIT_ACCESS {
+            // The device took none of it (and counted it).
+            return;
+        }
+        for (at, len) in split_access(offset, data.len()) {
+            let piece = &data[(at - offset) as usize..][..len];
+            self.log.record("mmio", write, at, piece);
+        }
+    }
+}
+
 impl DeviceMmio for EsbBar0 {
-    fn mmio_read(&self, base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         self.esb
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .mmio_read(base, offset, data);
-        self.log.record("mmio", false, offset, data);
+            .bar0_read_split(offset, data);
+        self.record(false, offset, data);
     }
 
-    fn mmio_write(&self, base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
+    fn mmio_write(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
         self.esb
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .mmio_write(base, offset, data);
-        self.log.record("mmio", true, offset, data);
+            .bar0_write_split(offset, data);
+        self.record(true, offset, data);
     }
 }
 
@@ -448,6 +535,11 @@ mod tests {
     const ESB_DEVFN: u8 = 4 << 3;
 
     fn setup() -> (PciConfigIo, Buses, SharedEsb) {
+        let (io, buses, esb, _) = setup_with_log();
+        (io, buses, esb)
+    }
+
+    fn setup_with_log() -> (PciConfigIo, Buses, SharedEsb, AccessLog) {
         let mmio: SharedMmio = Arc::new(RwLock::new(IoManager::new()));
         let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
             WatchdogAction::Reset,
@@ -456,9 +548,11 @@ mod tests {
         )));
         let mut root = PciRoot::new(mmio.clone());
         root.add(devfn(0, 0), Box::new(HostBridge::default()));
-        root.add(devfn(4, 0), Box::new(EsbFunction::new(esb.clone())));
+        let function = EsbFunction::new(esb.clone());
+        let log = function.access_log();
+        root.add(devfn(4, 0), Box::new(function));
         let io = PciConfigIo::new(root, Arc::new(Mutex::new(Latch(0))));
-        (io, Buses::new(IoManager::new(), mmio), esb)
+        (io, Buses::new(IoManager::new(), mmio), esb, log)
     }
 
     fn routed(buses: &Buses, addr: u64) -> bool {
@@ -500,9 +594,9 @@ mod tests {
         let mut w = [0u8; 2];
         io.read(6, &mut w);
         assert_eq!(u16::from_le_bytes(w), 0x25ab);
-        // A word at 0xCFF would straddle the window: not an access.
+        // A word at 0xCFF: the byte at offset 3, then a byte past the window.
         io.read(7, &mut w);
-        assert_eq!(w, [0xff, 0xff]);
+        assert_eq!(w, [0x25, 0xff]);
         // The address register reads back what was latched.
         let mut a = [0u8; 4];
         io.read(0, &mut a);
@@ -532,9 +626,19 @@ mod tests {
         let mut w = [0u8; 2];
         io.read(0, &mut w);
         assert_eq!(w, [0xff, 0xff]);
-        // A 3-byte access to the data window is not a PCI access.
-        io.write(4, &[1, 2, 3]);
-        assert_eq!(esb.lock().unwrap().bar0_address(), None);
+        assert_eq!(io.odd_accesses(), 4);
+        // A dword at 0xCFA: its low half goes to the address register (odd, all
+        // ones), its high half is a word of data at offset 0 of the register.
+        let mut d = [0u8; 4];
+        io.read(2, &mut d);
+        assert_eq!(d, [0xff, 0xff, 0x00, 0x00]);
+        assert_eq!(io.odd_accesses(), 5);
+        // A 3-byte data access (the bus's cut of a dword at 0xCFD) is a PCI
+        // access: a word at offset 0 and a byte at offset 2.
+        io.write(4, &[0x10, 0x20, 0x30]);
+        io.read(4, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0030_2010);
+        assert_eq!(esb.lock().unwrap().state().bar0, 0x0030_2010);
         assert_eq!(io.odd_accesses(), 5);
         // Reserved address bits are dropped.
         io.write(0, &0xff00_2013u32.to_le_bytes());
@@ -646,5 +750,171 @@ mod tests {
         esb.lock().unwrap().warm_reset();
         io.reset();
         assert_eq!(io.root().route(ESB_DEVFN), None);
+    }
+
+    /// A function that records the configuration accesses it gets and reads each
+    /// byte as its offset.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Access>>>);
+    /// `('r' or 'w', offset, bytes)`.
+    type Access = (char, usize, Vec<u8>);
+    impl PciFunction for Recorder {
+        fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (offset + i) as u8;
+            }
+            self.0.lock().unwrap().push(('r', offset, data.to_vec()));
+        }
+        fn config_write(&mut self, offset: usize, data: &[u8]) {
+            self.0.lock().unwrap().push(('w', offset, data.to_vec()));
+        }
+    }
+
+    /// The ports as the machine wires them: mechanism #1 at 0xCF8-0xCFF on a
+    /// vm-device port bus, a [`Recorder`] at 00:01.0.
+    fn ports_on_the_bus() -> (Buses, Arc<Mutex<PciConfigIo>>, Recorder) {
+        let mmio: SharedMmio = Arc::new(RwLock::new(IoManager::new()));
+        let rec = Recorder::default();
+        let mut root = PciRoot::new(mmio.clone());
+        root.add(devfn(1, 0), Box::new(rec.clone()));
+        let io = Arc::new(Mutex::new(PciConfigIo::new(
+            root,
+            Arc::new(Mutex::new(Latch(0))),
+        )));
+        let mut pio = IoManager::new();
+        let range = vm_device::bus::PioRange::new(PioAddress(PCI_CONFIG_PORT), PCI_CONFIG_PORTS);
+        vm_device::device_manager::PioManager::register_pio(&mut pio, range.unwrap(), io.clone())
+            .unwrap();
+        (Buses::new(pio, mmio), io, rec)
+    }
+
+    #[test]
+    fn unaligned_data_accesses_split_as_qemu_host_bridges_do() {
+        let (buses, io, rec) = ports_on_the_bus();
+        let select = |reg: u32| {
+            let a = ADDRESS_ENABLE | (1 << 11) | reg;
+            buses.pio_write(0xcf8, &a.to_le_bytes());
+        };
+        let took = || std::mem::take(&mut *rec.0.lock().unwrap());
+        let r = |off: usize, v: &[u8]| ('r', off, v.to_vec());
+        let w = |off: usize, v: &[u8]| ('w', off, v.to_vec());
+        select(0x40);
+
+        // (port, width, expected value, configuration accesses, unclaimed parts)
+        type Case = (u16, usize, &'static [u8], Vec<Access>, u64);
+        let reads: Vec<Case> = vec![
+            (
+                0xcfc,
+                4,
+                &[0x40, 0x41, 0x42, 0x43],
+                vec![r(0x40, &[0x40, 0x41, 0x42, 0x43])],
+                0,
+            ),
+            (0xcfe, 2, &[0x42, 0x43], vec![r(0x42, &[0x42, 0x43])], 0),
+            // 2 bytes at 0xCFD: bytes at offsets 1 and 2.
+            (
+                0xcfd,
+                2,
+                &[0x41, 0x42],
+                vec![r(0x41, &[0x41]), r(0x42, &[0x42])],
+                0,
+            ),
+            // 4 bytes at 0xCFE: a word at offset 2; 0xD00-0xD01 read all ones.
+            (
+                0xcfe,
+                4,
+                &[0x42, 0x43, 0xff, 0xff],
+                vec![r(0x42, &[0x42, 0x43])],
+                1,
+            ),
+            // 2 bytes at 0xCFF: a byte at offset 3, and 0xD00.
+            (0xcff, 2, &[0x43, 0xff], vec![r(0x43, &[0x43])], 1),
+            // 4 bytes at 0xCFD: byte at 1, word at 2, and 0xD00.
+            (
+                0xcfd,
+                4,
+                &[0x41, 0x42, 0x43, 0xff],
+                vec![r(0x41, &[0x41]), r(0x42, &[0x42, 0x43])],
+                1,
+            ),
+        ];
+        for (port, width, want, accesses, unclaimed) in reads {
+            let before = buses.unclaimed().0;
+            let mut d = vec![0u8; width];
+            buses.pio_read(port, &mut d);
+            assert_eq!(d, want, "{width}-byte read at {port:#x}");
+            assert_eq!(took(), accesses, "{width}-byte read at {port:#x}");
+            assert_eq!(buses.unclaimed().0, before + unclaimed, "{port:#x}");
+        }
+
+        // Writes split the same way (0x8000 at 0xCFD: 0x00 at 1, 0x80 at 2).
+        buses.pio_write(0xcfd, &0x8000u16.to_le_bytes());
+        assert_eq!(took(), [w(0x41, &[0x00]), w(0x42, &[0x80])]);
+        buses.pio_write(0xcfe, &0x1122_3344u32.to_le_bytes());
+        assert_eq!(took(), [w(0x42, &[0x44, 0x33])]);
+        buses.pio_write(0xcff, &0x5566u16.to_le_bytes());
+        assert_eq!(took(), [w(0x43, &[0x66])]);
+        assert_eq!(buses.unclaimed().0, 5);
+        assert_eq!(
+            io.lock().unwrap().odd_accesses(),
+            0,
+            "data accesses are PCI accesses"
+        );
+
+        // With the enable bit clear, the pieces read all ones and go nowhere.
+        buses.pio_write(0xcf8, &0x0000_0840u32.to_le_bytes());
+        let mut d = [0u8; 2];
+        buses.pio_read(0xcfd, &mut d);
+        assert_eq!(d, [0xff, 0xff]);
+        buses.pio_write(0xcfd, &[1, 2]);
+        assert!(took().is_empty());
+        assert_eq!(io.lock().unwrap().odd_accesses(), 0);
+    }
+
+    #[test]
+    fn unaligned_bar0_accesses_through_the_bus_reach_the_device_in_pieces() {
+        let (mut io, buses, esb, log) = setup_with_log();
+        cfg_addr(&mut io, 4, 0x10);
+        io.write(4, &0xfebf_0000u32.to_le_bytes());
+        cfg_addr(&mut io, 4, 0x04);
+        io.write(4, &0x0002u16.to_le_bytes());
+        assert_eq!(io.root().route(ESB_DEVFN), Some((0xfebf_0000, 16)));
+        let unlock_state = |esb: &SharedEsb| esb.lock().unwrap().state().watchdog.unlock_state;
+
+        // Issue 11.2: a 2-byte write of 0x8000 at BAR0+0x0B is a byte of 0x00 at
+        // 0x0B and one of 0x80 at 0x0C, the first step of the unlock sequence.
+        log.start();
+        buses.mmio_write(0xfebf_000b, &0x8000u16.to_le_bytes());
+        assert_eq!(unlock_state(&esb), 1);
+        assert_eq!(log.take(), ["mmio w 0x0b 1 0x00", "mmio w 0x0c 1 0x80"]);
+        buses.mmio_write(0xfebf_000b, &0x8600u16.to_le_bytes());
+        assert_eq!(unlock_state(&esb), 2);
+        buses.mmio_write(0xfebf_0000, &0x321u32.to_le_bytes());
+        assert_eq!(esb.lock().unwrap().state().watchdog.preload1, 0x321);
+
+        // A 4-byte read at BAR0+0x0A: words at 0x0A and 0x0C (the timeout flag,
+        // 0x1200), assembled little-endian.
+        let mut state = esb.lock().unwrap().state();
+        state.watchdog.timed_out = true;
+        esb.lock().unwrap().load_state(&state).unwrap();
+        log.start();
+        let mut d = [0xa5u8; 4];
+        buses.mmio_read(0xfebf_000a, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x1200_0000);
+        assert_eq!(log.take(), ["mmio r 0x0a 2 0x0000", "mmio r 0x0c 2 0x1200"]);
+
+        // An 8-byte read at 0x08 (a KVM exit carries up to 8): dwords at 0x08 and
+        // 0x0C. Across the end of BAR0: the word at 0x0E, then all ones.
+        let mut q = [0xa5u8; 8];
+        buses.mmio_read(0xfebf_0008, &mut q);
+        assert_eq!(q, [0; 8]);
+        let before = buses.unclaimed().1;
+        buses.mmio_read(0xfebf_000e, &mut d);
+        assert_eq!(d, [0, 0, 0xff, 0xff]);
+        assert_eq!(buses.unclaimed().1, before + 1);
+        // An aligned access is one piece, itself.
+        let mut w = [0u8; 2];
+        buses.mmio_read(0xfebf_000c, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x1200);
     }
 }
