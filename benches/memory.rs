@@ -1,4 +1,4 @@
-//! Memory (issue 12, item 5): bytes per i6300esb device model and per probe in a
+//! Memory: bytes per i6300esb device model and per probe in a
 //! `ProbeSet`, counted by a global allocator that tracks live heap bytes; the RSS
 //! of a process running a large `ProbeSet`; the RSS of an idle `vmpulse run`.
 //!

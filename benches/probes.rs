@@ -1,4 +1,4 @@
-//! Probe runtime benchmarks (issue 4, "Benchmarks").
+//! Probe runtime benchmarks (figures in docs/PERFORMANCE.md §3).
 //!
 //! 1. 10,000 `tcpSocket` probes, then 10,000 `httpGet` probes, at a 1 s period on
 //!    one `ProbeSet` loop, against a loopback server; initial delays spread the

@@ -1,4 +1,4 @@
-//! Soak (issue 11): probe attempts of every kind — `tcpSocket`, `httpGet`, exec
+//! Soak: probe attempts of every kind — `tcpSocket`, `httpGet`, exec
 //! and `guestAgentPing` — through one `ProbeSet` on one epoll loop, against
 //! loopback servers and the real `qemu-ga`. The process's open fds and resident
 //! memory are sampled once the loop is warm (1 % of the attempts done) and at the

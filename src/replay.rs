@@ -1,6 +1,6 @@
 //! Replay of i6300esb register traces (format v1) against the device model.
 //!
-//! A trace (see `FORMAT.md` next to the reference traces) lists every access a
+//! A trace (see `docs/TRACE-FORMAT.md`) lists every access a
 //! guest made to the device's configuration space and BAR0, with times, plus the
 //! watchdog actions the reference (QEMU 7.2) took. This module
 //!
@@ -8,7 +8,7 @@
 //!   line number, never a panic),
 //! - replays it against a fresh [`I6300Esb`] on a [`ManualClock`] in virtual time
 //!   ([`replay`]), producing the model's own trace,
-//! - and compares the two by the rules of `FORMAT.md` section 3 ([`check`]).
+//! - and compares the two by the rules of `docs/TRACE-FORMAT.md` §3 ([`check`]).
 //!
 //! `vmpulse replay [--action NAME] [--check] FILE` is a thin wrapper around these.
 //!
@@ -48,9 +48,9 @@ pub const HEADER_REFERENCE: &str = "# reference: ";
 /// The fourth header line.
 pub const HEADER_COLUMNS: &str = "# columns: time_ns space op offset size value";
 
-/// Earliest a model may fire relative to the trace's action line (FORMAT.md 3.4).
+/// Earliest a model may fire relative to the trace's action line (docs/TRACE-FORMAT.md §3.4).
 pub const ACTION_EARLY_NS: u64 = 5_000_000;
-/// Latest a model may fire relative to the trace's action line (FORMAT.md 3.4).
+/// Latest a model may fire relative to the trace's action line (docs/TRACE-FORMAT.md §3.4).
 pub const ACTION_LATE_NS: u64 = 1_000;
 
 /// Size of the configuration space: `cfg` offsets are below it.
@@ -793,7 +793,7 @@ pub struct CheckReport {
     pub action_offsets_ns: Vec<i128>,
 }
 
-/// Replay `trace` with `action` and compare by `FORMAT.md` section 3: every read
+/// Replay `trace` with `action` and compare by `docs/TRACE-FORMAT.md` §3: every read
 /// value must match; the model's expiries up to the `end` line must be the
 /// trace's action lines in number, order and name, each at a model time `m` with
 /// `t − 5 ms ≤ m ≤ t + 1 µs`. Expiries after the end are not judged (an expiry

@@ -593,7 +593,7 @@ fn unaligned_accesses_reach_the_device_in_aligned_pieces() {
     kvm_test(unaligned_accesses_reach_the_device_in_aligned_pieces_body);
 }
 
-/// Issue 11.2 through real KVM exits: unaligned `in`/`out` at 0xCFD-0xCFF and
+/// Unaligned accesses through real KVM exits: unaligned `in`/`out` at 0xCFD-0xCFF and
 /// unaligned MMIO at BAR0 arrive as QEMU on KVM delivers them.
 fn unaligned_accesses_reach_the_device_in_aligned_pieces_body() {
     let esb = esb(WatchdogAction::Reset);

@@ -429,7 +429,7 @@ fn required_structure() {
 fn watchdog_actions() {
     const W: &str = "spec.template.spec.domain.devices.watchdog";
     let wd = at(DEVICES, &["watchdog"]);
-    // The exact line from the issue.
+    // The exact message the manifest crate's documentation shows.
     let p = problems(&[(&wd, Some("{name: w, i6300esb: {action: explode}}"))]);
     assert_eq!(p.len(), 1);
     assert_eq!(

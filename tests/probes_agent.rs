@@ -403,7 +403,7 @@ fn exec_arguments_arrive_intact() {
     let tricky = "a \"quoted\" \\back\\slash\\\" \nnew line\ttab ünïcødé 🚀 'single' $HOME `id` {}[],:\u{7f}";
     let (o, _) = exec(&mut d, &mut c, 1, &["printf", "%s", tricky], T5);
     assert_eq!(exited(&o), (Some(0), None, tricky));
-    // The shell sees the quoted test intact too (SPEC P-43).
+    // The shell sees the quoted test intact too (docs/PROBES.md P-43).
     let file = dir.path().join("f");
     std::fs::write(&file, "ok").unwrap();
     let script = format!("test \"$(cat {})\" = ok", file.display());
@@ -510,7 +510,7 @@ fn agent_hung_then_resumed_resyncs_and_discards_stale_replies() {
 
 #[test]
 fn partial_request_left_by_a_previous_client_is_reset_by_the_sync() {
-    // SPEC P-48: the agent's JSON lexer keeps a half request across reconnects;
+    // docs/PROBES.md P-48: the agent's JSON lexer keeps a half request across reconnects;
     // only the 0xFF reset lets the next client's commands through.
     let dir = tempfile::tempdir().unwrap();
     let q = Qga::start_in(dir.path(), &[]);
@@ -529,7 +529,7 @@ fn partial_request_left_by_a_previous_client_is_reset_by_the_sync() {
 
 #[test]
 fn background_child_holding_stdout_times_out() {
-    // SPEC P-41: with captured output the agent reports exited only once the
+    // docs/PROBES.md P-41: with captured output the agent reports exited only once the
     // pipes close, so a background child keeps the probe running past T.
     let (_dir, _q, mut c, mut d) = real_agent(&[]);
     let (o, took) = exec(
@@ -574,7 +574,7 @@ fn exec_output_is_bounded_and_oversized_replies_fail_cleanly() {
 
 #[test]
 fn hung_agent_fails_each_probe_at_its_own_deadline() {
-    // SPEC P-55: two probes on one hung agent; neither waits past its deadline.
+    // docs/PROBES.md P-55: two probes on one hung agent; neither waits past its deadline.
     let (_dir, q, mut c, mut d) = real_agent(&[]);
     assert_eq!(ping(&mut d, &mut c, 1, T1).0, AgentOutcome::Pong);
     q.signal("STOP");

@@ -1,4 +1,4 @@
-//! Hostile peers (issue 11): a server that answers with an endless stream of
+//! Hostile peers: a server that answers with an endless stream of
 //! `HTTP/1.1 102 Processing`, over HTTP and HTTPS, and a guest agent that
 //! floods reply lines. Every attempt must end within its timeout + 5 ms, and
 //! no call into the `ProbeSet` may hold the runner's loop for long: a canary
@@ -24,7 +24,7 @@ use vmpulse::probes::config::{HttpScheme, ProbeHandler, ProbeKind};
 use vmpulse::probes::tracker::Outcome;
 use vmpulse::probes::{AgentChannel, ProbeAttempt, ProbeEnv, ProbeEvent, ProbeSet};
 
-/// How late an attempt may end past its timeout (issue 11).
+/// How late an attempt may end past its timeout.
 const SLACK: Duration = Duration::from_millis(5);
 /// The canary's period and the longest gap between two of its wake-ups allowed.
 const CANARY_PERIOD: Duration = Duration::from_millis(10);

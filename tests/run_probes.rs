@@ -171,7 +171,7 @@ fn readiness_http_success_makes_the_vm_ready() {
 
 /// The end of a run is in order: `ready: false` before `stopped`, `summary` just before
 /// `finished`, nothing after `finished` — also when `--run-for` ends the run while a
-/// readiness result is still on its way (`--restart-backoff 0s --run-for 1s`; issue 9: `started`, `stopped`, `ready: true`,
+/// readiness result is still on its way (`--restart-backoff 0s --run-for 1s`; before the fix: `started`, `stopped`, `ready: true`,
 /// `ready: false` in 12 of 12 tries).
 #[test]
 fn the_end_of_a_run_with_restart_backoff_0s_is_in_order() {
@@ -372,7 +372,7 @@ fn a_flooding_http_peer_never_holds_the_vmm_loop() {
     if !kvm_or_skip("a_flooding_http_peer_never_holds_the_vmm_loop") {
         return;
     }
-    // Issue 11: an endless stream of `102 Processing` held the loop for tens of
+    // an endless stream of `102 Processing` held the loop for tens of
     // seconds; `--run-for` must still end the run on time.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

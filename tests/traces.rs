@@ -1,6 +1,6 @@
 //! Conformance: every reference trace replays against the device model through
 //! the real `vmpulse replay --check` binary, and broken variants of them fail
-//! the way `FORMAT.md` section 3 says they must.
+//! the way `docs/TRACE-FORMAT.md` §3 says they must.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

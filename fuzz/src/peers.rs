@@ -1,4 +1,4 @@
-//! The targets for what faces hostile peers (issue 11): HTTP responses and the
+//! The targets for what faces hostile peers: HTTP responses and the
 //! guest agent's replies, as arbitrary bytes in arbitrary chunks.
 //!
 //! - [`run_http_response`] feeds `vmpulse::probes::http::ResponseReader` (the

@@ -6,7 +6,7 @@
 //! [`Profile::Hardware`]. The profile is fixed for the life of a device and is
 //! part of its saved state.
 //!
-//! | spec case | register | [`Profile::Qemu`] (default) | [`Profile::Hardware`] |
+//! | case (docs/DEVICE.md §7) | register | [`Profile::Qemu`] (default) | [`Profile::Hardware`] |
 //! |---|---|---|---|
 //! | 8, 9, 10 | WDTCR 0x60 | interrupt type stored with mask 0x11: 0x0003 reads 0x0001, 0xFFFF reads 0x0035, 0x0002 reads 0x0000 | bits 1:0, 2 and 5 stored: 0x0003 reads 0x0003, 0xFFFF reads 0x0027, 0x0002 (SMI) reads 0x0002 |
 //! | 11 | WDTCR 0x60 | only a 16-bit access at exactly 0x60; other widths go to plain storage | any 8/16/32-bit access covering byte 0x60 or 0x61 reaches the bytes it covers |
@@ -16,7 +16,7 @@
 //! | 56, 29 | GISR 0x08 | reads 0, writes need the unlock and spend the window | bit 0 set when stage 1 ends, read at any width, write 1 to clear without unlocking (and without spending an open window); an IRQ (type 00) or SMI (type 10) is reported to the host from `poll` as [`crate::Stage1Interrupt`] |
 //! | 48 | after stage 2 fires | the device resets itself (disabled, unlocked, preloads 0xFFFFF) | the flag is set, the output is asserted ([`crate::Watchdog::output_asserted`]) and the timer stops; registers keep their values until the host's action resets the machine |
 //!
-//! Where the real chip's behaviour is not known (spec cases 15, 19, 25, 26, 33,
+//! Where the real chip's behaviour is not known (docs/DEVICE.md cases 15, 19, 25, 26, 33,
 //! and 41), both profiles keep QEMU's: the lock does not cover 0x60, the unlock
 //! sequence tolerates interleaved byte writes, a 16-bit preload write or a 32-bit
 //! reload write spends the window without effect, preloads read back 0, and a

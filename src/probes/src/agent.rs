@@ -12,7 +12,7 @@
 //! [`AgentClient::next_deadline`], and collects results with
 //! [`AgentClient::take_completions`].
 //!
-//! Protocol rules followed (see `SPEC-probes.md` section 4):
+//! Protocol rules followed (see `docs/PROBES.md` §4):
 //! - one request outstanding at a time (the agent is strictly serial);
 //! - before the first command on a connection, and after any timeout or
 //!   garbled reply, a `0xFF` byte plus `guest-sync-delimited` with a fresh

@@ -1,5 +1,5 @@
 //! The `httpGet` probe: one HTTP/1.1 GET (plus same-host redirects) as a
-//! non-blocking state machine, following the kubelet's rules (SPEC-probes 3.1).
+//! non-blocking state machine, following the kubelet's rules (docs/PROBES.md §3.1).
 //!
 //! - status 200–399 is a success; a final 3xx is a success with a warning;
 //! - redirects (301, 302, 303, 307, 308 with a `Location`) are followed only to the

@@ -4,13 +4,13 @@
 //! as a [`Duration`] since the VM (this run of it) started, so tests and fuzz
 //! targets drive it in virtual time, instantly and deterministically.
 //!
-//! Timing model (vmpulse, issue 4):
+//! Timing model (vmpulse's own, docs/PROBES.md §2.8):
 //! - attempts may start on the grid `D + k·P` (`D` = initialDelay, `P` = period),
 //!   so the first attempt is at exactly `D` and starts never drift;
 //! - an attempt still running at the next tick delays only the next attempt,
 //!   which starts when it completes (one pending tick); later ticks stay on the grid
 //!   and missed ticks are dropped;
-//! - the thresholds follow the kubelet (SPEC-probes 2.4): consecutive runs of
+//! - the thresholds follow the kubelet (docs/PROBES.md §2.4): consecutive runs of
 //!   equal results, a change published only once a run reaches its threshold;
 //! - readiness starts not ready, liveness starts alive; a liveness failure puts the
 //!   tracker on hold until the next [`Tracker::start`].

@@ -888,7 +888,7 @@ pub fn stray_access_guest() -> Result<GuestImage, GuestError> {
     f.finish()
 }
 
-/// A guest that reaches the watchdog with unaligned accesses (issue 11.2) and
+/// A guest that reaches the watchdog with unaligned accesses (split as QEMU splits them; docs/DESIGN.md) and
 /// prints what it read: a word at 0xCFD and a dword at 0xCFE of the ID register
 /// (`guest: cfd=0x....`, `guest: cfe=0x........`); a word write at 0xCFF after
 /// clearing configuration dword 0x40, read back (`guest: cfg40=0x........`); the

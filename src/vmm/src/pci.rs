@@ -374,8 +374,8 @@ impl PciFunction for HostBridge {
 }
 
 /// A record of the guest's accesses to the watchdog, in the reference trace
-/// format without times (`cfg w 0x60 2 0x0003`, `mmio r 0x0c 2 0x0000`; see the
-/// traces' FORMAT.md), for checking a guest against a recorded Linux run.
+/// format without times (`cfg w 0x60 2 0x0003`, `mmio r 0x0c 2 0x0000`; see
+/// docs/TRACE-FORMAT.md), for checking a guest against a recorded Linux run.
 /// Off until [`AccessLog::start`]; while off it costs one atomic load per access.
 #[derive(Clone, Default)]
 pub struct AccessLog {
@@ -881,7 +881,7 @@ mod tests {
         assert_eq!(io.root().route(ESB_DEVFN), Some((0xfebf_0000, 16)));
         let unlock_state = |esb: &SharedEsb| esb.lock().unwrap().state().watchdog.unlock_state;
 
-        // Issue 11.2: a 2-byte write of 0x8000 at BAR0+0x0B is a byte of 0x00 at
+        // QEMU on KVM splits unaligned accesses: a 2-byte write of 0x8000 at BAR0+0x0B is a byte of 0x00 at
         // 0x0B and one of 0x80 at 0x0C, the first step of the unlock sequence.
         log.start();
         buses.mmio_write(0xfebf_000b, &0x8000u16.to_le_bytes());

@@ -1,4 +1,4 @@
-//! Spec sections 4 and 5.5 (actions, and how Linux and busybox drive the device):
+//! docs/DEVICE.md §4 and §5.5 (actions, and how Linux and busybox drive the device):
 //! conformance cases 58-60.
 
 use super::*;

@@ -1,4 +1,4 @@
-//! Spec section 1 (PCI identity, the standard header and the device-specific
+//! docs/DEVICE.md §1 (PCI identity, the standard header and the device-specific
 //! configuration registers 0x60/0x64/0x68): conformance cases 1-16.
 
 use super::*;
@@ -206,7 +206,7 @@ fn case_16_undocumented_0x64_reads_zero() {
     assert_eq!(r.cr32(0x64), 0x000a_bcde);
 }
 
-/// Issue 11's examples of QEMU's storage at 0x40-0xFF, each checked.
+/// The examples of QEMU's storage at 0x40-0xFF in docs/DEVICE.md §1.2, each checked.
 #[test]
 fn config_0x40_to_0xff_is_plain_storage_in_qemu() {
     let mut r = Rig::new();

@@ -1,4 +1,4 @@
-//! Spec sections 2.6, 3.6 and 3.7 (expiry, the timeout flag, reset): conformance
+//! docs/DEVICE.md §2.6, §3.6 and §3.7 (expiry, the timeout flag, reset): conformance
 //! cases 48-57.
 
 use super::*;

@@ -1,4 +1,4 @@
-//! The Hardware profile: every case of section 7 tagged **H** where the spec states
+//! The Hardware profile: every case of docs/DEVICE.md §7 tagged **H** where it states
 //! what the datasheet does, next to the QEMU-profile test of the same case in the
 //! parent module. Names are `hw_case_NN_...`.
 

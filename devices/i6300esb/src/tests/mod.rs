@@ -1,5 +1,5 @@
-//! Conformance tests: every case of section 7 of the i6300esb spec, in virtual time,
-//! one file per section of the spec (each file says which); the Hardware profile's
+//! Conformance tests: every case of docs/DEVICE.md §7, in virtual time,
+//! one file per section of docs/DEVICE.md (each file says which); the Hardware profile's
 //! cases are in `hardware`.
 //!
 //! Each test is named `case_NN_...` after the case it pins. Times are exact
@@ -72,7 +72,7 @@ struct Rig {
 
 impl Rig {
     /// A freshly reset device with BAR0 programmed and memory decoding on (the
-    /// starting point section 7 assumes), action `none`.
+    /// starting point docs/DEVICE.md §7 assumes), action `none`.
     fn new() -> Self {
         Rig::with_action(WatchdogAction::None)
     }

@@ -1,4 +1,4 @@
-//! Spec sections 1.2, 2.2 and 9 (odd accesses): each register at each width,
+//! docs/DEVICE.md §1.2, §2.2 and §9 (odd accesses): each register at each width,
 //! never a panic, always counted.
 
 use super::*;

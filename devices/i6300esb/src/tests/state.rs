@@ -1,4 +1,4 @@
-//! Spec sections 3.6 and 5.1 (resets, pause/resume, snapshot/restore).
+//! docs/DEVICE.md §3.6 and §5.1 (resets, pause/resume, snapshot/restore).
 
 use super::*;
 

@@ -1,4 +1,4 @@
-//! Spec section 3 (the two-stage timer, prescaler, enable, disable and lock):
+//! docs/DEVICE.md §3 (the two-stage timer, prescaler, enable, disable and lock):
 //! conformance cases 34-47.
 
 use super::*;

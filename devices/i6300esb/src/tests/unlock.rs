@@ -1,4 +1,4 @@
-//! Spec section 2 (the BAR0 registers, the unlock sequence and write protection):
+//! docs/DEVICE.md §2 (the BAR0 registers, the unlock sequence and write protection):
 //! conformance cases 17-33.
 
 use super::*;
@@ -182,7 +182,7 @@ fn case_28_kvm_splits_unaligned_accesses_into_aligned_pieces() {
     assert_eq!(r.preloads().0, 20);
     assert_eq!(count(&r.ev.ignored_mmio_access), ignored, "nothing dropped");
 
-    // Issue 11.2's example: a 2-byte write of 0x8000 at 0x0B is a byte write of
+    // QEMU's split, for example: a 2-byte write of 0x8000 at 0x0B is a byte write of
     // 0x00 at 0x0B and of 0x80 at 0x0C, the first unlock step; with 0x86 next,
     // the window opens and a kick gets through.
     let (mut r, t0) = Rig::armed(100, 100);

@@ -1,6 +1,6 @@
 //! The controller in virtual time: a small simulated shell (a scripted fake VM, a fake
 //! watchdog and a fake probe set) carries out its commands; nothing sleeps and no KVM is used.
-//! The first group ports the runner's fake-VM tests; the rest covers issue 9's cases.
+//! The first group ports the runner's fake-VM tests; the rest covers the run's lifecycle cases.
 
 use super::*;
 use crate::runner::RunConfig;
@@ -887,7 +887,7 @@ fn a_vm_that_cannot_start_is_stopped_and_ends_the_run() {
     assert_eq!(sim.calls, ["start", "stop"]);
 }
 
-// ---- issue 9: every runStrategy, every action ------------------------------------------
+// ---- every runStrategy, every action ---------------------------------------------------
 
 /// How the first VM stops, as scripted.
 #[derive(Clone, Copy, Debug)]
@@ -1123,7 +1123,7 @@ fn every_liveness_action_is_carried_out_as_the_router_says() {
     }
 }
 
-// ---- issue 9: liveness during shutdown, signals, the end of a run ----------------------
+// ---- liveness during shutdown, signals, the end of a run -------------------------------
 
 #[test]
 fn liveness_is_on_hold_during_a_graceful_shutdown() {
@@ -1294,7 +1294,7 @@ fn ready_false_comes_before_stopped_at_the_end_of_a_run() {
 
 #[test]
 fn run_for_just_after_a_restart_reports_in_order() {
-    // Issue 9: `--restart-backoff 0s --run-for 1s` ending just after a restart emitted
+    // `--restart-backoff 0s --run-for 1s` ending just after a restart emitted
     // started, stopped, ready: true, ready: false.
     let mut cfg = config(RunStrategy::Always);
     cfg.probes = true;
@@ -1364,7 +1364,7 @@ fn nothing_follows_finished() {
     assert_eq!(ctl.outcome().cloned(), outcome);
 }
 
-// ---- issue 9: what else the runner did, pinned down -----------------------------------
+// ---- what else the runner did, pinned down --------------------------------------------
 
 #[test]
 fn a_warm_reset_is_not_ready_before_it_boots_again() {
