@@ -372,26 +372,9 @@ fn a_flooding_http_peer_never_holds_the_vmm_loop() {
     if !kvm_or_skip("a_flooding_http_peer_never_holds_the_vmm_loop") {
         return;
     }
-    // an endless stream of `102 Processing` held the loop for tens of
+    // An endless stream of `102 Processing` once held the loop for tens of
     // seconds; `--run-for` must still end the run on time.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let _ = std::io::Read::read(&mut s, &mut buf);
-                let flood = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(512);
-                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                while std::time::Instant::now() < until {
-                    if std::io::Write::write_all(&mut s, &flood).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let port = flooding_http_peer();
     let m = probe_manifest("livenessProbe", &http_handler(port), 100);
     let r = spawn(&m.path, &["--guest-timeout", "5", "--run-for", "3s"], LIMIT).finish();
     assert_eq!(
@@ -415,4 +398,67 @@ fn a_flooding_http_peer_never_holds_the_vmm_loop() {
         "{}",
         r.dump()
     );
+}
+
+#[test]
+fn sigterm_acts_at_once_while_an_http_peer_floods() {
+    if !kvm_or_skip("sigterm_acts_at_once_while_an_http_peer_floods") {
+        return;
+    }
+    // The same endless `102 Processing` stream once delayed SIGTERM by 11 s and the
+    // run then exited 0: it must stop the VM at once and exit 143.
+    let port = flooding_http_peer();
+    let m = probe_manifest("livenessProbe", &http_handler(port), 100);
+    let mut live = spawn(
+        &m.path,
+        &["--guest-timeout", "5", "--run-for", "60s"],
+        LIMIT,
+    );
+    // The first attempt has met the flood (it fails at its 1 s timeout); the
+    // next one is in flight when the signal comes.
+    assert!(
+        live.until(|e| e["type"] == "probe").is_some(),
+        "no probe attempt"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let sent = std::time::Instant::now();
+    live.signal(libc::SIGTERM);
+    let r = live.finish();
+    let took = sent.elapsed();
+    assert_eq!(r.code, Some(143), "{}", r.dump());
+    assert_eq!(
+        r.story()[r.story().len() - 2..],
+        ["stopped signal", "finished 143"],
+        "{}",
+        r.dump()
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "SIGTERM took {took:?} to end the run: {}",
+        r.dump()
+    );
+}
+
+/// A server on 127.0.0.1 that answers every request with an endless stream of
+/// `HTTP/1.1 102 Processing` (for 10 s per connection); returns its port.
+fn flooding_http_peer() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut s, &mut buf);
+                let flood = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(512);
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while std::time::Instant::now() < until {
+                    if std::io::Write::write_all(&mut s, &flood).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
 }

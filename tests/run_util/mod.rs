@@ -281,6 +281,14 @@ impl Live {
         r
     }
 
+    /// Send `signal` (e.g. `libc::SIGTERM`) to the running `vmpulse`.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) with the pid of our own child and a plain signal number.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
     /// Read to the end (or the limit, then kill) and collect the result.
     pub fn finish(mut self) -> Run {
         while self.next().is_some() {}
