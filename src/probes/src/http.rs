@@ -57,6 +57,7 @@ const MAX_HEADERS: usize = 100;
 const READ_CHUNK: usize = 4096;
 /// `read_tls` calls at most per plaintext read (each takes at most one buffer of
 /// records), so records without plaintext cannot hold the loop either.
+#[cfg(feature = "https")]
 const TLS_READS_PER_CALL: usize = 4;
 
 /// What an `httpGet` probe asks for (shared by all its attempts).
@@ -338,9 +339,11 @@ impl Transport {
 
     /// Read plaintext that TLS has already decrypted, without reading the
     /// socket: `WouldBlock` when there is none (always, for plain TCP).
+    #[cfg_attr(not(feature = "https"), allow(unused_variables))]
     fn read_buffered(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(_) => Err(io::ErrorKind::WouldBlock.into()),
+            #[cfg(feature = "https")]
             Transport::Tls(conn, _) => match conn.reader().read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
                 r => r,
