@@ -541,8 +541,11 @@ impl PciRig {
     fn mmio(&mut self, offset: u8, width: u8, write: Option<u32>) {
         let route = self.esb_route();
         let base = route.map_or(SPARE_MMIO, |(b, _)| b);
-        // Offsets past 0x7f fall just below the base.
-        let addr = base.wrapping_add_signed(i64::from(offset as i8));
+        // Offsets past 0x7f fall just below the base (a BAR below 0x80 keeps its
+        // base: the address space does not wrap around).
+        let addr = base
+            .checked_add_signed(i64::from(offset as i8))
+            .unwrap_or(base);
         let w = usize::from(width);
         // The part of the access inside the route, as (offset in BAR0, index in
         // the access, length); the rest is one unclaimed part (an access of at
