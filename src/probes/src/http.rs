@@ -1011,6 +1011,7 @@ impl HttpCheck {
         else {
             return Ok(());
         };
+        let unsent = *written < request.len();
         while *written < request.len() {
             match transport.write(&request[*written..]) {
                 Ok(0) => {
@@ -1027,6 +1028,12 @@ impl HttpCheck {
                     )))
                 }
             }
+        }
+        if unsent && matches!(transport, Transport::Plain(_)) {
+            // The request went out just now: no answer can be there yet, and
+            // reading would only cost an EAGAIN. The socket is watched for reading
+            // from here on, which brings the check back when the answer comes.
+            return Ok(());
         }
         let mut chunk = [0u8; READ_CHUNK];
         loop {

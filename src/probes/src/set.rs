@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::agent::AgentClient;
 #[cfg(feature = "agent")]
 use super::agent::AgentOutcome;
+use super::agent::{AgentClient, FdInterest};
 use super::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
 use super::http::{HttpCheck, HttpSpec};
 use super::tcp::TcpCheck;
@@ -207,8 +207,9 @@ pub struct ProbeSet {
     epoll: Epoll,
     timer: TimerFd,
     agent: Option<AgentClient>,
-    /// Agent fds registered in the epoll, with their (read, write) interest.
-    agent_fds: HashMap<RawFd, (bool, bool)>,
+    /// What of the agent is registered in the epoll: its fds' interests and the
+    /// link they belong to ([`AgentClient::link_serial`]).
+    agent_fds: (Vec<FdInterest>, u64),
     /// Socket token → (probe index, sub index).
     tokens: HashMap<u64, (usize, usize)>,
     next_token: u64,
@@ -469,7 +470,7 @@ impl ProbeSet {
             epoll,
             timer,
             agent: new_agent(env.agent.filter(|_| needs_agent)),
-            agent_fds: HashMap::new(),
+            agent_fds: (Vec::new(), 0),
             tokens: HashMap::new(),
             next_token: 1,
             wakeups: BinaryHeap::new(),
@@ -596,33 +597,27 @@ impl ProbeSet {
     /// only delays what is due.
     pub fn process(&mut self, now: Instant) -> Vec<ProbeEvent> {
         let mut events = std::mem::take(&mut self.pending);
-        for pass in 0..2 {
-            let agent_ready = self.drain_epoll(now, &mut events);
-            if let Some(agent) = &mut self.agent {
-                if agent_ready {
-                    agent.on_ready(now);
-                }
-                if agent.next_deadline().is_some_and(|d| d <= now) {
-                    agent.on_timer(now);
-                }
+        let agent_ready = self.drain_epoll(now, &mut events);
+        if let Some(agent) = &mut self.agent {
+            if agent_ready {
+                agent.on_ready(now);
             }
-            self.agent_completions(now, &mut events);
-            let started = self.stats.started;
-            while let Some(Reverse((when, i))) = self.wakeups.peek().copied() {
-                if when > now {
-                    break;
-                }
-                self.wakeups.pop();
-                self.wake(i, now, &mut events);
-            }
-            self.agent_completions(now, &mut events);
-            // Connections to nearby peers (loopback, a local bridge) often
-            // complete during connect(2) itself: one more pass over the epoll
-            // picks them up without another round trip through the runner.
-            if pass == 0 && self.stats.started == started {
-                break;
+            if agent.next_deadline().is_some_and(|d| d <= now) {
+                agent.on_timer(now);
             }
         }
+        self.agent_completions(now, &mut events);
+        // A connection that completes during connect(2) itself (loopback, a
+        // local bridge) is seen at once: a started check makes progress
+        // right away, before its socket is watched.
+        while let Some(Reverse((when, i))) = self.wakeups.peek().copied() {
+            if when > now {
+                break;
+            }
+            self.wakeups.pop();
+            self.wake(i, now, &mut events);
+        }
+        self.agent_completions(now, &mut events);
         self.sync_agent_fds();
         self.pending.append(&mut events);
         let events = std::mem::take(&mut self.pending);
@@ -809,11 +804,16 @@ impl ProbeSet {
                         }
                     }
                 }
-                self.wakeups.push(Reverse((deadline, i)));
+                // The deadline's wake-up is pushed below, only for an attempt
+                // still in flight: most against nearby peers end right here.
             }
         }
+        let agent = attempt.agent;
         self.probes[i].attempt = Some(attempt);
         self.maybe_complete(i, now, events);
+        if !agent && self.probes[i].attempt.is_some() {
+            self.wakeups.push(Reverse((deadline, i)));
+        }
     }
 
     /// Feed the agent's completions into their attempts (none without the feature).
@@ -1002,11 +1002,17 @@ impl ProbeSet {
         }
     }
 
-    /// Re-register the agent's fds (they may change after any call into it).
+    /// Bring the agent's fds' registration in line with what it wants (that may
+    /// change after any call into it). Nothing is done when nothing changed: the
+    /// same interests on the same link.
     fn sync_agent_fds(&mut self) {
         let Some(agent) = &self.agent else { return };
         let wanted = agent.interests();
-        let mut next = HashMap::new();
+        let serial = agent.link_serial();
+        if self.agent_fds.0 == wanted && self.agent_fds.1 == serial {
+            return;
+        }
+        let mut registered = Vec::with_capacity(wanted.len());
         for w in &wanted {
             let mut set = EventSet::empty();
             if w.read {
@@ -1025,21 +1031,21 @@ impl ProbeSet {
                 r => r,
             };
             match r {
-                Ok(()) => {
-                    next.insert(w.fd, (w.read, w.write));
-                }
+                Ok(()) => registered.push(*w),
                 Err(e) => log::warn!("probes: epoll_ctl on agent fd {}: {e}", w.fd),
             }
         }
-        for fd in self.agent_fds.keys() {
-            if !next.contains_key(fd) {
+        for old in &self.agent_fds.0 {
+            if !registered.iter().any(|w| w.fd == old.fd) {
                 // It may already be closed: then it is already gone.
                 let _ = self
                     .epoll
-                    .ctl(ControlOperation::Delete, *fd, EpollEvent::default());
+                    .ctl(ControlOperation::Delete, old.fd, EpollEvent::default());
             }
         }
-        self.agent_fds = next;
+        // A registration that failed is retried at the next call: the cached
+        // interests then differ from the wanted ones.
+        self.agent_fds = (registered, serial);
     }
 
     /// Whether the wake-up `(when, i)` still stands for something: the start of

@@ -1,8 +1,9 @@
 //! Non-blocking TCP connect, and the `tcpSocket` probe built on it.
 //!
 //! A [`Connect`] is started with a non-blocking `connect(2)` (EINPROGRESS) and
-//! polled whenever its fd is writable (or spuriously): `SO_ERROR` tells a failed
-//! connection, `getpeername(2)` a completed one. The `tcpSocket` probe
+//! polled whenever its fd is writable (or spuriously) by calling `connect(2)`
+//! again, which tells a completed, a pending and a failed connection apart in one
+//! system call. The `tcpSocket` probe
 //! ([`TcpCheck`]) succeeds as soon as the three-way handshake completes and closes
 //! the socket at once, sending nothing.
 
@@ -33,6 +34,8 @@ pub(crate) fn error_text(e: &io::Error) -> String {
 #[derive(Debug)]
 pub struct Connect {
     socket: Socket,
+    /// Where it connects (asked again by [`Connect::poll`]).
+    addr: SockAddr,
     /// `connect(2)` returned EINPROGRESS and no readiness has been seen yet.
     in_progress: bool,
 }
@@ -45,13 +48,15 @@ impl Connect {
         let ty = Type::from(libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
         let socket = Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP))
             .map_err(|e| format!("socket: {}", error_text(&e)))?;
-        let in_progress = match socket.connect(&SockAddr::from(addr)) {
+        let addr = SockAddr::from(addr);
+        let in_progress = match socket.connect(&addr) {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
             Err(e) => return Err(format!("connect: {}", error_text(&e))),
         };
         Ok(Connect {
             socket,
+            addr,
             in_progress,
         })
     }
@@ -69,17 +74,20 @@ impl Connect {
 
     /// Whether the connection is established (`Ok(true)`), still in progress
     /// (`Ok(false)`) or failed (the error text). Safe to call spuriously.
+    ///
+    /// One system call: `connect(2)` again on the same socket answers all three
+    /// (0 or `EISCONN`: established; `EALREADY`/`EINPROGRESS`: in progress; any
+    /// other error: the connection's own error, e.g. `ECONNREFUSED`), where
+    /// `SO_ERROR` then `getpeername(2)` took two.
     pub fn poll(&mut self) -> Result<bool, String> {
         self.in_progress = false;
-        match self.socket.take_error() {
-            Ok(Some(e)) => return Err(format!("connect: {}", error_text(&e))),
-            Ok(None) => {}
-            Err(e) => return Err(format!("connect: {}", error_text(&e))),
-        }
-        match self.socket.peer_addr() {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
-            Err(e) => Err(format!("connect: {}", error_text(&e))),
+        match self.socket.connect(&self.addr) {
+            Ok(()) => Ok(true),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EISCONN) => Ok(true),
+                Some(libc::EALREADY | libc::EINPROGRESS | libc::EINTR) => Ok(false),
+                _ => Err(format!("connect: {}", error_text(&e))),
+            },
         }
     }
 
