@@ -101,8 +101,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Retry delay when the agent's listen backlog is full.
 const BUSY_RETRY: Duration = Duration::from_millis(10);
-/// The read chunk size.
-const READ_CHUNK: usize = 16 * 1024;
+/// The read chunk size (at most [`READ_BUDGET`] is read per call anyway).
+const READ_CHUNK: usize = 2 * 1024;
 /// Bytes read at most per [`AgentClient::on_ready`] call, so a flooding peer
 /// cannot hold the caller's loop (the lines in them are handled in the same
 /// call, each in time linear in its length); level-triggered readiness brings
@@ -339,6 +339,13 @@ impl AgentClient {
         }
     }
 
+    /// Changes whenever the connection is replaced or dropped, so that a caller
+    /// caching its epoll registration of [`AgentClient::interests`] can tell a
+    /// new socket that reuses the old one's fd number from the old one.
+    pub(crate) fn link_serial(&self) -> u64 {
+        self.stats.connects + self.stats.disconnects
+    }
+
     /// The earliest time the client needs [`AgentClient::on_timer`]: attempt
     /// deadlines, exec-status polls, reconnect back-off, background checks.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -397,16 +404,7 @@ impl AgentClient {
                 .push((id, AgentOutcome::Failed("empty exec command".into())));
             return;
         }
-        let request = json!({
-            "execute": "guest-exec",
-            "arguments": {
-                "path": argv[0],
-                "arg": &argv[1..],
-                "capture-output": true,
-            }
-        });
-        let mut bytes = request.to_string().into_bytes();
-        bytes.push(b'\n');
+        let bytes = exec_request(argv);
         self.add_attempt(id, deadline, AttemptState::ExecQueued(bytes), now);
     }
 
@@ -857,6 +855,12 @@ impl AgentClient {
                     budget -= n;
                     c.rbuf.extend_from_slice(&chunk[..n]);
                     self.process_input(now);
+                    if n < want {
+                        // A short read of a stream socket took everything there
+                        // was: another read would only say EAGAIN. More input
+                        // makes the fd readable again (a new edge, too).
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1176,12 +1180,39 @@ fn connect_unix(path: &Path) -> io::Result<Socket> {
     Ok(sock)
 }
 
-fn status_request(pid: i64) -> Vec<u8> {
-    let mut bytes = json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})
-        .to_string()
-        .into_bytes();
+/// `guest-exec` of `argv` (not empty) with its output captured, one line.
+fn exec_request(argv: &[String]) -> Vec<u8> {
+    // Serialized straight from borrowed data: no JSON tree is built per probe.
+    #[derive(serde::Serialize)]
+    struct Arguments<'a> {
+        path: &'a str,
+        arg: &'a [String],
+        #[serde(rename = "capture-output")]
+        capture_output: bool,
+    }
+    #[derive(serde::Serialize)]
+    struct Request<'a> {
+        execute: &'static str,
+        arguments: Arguments<'a>,
+    }
+    let request = Request {
+        execute: "guest-exec",
+        arguments: Arguments {
+            path: &argv[0],
+            arg: &argv[1..],
+            capture_output: true,
+        },
+    };
+    let mut bytes = Vec::with_capacity(96);
+    // Serializing strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &request);
     bytes.push(b'\n');
     bytes
+}
+
+/// `guest-exec-status` of `pid`, one line.
+fn status_request(pid: i64) -> Vec<u8> {
+    format!("{{\"execute\":\"guest-exec-status\",\"arguments\":{{\"pid\":{pid}}}}}\n").into_bytes()
 }
 
 /// The wait before the next status poll, after `polls` polls (beyond the first)
@@ -1248,6 +1279,27 @@ fn truncate_utf8(s: &mut String, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_one_json_line_each() {
+        let argv = ["/bin/sh".to_string(), "-c".into(), "echo \"hi\"\n".into()];
+        let exec = exec_request(&argv);
+        assert_eq!(exec.last(), Some(&b'\n'));
+        assert_eq!(exec.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: Value = serde_json::from_slice(&exec).unwrap();
+        assert_eq!(
+            v,
+            json!({"execute": "guest-exec", "arguments": {
+                "path": "/bin/sh", "arg": ["-c", "echo \"hi\"\n"], "capture-output": true}})
+        );
+        let status = status_request(-7);
+        assert_eq!(status.last(), Some(&b'\n'));
+        let v: Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(
+            v,
+            json!({"execute": "guest-exec-status", "arguments": {"pid": -7}})
+        );
+    }
 
     #[test]
     fn exited_outcome_decodes_both_streams_and_signal() {
