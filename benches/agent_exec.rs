@@ -18,6 +18,9 @@
 //! probes for 1 s in `cargo test --benches`); each floor run makes as many
 //! exchanges.
 //!
+//! `AGENT_BENCH_ONLY=set` runs only the two `ProbeSet` runs and prints their
+//! figures (e.g. to count their system calls under `strace -c`).
+//!
 //! Reported per probe: wall latency (criterion, plus our own totals) and CPU:
 //! - agent path: CPU of this process (the client, i.e. what the VMM pays) and of
 //!   the qemu-ga process including the `true` children it reaps (what the guest
@@ -389,6 +392,22 @@ fn main() {
     let exec_handler = ProbeHandler::Exec {
         command: vec!["true".into()],
     };
+    if std::env::var("AGENT_BENCH_ONLY").is_ok_and(|v| v == "set") {
+        for (label, handler) in [
+            ("exec", exec_handler),
+            ("ping", ProbeHandler::GuestAgentPing),
+        ] {
+            let mut run = probe_set(&agent.sock, handler, set_probes, set_seconds);
+            let k = run.durations.len();
+            let (mean, p50, p99) = summary(&mut run.durations);
+            println!(
+                "{label} ProbeSet: {k} attempts ({} failed), duration mean {mean:.0} us, p50 {p50:.0}, p99 {p99:.0}; CPU {:.1} us per attempt (whole loop)",
+                run.failures,
+                run.cpu.as_secs_f64() * 1e6 / k.max(1) as f64
+            );
+        }
+        return;
+    }
     let mut floor_exec = Floor::exec(&agent.sock, n, every);
     let mut floor_ping = Floor::ping(&agent.sock, n, every);
     let mut set_exec = probe_set(&agent.sock, exec_handler, set_probes, set_seconds);

@@ -7,12 +7,15 @@
 //!    CPU time per attempt.
 //! 2. Baseline, same run, same server, same schedule: a bare paced loop that
 //!    sleeps until each scheduled instant and does a blocking connect (and for
-//!    HTTP request/response) and close.
+//!    HTTP request/response) and close. The two alternate, one measured round
+//!    (one period) each at a time; every `ProbeSet` round has its own warm-up
+//!    period.
 //! 3. Criterion micro-benchmarks of the pure tracker.
 //!
 //! Environment: `PROBES_BENCH_N` (default 10000 under `cargo bench`, 500 in the
 //! `cargo test --benches` smoke run), `PROBES_BENCH_ROUNDS` (default 3; 1 in the
-//! smoke run).
+//! smoke run), `PROBES_BENCH_KINDS` (`tcp,http` by default: which loops to run),
+//! `PROBES_BENCH_ONLY` (`bare` or `set`: run only that side, e.g. under `strace -c`).
 
 #[path = "../tests/probes_util/mod.rs"]
 mod probes_util;
@@ -111,17 +114,32 @@ impl Drop for Server {
     }
 }
 
-struct Figures {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-    cpu_per_op: Duration,
+/// What one run of a loop measured.
+#[derive(Default)]
+struct Run {
+    lateness: Vec<Duration>,
+    cpu: Duration,
     ops: usize,
     failures: usize,
     /// Failures that were timeouts (ProbeSet only).
     timeouts: u64,
-    /// Loop wake-ups (`process` calls) per attempt (ProbeSet only).
-    wakeups_per_op: f64,
+    /// Loop wake-ups (`process` calls) while measuring (ProbeSet only).
+    calls: u64,
+}
+
+impl Run {
+    fn add(&mut self, other: Run) {
+        self.lateness.extend(other.lateness);
+        self.cpu += other.cpu;
+        self.ops += other.ops;
+        self.failures += other.failures;
+        self.timeouts += other.timeouts;
+        self.calls += other.calls;
+    }
+
+    fn cpu_per_op(&self) -> Duration {
+        self.cpu / self.ops.max(1) as u32
+    }
 }
 
 fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -135,7 +153,7 @@ fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
 
 /// N probes on one ProbeSet, spread over the period; one warm-up round, then
 /// `rounds` measured rounds.
-fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
+fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Run {
     let probes: Vec<ProbeConfig> = (0..n)
         .map(|i| {
             let handler = match kind {
@@ -201,22 +219,18 @@ fn probeset(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
             }
         }
     }
-    let cpu = thread_cpu() - cpu0;
-    let (p50, p99, max) = percentiles(set.take_lateness());
-    Figures {
-        p50,
-        p99,
-        max,
-        cpu_per_op: cpu / ops.max(1) as u32,
+    Run {
+        cpu: thread_cpu() - cpu0,
+        lateness: set.take_lateness(),
         ops,
         failures,
         timeouts: set.stats().timeouts - timeouts0,
-        wakeups_per_op: calls as f64 / ops.max(1) as f64,
+        calls,
     }
 }
 
 /// The bare baseline: the same schedule in a paced blocking loop.
-fn bare(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
+fn bare(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Run {
     let total = n * rounds as usize;
     let step = PERIOD / n as u32;
     let mut lateness = Vec::with_capacity(total);
@@ -251,29 +265,29 @@ fn bare(kind: Kind, addr: SocketAddr, n: usize, rounds: u32) -> Figures {
         };
         failures += usize::from(!ok);
     }
-    let cpu = thread_cpu() - cpu0;
-    let (p50, p99, max) = percentiles(lateness);
-    Figures {
-        p50,
-        p99,
-        max,
-        cpu_per_op: cpu / total.max(1) as u32,
+    Run {
+        cpu: thread_cpu() - cpu0,
+        lateness,
         ops: total,
         failures,
         timeouts: 0,
-        wakeups_per_op: 0.0,
+        calls: 0,
     }
 }
 
-fn print(name: &str, f: &Figures) {
-    let wakeups = if f.wakeups_per_op > 0.0 {
-        format!("  wake-ups/attempt {:.2}", f.wakeups_per_op)
+fn print(name: &str, r: &Run) {
+    let wakeups = if r.calls > 0 {
+        format!(
+            "  wake-ups/attempt {:.2}",
+            r.calls as f64 / r.ops.max(1) as f64
+        )
     } else {
         String::new()
     };
+    let (p50, p99, max) = percentiles(r.lateness.clone());
     println!(
-        "{name:<34} attempts {:>6}  failures {:>4} (timeouts {:>4})  lateness p50 {:>9.1?} p99 {:>9.1?} max {:>9.1?}  CPU/attempt {:>7.1?}{wakeups}",
-        f.ops, f.failures, f.timeouts, f.p50, f.p99, f.max, f.cpu_per_op
+        "{name:<34} attempts {:>6}  failures {:>4} (timeouts {:>4})  lateness p50 {p50:>9.1?} p99 {p99:>9.1?} max {max:>9.1?}  CPU/attempt {:>7.1?}{wakeups}",
+        r.ops, r.failures, r.timeouts, r.cpu_per_op()
     );
 }
 
@@ -290,16 +304,38 @@ fn loop_benchmarks() {
     println!(
         "probes on one loop: {n} probes, period {PERIOD:?}, spread over the period, {rounds} measured rounds"
     );
+    let kinds = std::env::var("PROBES_BENCH_KINDS").unwrap_or_else(|_| "tcp,http".into());
+    let only = std::env::var("PROBES_BENCH_ONLY").unwrap_or_default();
     for (kind, label) in [(Kind::Tcp, "tcp"), (Kind::Http, "http")] {
+        if !kinds.split(',').any(|k| k.trim() == label) {
+            continue;
+        }
         let server = Server::start(kind);
-        let base = bare(kind, server.addr, n, rounds);
-        let set = probeset(kind, server.addr, n, rounds);
-        print(&format!("{label}: bare paced blocking loop"), &base);
-        print(&format!("{label}: ProbeSet (one epoll loop)"), &set);
-        println!(
-            "{label}: CPU per attempt, ProbeSet / bare = {:.2}",
-            set.cpu_per_op.as_secs_f64() / base.cpu_per_op.as_secs_f64().max(1e-12)
-        );
+        // One measured round of each at a time, alternating, so that a change in
+        // the machine's load during the run weighs on both sides alike.
+        let (mut base, mut set) = (Run::default(), Run::default());
+        for _ in 0..rounds {
+            if only != "set" {
+                base.add(bare(kind, server.addr, n, 1));
+            }
+            if only != "bare" {
+                set.add(probeset(kind, server.addr, n, 1));
+            }
+        }
+        let base = (only != "set").then_some(base);
+        let set = (only != "bare").then_some(set);
+        if let Some(base) = &base {
+            print(&format!("{label}: bare paced blocking loop"), base);
+        }
+        if let Some(set) = &set {
+            print(&format!("{label}: ProbeSet (one epoll loop)"), set);
+        }
+        if let (Some(base), Some(set)) = (&base, &set) {
+            println!(
+                "{label}: CPU per attempt, ProbeSet / bare = {:.2}",
+                set.cpu_per_op().as_secs_f64() / base.cpu_per_op().as_secs_f64().max(1e-12)
+            );
+        }
         drop(server);
     }
 }
