@@ -203,6 +203,9 @@ struct Requests {
     reset_done: u64,
     reset_error: Option<String>,
     nmi: u32,
+    /// NMIs asked for so far, and those the vCPU thread has handed to KVM.
+    nmi_requested: u64,
+    nmi_done: u64,
     exited: bool,
 }
 
@@ -450,9 +453,14 @@ impl Vcpu {
             }
             if r.nmi > 0 {
                 r.nmi = 0;
+                let target = r.nmi_requested;
+                drop(r);
                 if let Err(e) = self.fd.nmi() {
                     log::error!("machine: KVM_NMI failed: {e}");
                 }
+                r = control.lock();
+                r.nmi_done = target;
+                control.cond.notify_all();
                 continue;
             }
             if r.pause || r.halted {
@@ -879,14 +887,28 @@ impl Machine {
         self.devices.button.store(true, Ordering::SeqCst);
     }
 
-    /// Inject an NMI into the vCPU (delivered once it runs, if paused).
+    /// Inject an NMI into the vCPU (delivered once it runs, if paused). Returns once the
+    /// vCPU thread has handed it to KVM (`KVM_NMI`), or at once before the start.
     pub fn inject_nmi(&mut self) -> Result<(), MachineError> {
         if self.stopped {
             return Err(MachineError::Stopped);
         }
-        self.control.lock().nmi += 1;
+        let target = {
+            let mut r = self.control.lock();
+            r.nmi += 1;
+            r.nmi_requested += 1;
+            r.nmi_requested
+        };
         self.control.cond.notify_all();
-        self.kick();
+        if self.thread.is_some() {
+            self.kick();
+            if !self
+                .control
+                .wait_for(CONFIRM_TIMEOUT, |r| r.nmi_done >= target || r.exited)
+            {
+                return Err(MachineError::Timeout("take the NMI"));
+            }
+        }
         Ok(())
     }
 

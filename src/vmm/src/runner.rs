@@ -54,7 +54,7 @@ use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
 use i6300esb::adapters::timer::{MonotonicClock, WatchdogTimer};
-use i6300esb::{ActionSink, EventCounters, Expiry, I6300Esb, WatchdogAction};
+use i6300esb::{ActionSink, Clock, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::api::{self, CommandError, Control, HttpServer, OpsConfig};
@@ -326,6 +326,10 @@ struct Out<'s, S: EventSink> {
     errors: u32,
     /// Boxed: large, and carried through `Runner::new`'s error path.
     status: Box<RunStatus>,
+    /// Events held back while a watchdog expiry's commands run, with their instants: the
+    /// `watchdog` event gets its lateness once the action is done, and nothing it caused
+    /// may reach the sink before it.
+    held: Option<Vec<(Event, Instant)>>,
 }
 
 impl<S: EventSink> Out<'_, S> {
@@ -336,7 +340,33 @@ impl<S: EventSink> Out<'_, S> {
             log::debug!("error event: {message}");
         }
         self.status.observe(&mut event, at);
-        self.sink.emit_at(at, event);
+        match self.held.as_mut() {
+            Some(held) => held.push((event, at)),
+            None => self.sink.emit_at(at, event),
+        }
+    }
+    /// Keep events back until [`Out::release`].
+    fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+    /// Pass on the held events in order, the first `watchdog` event among them with
+    /// `late`, which also goes to the metrics.
+    fn release(&mut self, mut late: Option<Duration>) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        for (mut event, at) in held {
+            if let Event::Watchdog {
+                action, late_us, ..
+            } = &mut event
+            {
+                if let Some(late) = late.take() {
+                    *late_us = Some(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
+                    self.status.action_lateness(action, late);
+                }
+            }
+            self.sink.emit_at(at, event);
+        }
     }
     fn emit(&mut self, event: Event) {
         self.emit_at(event, Instant::now());
@@ -358,6 +388,13 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     ready: Rc<RefCell<Vec<Token>>>,
     expiries: Rc<RefCell<Vec<Expiry>>>,
     esb: SharedEsb,
+    /// The device's clock (a copy: the same origin), to measure expiry lateness.
+    clock: MonotonicClock,
+    /// While a watchdog expiry's commands run: its deadline on `clock`, until the first
+    /// command that carries out its action has returned.
+    expiry_deadline: Option<u64>,
+    /// How late that action was carried out.
+    expiry_late: Option<Duration>,
     /// Armed at the controller's next deadline.
     timer: TimerFd,
     /// What `timer` is armed for (time since the run started).
@@ -396,6 +433,7 @@ pub fn run<F: VmFactory, S: EventSink>(cfg: RunConfig, factory: &mut F, sink: &m
         sink,
         errors: 0,
         status: Box::new(status),
+        held: None,
     };
     let runner = match Runner::new(cfg, factory, out) {
         Ok(r) => r,
@@ -452,9 +490,10 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 .watchdog
                 .as_ref()
                 .map_or(WatchdogAction::None, |(_, a)| *a);
+            let clock = MonotonicClock::new();
             let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
                 action,
-                MonotonicClock::new(),
+                clock,
                 Arc::new(EventCounters::default()),
             )));
             let expiries = Rc::new(RefCell::new(Vec::new()));
@@ -496,9 +535,11 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 ExpiryQueue(expiries.clone()),
             )?));
             manager.add_subscriber(esb_timer);
-            Ok((esb, expiries, ready, manager, fds_id, timer, interrupts))
+            Ok((
+                esb, clock, expiries, ready, manager, fds_id, timer, interrupts,
+            ))
         })();
-        let (esb, expiries, ready, mut manager, fds_id, timer, interrupts) = match parts {
+        let (esb, clock, expiries, ready, mut manager, fds_id, timer, interrupts) = match parts {
             Ok(p) => p,
             Err(e) => return Err((out, e)),
         };
@@ -528,6 +569,9 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             ready,
             expiries,
             esb,
+            clock,
+            expiry_deadline: None,
+            expiry_late: None,
             timer,
             timer_at: None,
             probes_due: false,
@@ -626,8 +670,15 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         let expiries = std::mem::take(&mut *self.expiries.borrow_mut());
         for expiry in expiries {
             let now = self.now();
+            self.expiry_deadline = Some(expiry.time_ns);
+            self.out.hold();
             self.ctl.handle(now, Input::Expiry(expiry));
             self.drive();
+            // An action without a command of its own (`none`, `debug`) is carried out
+            // once handled.
+            self.action_done();
+            let late = self.expiry_late.take();
+            self.out.release(late);
         }
         for token in tokens {
             if self.finished() {
@@ -709,8 +760,32 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         }
     }
 
+    /// A watchdog expiry's action has been carried out (or failed): its lateness is now.
+    fn action_done(&mut self) {
+        if let Some(deadline) = self.expiry_deadline.take() {
+            let late = self.clock.now_ns().saturating_sub(deadline);
+            self.expiry_late = Some(Duration::from_nanos(late));
+        }
+    }
+
     /// Carry out one command; `Err` is the outcome of a failed one.
     fn execute(&mut self, command: Command) -> Result<(), String> {
+        let action = matches!(
+            command,
+            Command::Stop
+                | Command::Reset
+                | Command::Pause
+                | Command::PowerButton
+                | Command::InjectNmi
+        );
+        let result = self.carry_out(command);
+        if action {
+            self.action_done();
+        }
+        result
+    }
+
+    fn carry_out(&mut self, command: Command) -> Result<(), String> {
         match command {
             Command::Start => self.try_start_vm(),
             Command::Stop => {
@@ -1190,7 +1265,7 @@ mod tests {
             })
             .map(|e| match e {
                 Event::Started { boot } => format!("started {boot}"),
-                Event::Watchdog { action, device } => format!("watchdog {action} {device}"),
+                Event::Watchdog { action, device, .. } => format!("watchdog {action} {device}"),
                 Event::Stopped {
                     reason,
                     trigger,
@@ -1401,6 +1476,90 @@ mod tests {
             assert_eq!(fired, 1, "{action}");
             assert_eq!(log.created, 1);
         }
+    }
+
+    #[test]
+    fn watchdog_events_say_how_late_the_action_was_carried_out() {
+        for action in [
+            WatchdogAction::Reset,
+            WatchdogAction::Poweroff,
+            WatchdogAction::InjectNmi,
+            WatchdogAction::None,
+        ] {
+            let mut cfg = config(RunStrategy::Once, action);
+            cfg.run_for = Some(Duration::from_millis(200));
+            let started = Instant::now();
+            let (_, events, _) = run_fake(cfg, ARMED);
+            let elapsed = started.elapsed();
+            let late: Vec<u64> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Watchdog { late_us, .. } => Some(late_us.expect("late_ms is filled in")),
+                    _ => None,
+                })
+                .collect();
+            assert!(!late.is_empty(), "{action}: {events:?}");
+            // Never later than the whole run; a fake VM carries its actions out at once.
+            let bound = u64::try_from(elapsed.as_micros()).unwrap();
+            assert!(late.iter().all(|&us| us < bound), "{action}: {late:?}");
+            // The event still comes before what the action caused.
+            let first = |f: &dyn Fn(&Event) -> bool| events.iter().position(f);
+            let fired = first(&|e| matches!(e, Event::Watchdog { .. })).unwrap();
+            let after = match action {
+                WatchdogAction::Reset => first(&|e| matches!(e, Event::Started { boot: 2 })),
+                WatchdogAction::Poweroff => first(&|e| matches!(e, Event::Stopped { .. })),
+                _ => first(
+                    &|e| matches!(e, Event::Console { line } if line == "guest: NMI received"),
+                )
+                .or(Some(usize::MAX)),
+            }
+            .unwrap();
+            assert!(fired < after, "{action}: {events:?}");
+        }
+    }
+
+    #[test]
+    fn the_lateness_histogram_follows_the_watchdog_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut cfg = config(RunStrategy::Always, WatchdogAction::Reset);
+        cfg.ops.api_socket = Some(socket.clone());
+        cfg.run_for = Some(Duration::from_secs(4));
+        let client = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(3);
+            loop {
+                if let Ok(_s) = UnixStream::connect(&socket) {
+                    let (_, status) = http(&socket, "GET", "/status");
+                    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+                    if v["boots"].as_u64().unwrap_or(0) >= 3 {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < end, "no resets");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let (_, metrics) = http(&socket, "GET", "/metrics");
+            let (code, _) = http(&socket, "PUT", "/vm/stop");
+            assert_eq!(code, 204);
+            metrics
+        });
+        let (_, events, _) = run_fake(cfg, ARMED);
+        let metrics = client.join().unwrap();
+        let count = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("vmpulse_watchdog_action_lateness_seconds_count")
+                    && l.contains("action=\"reset\"")
+            })
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.parse::<f64>().unwrap())
+            .unwrap_or_else(|| panic!("no lateness histogram: {metrics}"));
+        assert!(count >= 2.0, "{metrics}");
+        let fired = events
+            .iter()
+            .filter(|e| matches!(e, Event::Watchdog { .. }))
+            .count();
+        assert!(count <= fired as f64);
     }
 
     #[test]
