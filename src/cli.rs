@@ -388,6 +388,7 @@ pub fn settings(
             kick_every,
             hang_after,
             ignore_shutdown,
+            stage_timeout: None,
         },
         max_restarts,
         run_for,

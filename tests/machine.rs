@@ -36,6 +36,7 @@ fn opts(timeout_secs: u32, kick_ms: u64, hang_ms: Option<u64>) -> GuestOptions {
         kick_every: Duration::from_millis(kick_ms),
         hang_after: hang_ms.map(Duration::from_millis),
         ignore_shutdown: false,
+        stage_timeout: None,
     }
 }
 

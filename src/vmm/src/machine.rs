@@ -49,6 +49,7 @@
 //!         kick_every: Duration::from_secs(1),
 //!         hang_after: None,
 //!         ignore_shutdown: false,
+//!         stage_timeout: None,
 //!     },
 //!     agent_serial: None,
 //! };
