@@ -62,6 +62,7 @@ use super::controller::{Command, Controller, ControllerConfig, Input, Phase, Pro
 use super::events::{Event, EventSink, FinalPhase};
 use super::machine::{Machine, MachineEvent, SharedEsb};
 use super::router::ApiAction;
+use super::sched;
 use super::status::{RunStatus, StatusDoc, WatchdogLive};
 use super::strategy::{exit_code, Ending};
 use vmpulse_manifest::{LivenessAction, RunStrategy};
@@ -174,6 +175,10 @@ pub struct RunConfig {
     pub handle_signals: bool,
     /// The API socket, the metrics listener and `--exit-code-from-phase`.
     pub ops: OpsConfig,
+    /// `--realtime-priority`: run the loop's thread, and so the vCPU threads it starts,
+    /// under `SCHED_FIFO` at this priority (1-99) for the run (see [`crate::sched`]).
+    /// `None`: the caller's policy, unchanged.
+    pub realtime_priority: Option<u8>,
 }
 
 pub use super::controller::Outcome;
@@ -597,6 +602,30 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
     }
 
     fn run(mut self) -> Outcome {
+        let previous = self
+            .cfg
+            .realtime_priority
+            .and_then(|priority| match sched::realtime(priority) {
+                Ok(previous) => Some(previous),
+                Err(e) => {
+                    self.out.emit(Event::Info {
+                        message: format!(
+                            "cannot run at real-time priority {priority} ({e}): the run goes on at normal priority"
+                        ),
+                    });
+                    None
+                }
+            });
+        let outcome = self.run_loop();
+        if let Some(previous) = previous {
+            if let Err(e) = sched::restore(previous) {
+                log::warn!("cannot restore the thread's scheduling policy: {e}");
+            }
+        }
+        outcome
+    }
+
+    fn run_loop(mut self) -> Outcome {
         self.run_started = Instant::now();
         self.ctl.begin(Duration::ZERO);
         self.drive();
@@ -1238,6 +1267,7 @@ mod tests {
             backoff: Duration::from_millis(10),
             handle_signals: false,
             ops: OpsConfig::default(),
+            realtime_priority: None,
         }
     }
 

@@ -1593,6 +1593,7 @@ fn from_run_config_takes_what_the_controller_needs() {
         backoff: Duration::from_secs(2),
         handle_signals: true,
         ops: Default::default(),
+        realtime_priority: None,
     };
     assert_eq!(
         ControllerConfig::from_run_config(&cfg),
