@@ -600,7 +600,8 @@ pub struct Machine {
     paused: bool,
     stopped: bool,
     // Keeps the VM alive as long as the machine (the vCPU thread holds a clone).
-    _vm: Arc<VmFd>,
+    /// Taken by `Drop`, which closes it on a thread of its own.
+    vm: Option<Arc<VmFd>>,
 }
 
 impl Machine {
@@ -768,7 +769,7 @@ impl Machine {
             agent,
             paused: false,
             stopped: false,
-            _vm: vm,
+            vm: Some(vm),
         })
     }
 
@@ -983,5 +984,21 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         self.stop();
+        // Closing the last fd of a KVM VM tears it down in the kernel: about 15 ms on a
+        // nested KVM, which would hold up the owner's event loop after every poweroff
+        // (and count in the poweroff's lateness). The vCPU thread is gone, so this is the
+        // last reference: close it on a thread of its own, at normal priority.
+        if let Some(vm) = self.vm.take() {
+            let released = std::thread::Builder::new()
+                .name("vmpulse-vm-release".into())
+                .spawn(move || {
+                    let _ = super::sched::normal();
+                    drop(vm);
+                });
+            if let Err(e) = released {
+                // No thread (the VM was closed here, on the error path).
+                log::debug!("machine: cannot release the VM on a thread: {e}");
+            }
+        }
     }
 }
