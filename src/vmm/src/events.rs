@@ -27,12 +27,13 @@
 //! # `late_ms`: how late the watchdog's action was
 //!
 //! The i6300esb fixes each stage-2 deadline when the stage begins, in the nanoseconds of the
-//! VMM's monotonic clock. `late_ms` runs from that deadline to the moment the action's
-//! command returned in the run loop: `poweroff` once the vCPU thread has ended, `reset` once
-//! the vCPU thread has reloaded the machine, `inject-nmi` once the vCPU thread has issued
-//! `KVM_NMI`, `shutdown` once the power button is pressed, `pause` once the vCPU is parked;
-//! for `none` and `debug`, once the run loop has handled the expiry. It therefore covers the
-//! timerfd's wake-up, whatever else the loop was doing, and the vCPU's kick out of `KVM_RUN`.
+//! VMM's monotonic clock. `late_ms` runs from that deadline to the moment the action took
+//! effect: `poweroff` when the vCPU thread has ended, `reset` when the vCPU thread has
+//! reloaded the machine, `inject-nmi` when the vCPU thread has issued `KVM_NMI`, `pause` when
+//! the vCPU is parked (each as the vCPU thread stamps it, not when the run loop hears of it),
+//! `shutdown` when the power button is pressed; for `none` and `debug`, when the run loop
+//! has handled the expiry. It therefore covers the timerfd's wake-up, whatever else the loop
+//! was doing, the vCPU's kick out of `KVM_RUN` and the vCPU's work.
 //! The `watchdog` event is written after the action (its `time_ms` is still the instant the
 //! loop took the expiry), so it never comes after the events the action caused: the order
 //! stays `watchdog`, then `ready`/`stopped`/`started`. The same figure feeds the metric

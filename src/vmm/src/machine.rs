@@ -207,6 +207,8 @@ struct Requests {
     /// NMIs asked for so far, and those the vCPU thread has handed to KVM.
     nmi_requested: u64,
     nmi_done: u64,
+    /// When the vCPU thread last carried out a request (reset, NMI, pause, stop).
+    done_at: Option<Instant>,
     exited: bool,
 }
 
@@ -449,7 +451,7 @@ impl Vcpu {
                             .push(MachineEvent::Error(format!("reset: {e}")));
                     }
                 }
-                control.cond.notify_all();
+                r = Self::confirm(&control, r);
                 continue;
             }
             if r.nmi > 0 {
@@ -461,13 +463,13 @@ impl Vcpu {
                 }
                 r = control.lock();
                 r.nmi_done = target;
-                control.cond.notify_all();
+                r = Self::confirm(&control, r);
                 continue;
             }
             if r.pause || r.halted {
                 if !r.parked {
                     r.parked = true;
-                    control.cond.notify_all();
+                    r = Self::confirm(&control, r);
                 }
                 r = control.cond.wait(r).unwrap_or_else(|e| e.into_inner());
                 continue;
@@ -480,6 +482,17 @@ impl Vcpu {
             }
             return true;
         }
+    }
+
+    /// Tell the owner a request is done, and when ([`Machine::last_done`]): the owner's
+    /// own wake-up comes later, by as much as a scheduler slice on busy cores.
+    fn confirm<'c>(
+        control: &'c Control,
+        mut r: MutexGuard<'c, Requests>,
+    ) -> MutexGuard<'c, Requests> {
+        r.done_at = Some(Instant::now());
+        control.cond.notify_all();
+        r
     }
 
     /// After a pause: reload the PIT with its own state, which restarts the current
@@ -565,7 +578,7 @@ impl Vcpu {
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
         let mut r = self.control.lock();
         r.exited = true;
-        self.control.cond.notify_all();
+        let _r = Self::confirm(&self.control, r);
     }
 }
 
@@ -933,6 +946,15 @@ impl Machine {
             agent.stop(port);
         }
         self.agent = None;
+    }
+
+    /// When the vCPU thread last carried out one of the owner's requests: the reload of
+    /// [`Machine::reset`], the `KVM_NMI` of [`Machine::inject_nmi`], the parking of
+    /// [`Machine::pause`], the end of the thread for [`Machine::stop`]. Those calls return
+    /// once the owner's thread has heard of it, which on busy cores can be a scheduler
+    /// slice later; this is when the VM was actually reset, interrupted, paused or stopped.
+    pub fn last_done(&self) -> Option<Instant> {
+        self.control.lock().done_at
     }
 
     /// How many times the guest has been started.

@@ -90,6 +90,12 @@ pub trait Vm {
     fn inject_nmi(&mut self) -> Result<(), String>;
     /// Power off; idempotent.
     fn stop(&mut self);
+    /// When the VM last carried out a request of the calls above (see
+    /// [`Machine::last_done`]), if it knows better than the return of the call; the
+    /// lateness of a watchdog action is measured to it.
+    fn last_done(&self) -> Option<Instant> {
+        None
+    }
 }
 
 impl Vm for Machine {
@@ -119,6 +125,9 @@ impl Vm for Machine {
     }
     fn stop(&mut self) {
         Machine::stop(self)
+    }
+    fn last_done(&self) -> Option<Instant> {
+        Machine::last_done(self)
     }
 }
 
@@ -400,6 +409,8 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     expiry_deadline: Option<u64>,
     /// How late that action was carried out.
     expiry_late: Option<Duration>,
+    /// When the last VM stopped ([`Vm::last_done`] before it was released).
+    stopped_at: Option<Instant>,
     /// Armed at the controller's next deadline.
     timer: TimerFd,
     /// What `timer` is armed for (time since the run started).
@@ -577,6 +588,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             clock,
             expiry_deadline: None,
             expiry_late: None,
+            stopped_at: None,
             timer,
             timer_at: None,
             probes_due: false,
@@ -705,7 +717,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             self.drive();
             // An action without a command of its own (`none`, `debug`) is carried out
             // once handled.
-            self.action_done();
+            self.action_done(None);
             let late = self.expiry_late.take();
             self.out.release(late);
         }
@@ -789,10 +801,15 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         }
     }
 
-    /// A watchdog expiry's action has been carried out (or failed): its lateness is now.
-    fn action_done(&mut self) {
+    /// A watchdog expiry's action has been carried out (or failed), at `done` if the VM
+    /// said when, else now: its lateness is known.
+    fn action_done(&mut self, done: Option<Instant>) {
         if let Some(deadline) = self.expiry_deadline.take() {
-            let late = self.clock.now_ns().saturating_sub(deadline);
+            let now = self.clock.now_ns();
+            let ago = done.map_or(0, |t| {
+                u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+            });
+            let late = now.saturating_sub(ago).saturating_sub(deadline);
             self.expiry_late = Some(Duration::from_nanos(late));
         }
     }
@@ -807,9 +824,19 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 | Command::PowerButton
                 | Command::InjectNmi
         );
+        let issued = Instant::now();
+        let stop = command == Command::Stop;
         let result = self.carry_out(command);
         if action {
-            self.action_done();
+            // When the VM itself says it was done (the vCPU thread's confirmation, which
+            // the loop hears of later), as long as it belongs to this command.
+            let done = if stop {
+                self.stopped_at.take()
+            } else {
+                self.vm.as_ref().and_then(|vm| vm.last_done())
+            }
+            .filter(|t| *t >= issued);
+            self.action_done(done);
         }
         result
     }
@@ -972,6 +999,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
     fn stop_vm(&mut self) {
         if let Some(mut vm) = self.take_vm() {
             vm.stop();
+            self.stopped_at = vm.last_done();
         }
         // The device is powered off with the VM: no expiry may follow the stop (a
         // power-on reset drops those not yet polled; the queue holds those polled).
@@ -1122,6 +1150,9 @@ mod tests {
         reset_at_first_boot: bool,
         /// `start` fails.
         fail_start: bool,
+        /// `reset` says it was done (`last_done`), then takes 50 ms more to return, as an
+        /// owner woken late would.
+        slow_confirm: bool,
     }
 
     #[derive(Default)]
@@ -1137,6 +1168,7 @@ mod tests {
         script: Script,
         log: Rc<RefCell<Log>>,
         reset_asked: bool,
+        done_at: Option<Instant>,
     }
 
     impl FakeVm {
@@ -1205,7 +1237,14 @@ mod tests {
             self.log.borrow_mut().calls.push("reset");
             self.esb.lock().unwrap().warm_reset();
             self.boot();
+            if self.script.slow_confirm {
+                self.done_at = Some(Instant::now());
+                std::thread::sleep(Duration::from_millis(50));
+            }
             Ok(())
+        }
+        fn last_done(&self) -> Option<Instant> {
+            self.done_at
         }
         fn power_button(&mut self) {
             self.log.borrow_mut().calls.push("power_button");
@@ -1247,6 +1286,7 @@ mod tests {
                 script: self.script,
                 log: self.log.clone(),
                 reset_asked: false,
+                done_at: None,
             }))
         }
     }
@@ -1316,6 +1356,7 @@ mod tests {
         error_at_boot: false,
         reset_at_first_boot: false,
         fail_start: false,
+        slow_confirm: false,
     };
 
     #[test]
@@ -1546,6 +1587,29 @@ mod tests {
             .unwrap();
             assert!(fired < after, "{action}: {events:?}");
         }
+    }
+
+    #[test]
+    fn lateness_runs_to_when_the_vm_says_the_action_was_done() {
+        let mut cfg = config(RunStrategy::Once, WatchdogAction::Reset);
+        cfg.run_for = Some(Duration::from_millis(150));
+        let script = Script {
+            slow_confirm: true,
+            ..ARMED
+        };
+        let (_, events, _) = run_fake(cfg, script);
+        let late: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Watchdog { late_us, .. } => *late_us,
+                _ => None,
+            })
+            .collect();
+        assert!(!late.is_empty(), "{events:?}");
+        // The reset returned 50 ms after it was done: none of that is the first expiry's
+        // lateness. (The next expiries come due while the loop sleeps in that reset, so
+        // their lateness is real.)
+        assert!(late[0] < 40_000, "{late:?}");
     }
 
     #[test]
