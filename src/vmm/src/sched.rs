@@ -1,15 +1,15 @@
 //! Real-time scheduling for the threads on the watchdog's path, on request
 //! (`vmpulse run --realtime-priority N`, [`crate::runner::RunConfig::realtime_priority`]).
 //!
-//! Carrying out a watchdog action takes three wake-ups: the event loop on its timerfd,
-//! the vCPU thread kicked out of `KVM_RUN`, and the loop again when the vCPU thread
-//! confirms. While other work keeps every core busy, Linux's fair scheduler (EEVDF) lets
-//! the running task finish its slice before a woken normal task runs, about 0.7 ms ×
-//! (1 + log2 CPUs) per wake-up, so a few expiries in a hundred are carried out 2-5 ms
-//! late however quick the VMM's own code is. A bare timerfd on an idle epoll loop
-//! fares no better (docs/PERFORMANCE.md §7). Neither a shorter slice (`sched_setattr`
-//! with `sched_runtime`) nor a lower nice value changed that on the measured machine;
-//! `SCHED_FIFO` did.
+//! Carrying out a watchdog action takes two wake-ups before it takes effect: the event
+//! loop on its timerfd, then the vCPU thread kicked out of `KVM_RUN` (and a third, the loop
+//! again on the vCPU's confirmation). While other work keeps every core busy, Linux's fair
+//! scheduler (EEVDF) lets the running task finish its slice before a woken normal task
+//! runs, about 0.7 ms × (1 + log2 CPUs) per wake-up, so a few expiries in a hundred are
+//! carried out 2-7 ms late however quick the VMM's own code is; a bare timerfd on an idle
+//! epoll loop fares no better (docs/PERFORMANCE.md §7). Neither a shorter slice
+//! (`sched_setattr` with `sched_runtime`) nor a lower nice value changed that on the
+//! measured machine; `SCHED_FIFO` did.
 //!
 //! So the run loop can switch its thread to `SCHED_FIFO` at a given priority for the
 //! run. Threads inherit their creator's policy, so the vCPU thread started from the
