@@ -20,6 +20,10 @@
 //! measured on the same clock. That is the floor of the loop's wake-up alone; each figure
 //! is reported as a ratio against it.
 //!
+//! The last column, for `reset`: from the loop taking the expiry to its reset call
+//! returning (the `started` event), i.e. how long the loop itself was held; `late_ms` stops
+//! earlier, at the vCPU thread's confirmation.
+//!
 //! Environment: `EXPIRY_BENCH_N` (expiries per configuration; 200 under `cargo bench`, 20
 //! in the `cargo test --benches` smoke run), `EXPIRY_BENCH_STAGE_MS` (per stage, default
 //! 2), `EXPIRY_BENCH_PROBES` (default 1000), `EXPIRY_BENCH_CASES` (a comma-separated
@@ -93,6 +97,10 @@ impl VmFactory for KvmFactory {
 /// Records `late_ms` of each `watchdog` event; says once when it has `want` of them.
 struct Recorder {
     late_us: Vec<u64>,
+    /// When the loop took the last expiry (the `watchdog` event's instant).
+    fired_at: Option<Instant>,
+    /// From the loop taking an expiry to its `reset` call returning (the next `started`).
+    resumed_us: Vec<u64>,
     probes: u64,
     errors: Vec<String>,
     want: usize,
@@ -100,6 +108,20 @@ struct Recorder {
 }
 
 impl EventSink for Recorder {
+    fn emit_at(&mut self, at: Instant, event: Event) {
+        match &event {
+            Event::Watchdog { .. } => self.fired_at = Some(at),
+            Event::Started { .. } => {
+                if let Some(fired) = self.fired_at.take() {
+                    let us = at.saturating_duration_since(fired).as_micros();
+                    self.resumed_us.push(u64::try_from(us).unwrap_or(u64::MAX));
+                }
+            }
+            _ => {}
+        }
+        self.emit(event);
+    }
+
     fn emit(&mut self, event: Event) {
         match event {
             Event::Watchdog { late_us, .. } => {
@@ -268,6 +290,8 @@ struct Case {
 
 struct Outcome {
     figures: Figures,
+    /// For `reset`: how long the loop was held by the reset call.
+    resumed: Option<Figures>,
     seconds: f64,
     probe_attempts: u64,
 }
@@ -322,6 +346,8 @@ fn run_case(case: &Case, n: usize, stage: Duration, server: &Server) -> Outcome 
     let stopper = stop_when_done(socket, rx);
     let mut sink = Recorder {
         late_us: Vec::with_capacity(n),
+        fired_at: None,
+        resumed_us: Vec::with_capacity(n),
         probes: 0,
         errors: Vec::new(),
         want: n,
@@ -346,6 +372,8 @@ fn run_case(case: &Case, n: usize, stage: Duration, server: &Server) -> Outcome 
         sink.late_us.len()
     );
     Outcome {
+        resumed: (case.action == WatchdogAction::Reset && !sink.resumed_us.is_empty())
+            .then(|| Figures::of(sink.resumed_us)),
         figures: Figures::of(sink.late_us),
         seconds,
         probe_attempts: sink.probes,
@@ -386,8 +414,8 @@ fn main() {
         stage.as_millis(),
         load_average()
     );
-    println!("| action | probes | priority | expiries | p50 | p99 | max | baseline p50 / p99 / max | ratio p50 / p99 / max | probe attempts/s |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| action | probes | priority | expiries | p50 | p99 | max | baseline p50 / p99 / max | ratio p50 / p99 / max | probe attempts/s | loop held p50 / p99 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let only = std::env::var("EXPIRY_BENCH_CASES").unwrap_or_default();
     for case in cases
         .iter()
@@ -409,7 +437,7 @@ fn main() {
         let got = run_case(case, n, stage, &server);
         let f = &got.figures;
         println!(
-            "| {} | {} | {priority} | {} | {} | {} | {} | {} / {} / {} | {} / {} / {} | {:.0} |",
+            "| {} | {} | {priority} | {} | {} | {} | {} | {} / {} / {} | {} / {} / {} | {:.0} | {} |",
             case.name,
             case.probes,
             f.n,
@@ -423,6 +451,9 @@ fn main() {
             ratio(f.p99, floor.p99),
             ratio(f.max, floor.max),
             got.probe_attempts as f64 / got.seconds,
+            got.resumed
+                .as_ref()
+                .map_or("—".to_string(), |r| format!("{} / {}", ms(r.p50), ms(r.p99))),
         );
     }
     println!("load average at the end: {}", load_average());
