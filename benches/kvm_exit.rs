@@ -94,6 +94,7 @@ fn kvm_run(sz: &Sizes) -> (f64, f64) {
             kick_every: Duration::from_secs(1),
             hang_after: None,
             ignore_shutdown: false,
+            stage_timeout: None,
         },
         agent_serial: None,
     };

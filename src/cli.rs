@@ -150,6 +150,12 @@ pub struct RunArgs {
     /// not restarted, or --max-restarts reached after failures).
     #[arg(long)]
     pub exit_code_from_phase: bool,
+    /// Run the event loop and the vCPU thread under SCHED_FIFO at this priority (1-99), so
+    /// that watchdog actions are carried out on time even while other work keeps every core
+    /// busy. Needs CAP_SYS_NICE (or RLIMIT_RTPRIO); a guest that spins then holds its core
+    /// at real-time priority. Default: the normal policy.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub realtime_priority: Option<u8>,
 }
 
 /// Resolve `--metrics-addr HOST:PORT` to one socket address.
@@ -388,6 +394,7 @@ pub fn settings(
             kick_every,
             hang_after,
             ignore_shutdown,
+            stage_timeout: None,
         },
         max_restarts,
         run_for,
@@ -474,6 +481,7 @@ impl RunArgs {
             metrics_addr: None,
             events_file: None,
             exit_code_from_phase: false,
+            realtime_priority: None,
         }
     }
 }
@@ -652,6 +660,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         backoff: settings.backoff,
         handle_signals: true,
         ops,
+        realtime_priority: args.realtime_priority,
     };
     let mut factory = KvmFactory {
         memory_bytes: memory.bytes,

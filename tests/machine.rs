@@ -36,6 +36,7 @@ fn opts(timeout_secs: u32, kick_ms: u64, hang_ms: Option<u64>) -> GuestOptions {
         kick_every: Duration::from_millis(kick_ms),
         hang_after: hang_ms.map(Duration::from_millis),
         ignore_shutdown: false,
+        stage_timeout: None,
     }
 }
 
@@ -309,7 +310,15 @@ fn hang_fires_the_watchdog_and_reset_reports_it_body() {
     assert!(vm.esb.lock().unwrap().watchdog().timeout_flag());
 
     // The action: a warm reset. The guest boots again and reads the flag.
+    let asked = Instant::now();
     vm.m.reset().unwrap();
+    let returned = Instant::now();
+    // The vCPU thread says when it reloaded the machine: after the request, before the
+    // call returned.
+    let done =
+        vm.m.last_done()
+            .expect("a reset is confirmed with its instant");
+    assert!(asked <= done && done <= returned);
     assert_eq!(vm.m.boot_count(), 2);
     let start = vm.mark();
     vm.expect_line(BOOT, "guest: watchdog armed, timeout=1 s");

@@ -3,7 +3,24 @@
 
 mod run_util;
 
-use run_util::{kvm_or_skip, run_fast_guest, Vm};
+use run_util::{kvm_or_skip, run_fast_guest, Run, Vm};
+
+/// Every `watchdog` event says how late its action was carried out: a number of
+/// milliseconds, at least 0, and far below a second even on a loaded CI machine.
+fn assert_late_ms(r: &Run) {
+    let events = r.of("watchdog");
+    assert!(!events.is_empty(), "{}", r.dump());
+    for e in events {
+        let late = e["late_ms"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no late_ms in {e}: {}", r.dump()));
+        assert!(
+            (0.0..1000.0).contains(&late),
+            "late_ms {late}: {}",
+            r.dump()
+        );
+    }
+}
 
 #[test]
 fn poweroff_stops_the_vm_and_once_ends_the_run() {
@@ -22,6 +39,7 @@ fn poweroff_stops_the_vm_and_once_ends_the_run() {
     assert_eq!(wd[0]["device"], "mywatchdog");
     let stopped = r.of("stopped");
     assert_eq!(stopped[0]["trigger"], "watchdog");
+    assert_late_ms(&r);
     let console = r.console();
     assert!(
         console.iter().any(|l| l.starts_with("guest: kick")),
@@ -67,6 +85,35 @@ fn reset_reboots_and_the_second_boot_reports_the_watchdog() {
         .any(|l| l.starts_with("guest: bootstatus=0x20")));
     assert!(r.of("stopped").iter().all(|e| e["reason"] == "runtime"));
     assert_eq!(r.code, Some(0), "{}", r.dump());
+    assert_late_ms(&r);
+}
+
+#[test]
+fn a_real_time_run_carries_out_the_action_or_says_why_it_could_not() {
+    if !kvm_or_skip("a_real_time_run_carries_out_the_action_or_says_why_it_could_not") {
+        return;
+    }
+    let r = run_fast_guest(
+        &Vm::with("Once", "poweroff"),
+        &["--run-for", "40s", "--realtime-priority", "1"],
+    );
+    r.assert_story(&[
+        "started 1",
+        "watchdog poweroff",
+        "stopped watchdog",
+        "finished 0",
+    ]);
+    assert_late_ms(&r);
+    // Without CAP_SYS_NICE the run goes on at normal priority, with a note.
+    let refused = r.of("info").iter().any(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cannot run at real-time priority 1"))
+    });
+    if refused {
+        eprintln!("note: SCHED_FIFO was refused here; the run went on at normal priority");
+    }
+    assert_eq!(r.code, Some(0), "{}", r.dump());
 }
 
 #[test]
@@ -90,6 +137,7 @@ fn shutdown_is_graceful_when_the_guest_honours_it() {
     ]);
     let stopped = r.of("stopped");
     assert_eq!(stopped[0]["forced"], false, "{}", r.dump());
+    assert_late_ms(&r);
     assert_eq!(stopped[0]["trigger"], "watchdog");
     assert!(r
         .console()
@@ -147,6 +195,7 @@ fn inject_nmi_reaches_the_guest() {
     );
     // The VM kept running: a single boot.
     assert_eq!(r.of("started").len(), 1);
+    assert_late_ms(&r);
     assert_eq!(r.code, Some(0));
 }
 

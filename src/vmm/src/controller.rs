@@ -689,9 +689,11 @@ impl Controller {
             .watchdog_name
             .clone()
             .unwrap_or_else(|| "(none in the manifest)".to_string());
+        // No clock here: the shell fills in `late_us` once it has carried out the action.
         self.emit(Event::Watchdog {
             action: expiry.action.name().to_string(),
             device,
+            late_us: None,
         });
         self.carry_out(Trigger::Watchdog(expiry.action));
     }

@@ -10,7 +10,7 @@
 //! | `info` | `message` (notes before the start: ignored manifest fields, clamped memory, …) |
 //! | `started` | `boot` (1, 2, … at every boot, warm resets included) |
 //! | `console` | `line` (one line the guest printed on COM1) |
-//! | `watchdog` | `action`, `device` (the watchdog's name from the manifest) |
+//! | `watchdog` | `action`, `device` (the watchdog's name from the manifest), `late_ms` (a float, microsecond precision: how long after the device's stage-2 deadline the action was carried out; see below) |
 //! | `liveness` | `action` (`stop`, `reset`, `shutdown`), `message`: the liveness probe failed |
 //! | `stopped` | `reason` (`watchdog`, `liveness`, `guest`, `shutdown`, `runtime`, `error`, `signal`, `api`), optional `trigger` (`watchdog`, `liveness`, `api`) and `forced` (shutdowns only) |
 //! | `restart` | `count` (1, 2, …), `delay_ms` (the back-off before the new VM starts; emitted when the restart is decided) |
@@ -23,6 +23,23 @@
 //! Absent optional fields are left out, never `null` — with one exception: a `probe`
 //! event always has `address`, `null` for exec and guest-agent probes (which have none),
 //! so that scripts can rely on the field.
+//!
+//! # `late_ms`: how late the watchdog's action was
+//!
+//! The i6300esb fixes each stage-2 deadline when the stage begins, in the nanoseconds of the
+//! VMM's monotonic clock. `late_ms` runs from that deadline to the moment the action took
+//! effect: `poweroff` when the vCPU thread has ended, `reset` when the vCPU thread has
+//! reloaded the machine, `inject-nmi` when the vCPU thread has issued `KVM_NMI`, `pause` when
+//! the vCPU is parked (each as the vCPU thread stamps it, not when the run loop hears of it),
+//! `shutdown` when the power button is pressed; for `none` and `debug`, when the run loop
+//! has handled the expiry. It therefore covers the timerfd's wake-up, whatever else the loop
+//! was doing, the vCPU's kick out of `KVM_RUN` and the vCPU's work.
+//! The `watchdog` event is written after the action (its `time_ms` is still the instant the
+//! loop took the expiry), so it never comes after the events the action caused: the order
+//! stays `watchdog`, then `ready`/`stopped`/`started`. The same figure feeds the metric
+//! `vmpulse_watchdog_action_lateness_seconds`. Every `watchdog` event from `vmpulse run` has
+//! the field; a [`crate::controller::Controller`] used on its own leaves it out, since it
+//! has no clock.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -105,6 +122,15 @@ pub enum Event {
         action: String,
         /// The watchdog's name in the manifest.
         device: String,
+        /// How long after the device's deadline the action was carried out, in
+        /// microseconds (JSON: `late_ms`, a float); filled in by the runner, `None` (left
+        /// out) from a controller alone.
+        #[serde(
+            rename = "late_ms",
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "opt_micros_as_millis"
+        )]
+        late_us: Option<u64>,
     },
     /// The liveness probe failed (threshold reached).
     Liveness {
@@ -187,9 +213,18 @@ impl Event {
             Event::Info { message } => format!("note: {message}"),
             Event::Started { boot } => format!("VM started (boot {boot})"),
             Event::Console { line } => format!("guest | {line}"),
-            Event::Watchdog { action, device } => {
-                format!("watchdog {device:?} fired: action {action}")
-            }
+            Event::Watchdog {
+                action,
+                device,
+                late_us,
+            } => match late_us {
+                Some(us) => format!(
+                    "watchdog {device:?} fired: action {action}, carried out {}.{:03} ms after the deadline",
+                    us / 1000,
+                    us % 1000
+                ),
+                None => format!("watchdog {device:?} fired: action {action}"),
+            },
             Event::Liveness {
                 action,
                 message,
@@ -372,6 +407,13 @@ impl Summary {
 fn micros_as_millis<S: Serializer>(us: &u64, s: S) -> Result<S::Ok, S::Error> {
     // Exact to the microsecond: the float is the integer count of microseconds over 1000.
     s.serialize_f64(*us as f64 / 1000.0)
+}
+
+fn opt_micros_as_millis<S: Serializer>(us: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match us {
+        Some(us) => micros_as_millis(us, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn capitalized(word: &str) -> String {
@@ -694,10 +736,24 @@ mod tests {
         let v = json(&Event::Watchdog {
             action: "reset".into(),
             device: "mywatchdog".into(),
+            late_us: None,
         });
         assert_eq!(
             v,
             serde_json::json!({"time_ms": 1234, "type": "watchdog", "action": "reset", "device": "mywatchdog"})
+        );
+        let late = Event::Watchdog {
+            action: "reset".into(),
+            device: "mywatchdog".into(),
+            late_us: Some(1_234),
+        };
+        assert_eq!(
+            json(&late),
+            serde_json::json!({"time_ms": 1234, "type": "watchdog", "action": "reset", "device": "mywatchdog", "late_ms": 1.234})
+        );
+        assert_eq!(
+            late.human(),
+            "watchdog \"mywatchdog\" fired: action reset, carried out 1.234 ms after the deadline"
         );
         let v = json(&Event::Stopped {
             reason: StopReason::Shutdown,

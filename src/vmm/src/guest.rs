@@ -35,7 +35,9 @@
 //!
 //! Console lines (COM1), in order: `guest: boot`, `guest: found i6300esb at
 //! 00:04.0 bar0=0xfebf0000`, `guest: bootstatus=0` or `guest: bootstatus=0x20
-//! (previous reset caused by the watchdog)`, `guest: watchdog armed, timeout=T s`,
+//! (previous reset caused by the watchdog)`, `guest: watchdog armed, timeout=T s` (or
+//! `timeout=N us per stage` with [`GuestOptions::stage_timeout`], which selects the 1 MHz
+//! prescaler),
 //! then `guest: kick N` lines, `guest: hanging (no more kicks)`, and on events
 //! `guest: power button pressed, powering off` / `..., ignored` and
 //! `guest: NMI received`.
@@ -130,6 +132,12 @@ const CFG_WDT_CONFIG: u32 = 0x60;
 const CFG_WDT_LOCK: u32 = 0x68;
 const CMD_MEMORY: i32 = 0x0002;
 const WDT_CONFIG_LINUX: i32 = 0x0003;
+/// Config bit 2, WDT_PRE_SEL: count the preloads at the 1 MHz prescaler.
+const WDT_PRE_SEL: i32 = 0x0004;
+/// One preload unit at the 1 MHz prescaler (QEMU's 2^5 clocks of 30 ns).
+const UNIT_1MHZ_NS: u128 = 960;
+/// The device's preloads are 20 bits.
+const MAX_PRELOAD: u32 = 0xF_FFFF;
 const WDT_ENABLE: i32 = 0x02;
 const BAR_PRELOAD1: i32 = 0x00;
 const BAR_PRELOAD2: i32 = 0x04;
@@ -588,10 +596,27 @@ impl Frame {
     }
 }
 
+/// The preload that makes a stage last `d` at the 1 MHz prescaler: whole 960 ns units,
+/// rounded up, within the device's 20 bits.
+pub fn stage_units(d: Duration) -> u32 {
+    let units = d.as_nanos().div_ceil(UNIT_1MHZ_NS);
+    u32::try_from(units)
+        .unwrap_or(MAX_PRELOAD)
+        .clamp(1, MAX_PRELOAD)
+}
+
 /// The watchdog test guest with `opts` baked in.
 pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
     let timeout = opts.timeout_secs.clamp(1, MAX_TIMEOUT_SECS);
-    let preload = (timeout << 9) as i32;
+    // What the guest writes at 0x60 and into both preloads, and the figure it prints.
+    let (config, preload, shown) = match opts.stage_timeout {
+        Some(d) => {
+            let units = stage_units(d);
+            let us = u64::from(units) * UNIT_1MHZ_NS as u64 / 1000;
+            (WDT_CONFIG_LINUX | WDT_PRE_SEL, units as i32, us as i32)
+        }
+        None => (WDT_CONFIG_LINUX, (timeout << 9) as i32, timeout as i32),
+    };
     let hz = tick_hz(opts);
     let kick_ticks = ticks(opts.kick_every, 1, hz) as i32;
     let hang_ticks = opts.hang_after.map(|d| ticks(d, 0, hz) as i32);
@@ -603,7 +628,11 @@ pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
         .add("guest: bootstatus=0x20 (previous reset caused by the watchdog)\n");
     let bs_zero = f.strings.add("guest: bootstatus=0\n");
     let armed = f.strings.add("guest: watchdog armed, timeout=");
-    let seconds = f.strings.add(" s\n");
+    let unit = f.strings.add(if opts.stage_timeout.is_some() {
+        " us per stage\n"
+    } else {
+        " s\n"
+    });
     let kick = f.strings.add("guest: kick ");
     let nl = f.strings.add("\n");
     let hanging = f.strings.add("guest: hanging (no more kicks)\n");
@@ -619,7 +648,7 @@ pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
     // The Linux driver's probe, register by register.
     let asm = &mut f.asm;
     asm.cfg_select(CFG_WDT_CONFIG)?;
-    asm.a.mov(ax, WDT_CONFIG_LINUX)?;
+    asm.a.mov(ax, config)?;
     asm.a.out(dx, ax)?;
     asm.cfg_select(CFG_WDT_LOCK)?;
     asm.a.in_(al, dx)?;
@@ -653,9 +682,9 @@ pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
     asm.print(bs_zero)?;
     asm.a.set_label(&mut bs_done)?;
     asm.print(armed)?;
-    asm.a.mov(eax, timeout as i32)?;
+    asm.a.mov(eax, shown)?;
     asm.a.call(asm.print_dec)?;
-    asm.print(seconds)?;
+    asm.print(unit)?;
 
     // The daemon: sleep until the next tick, then see what is due.
     asm.a.mov(dword_ptr(VAR_NEXT_KICK), kick_ticks)?;
@@ -966,6 +995,7 @@ mod tests {
             kick_every: Duration::from_secs(1),
             hang_after: None,
             ignore_shutdown: false,
+            stage_timeout: None,
         }
     }
 
@@ -999,6 +1029,29 @@ mod tests {
         // The preload 30 << 9 = 0x3c00 appears as an immediate in the code.
         let needle = 0x3c00u32.to_le_bytes();
         assert!(code(&a).windows(4).any(|w| w == needle));
+    }
+
+    #[test]
+    fn a_stage_timeout_selects_the_1_mhz_prescaler() {
+        assert_eq!(stage_units(Duration::from_millis(2)), 2084);
+        assert_eq!(stage_units(Duration::from_nanos(960)), 1);
+        assert_eq!(stage_units(Duration::ZERO), 1);
+        assert_eq!(stage_units(Duration::from_secs(5)), MAX_PRELOAD);
+        let mut o = opts();
+        o.stage_timeout = Some(Duration::from_millis(2));
+        let code = watchdog_guest(&o).unwrap().blocks.last().unwrap().1.clone();
+        // mov ax, 0x0007 (Linux's 0x0003 plus WDT_PRE_SEL), and the preload 2084 = 0x824.
+        assert!(code.windows(4).any(|w| w == [0x66, 0xb8, 0x07, 0x00]));
+        assert!(code.windows(4).any(|w| w == 2084u32.to_le_bytes()));
+        let slow = watchdog_guest(&opts())
+            .unwrap()
+            .blocks
+            .last()
+            .unwrap()
+            .1
+            .clone();
+        assert!(slow.windows(4).any(|w| w == [0x66, 0xb8, 0x03, 0x00]));
+        assert!(!slow.windows(4).any(|w| w == [0x66, 0xb8, 0x07, 0x00]));
     }
 
     #[test]

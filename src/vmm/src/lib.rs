@@ -12,6 +12,7 @@ pub mod pci;
 pub mod platform;
 pub mod router;
 pub mod runner;
+pub mod sched;
 pub mod serial;
 pub mod status;
 pub mod strategy;

@@ -10,6 +10,7 @@
 //! | `vmpulse_vm_phase` | gauge (1 for the current phase, 0 for the others) | `phase` |
 //! | `vmpulse_watchdog_expiries_total` | counter | `action` |
 //! | `vmpulse_watchdog_guest_kicks_total` | counter | |
+//! | `vmpulse_watchdog_action_lateness_seconds` | histogram | `action` |
 //! | `vmpulse_probe_results_total` | counter | `probe` (the handler), `type`, `result` |
 //! | `vmpulse_probe_duration_seconds` | histogram | `probe`, `type` |
 //!
@@ -36,6 +37,13 @@ const DURATION_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Upper bounds of the watchdog action lateness buckets, in seconds (50 µs to 1 s): from
+/// the device's stage-2 deadline to the action carried out (the `late_ms` of `watchdog`
+/// events).
+const LATENESS_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 /// The run's metrics registry.
 pub struct Metrics {
     registry: Option<Registry>,
@@ -46,6 +54,7 @@ pub struct Metrics {
     expiries: IntCounterVec,
     kicks: IntCounter,
     kicks_seen: u64,
+    lateness: HistogramVec,
     probe_results: IntCounterVec,
     probe_duration: HistogramVec,
 }
@@ -91,6 +100,15 @@ impl Metrics {
                 "Times the guest kicked (reloaded) the watchdog.",
             ),
             kicks_seen: 0,
+            lateness: HistogramVec::new(
+                HistogramOpts::new(
+                    "vmpulse_watchdog_action_lateness_seconds",
+                    "From the watchdog's stage-2 deadline to its action carried out, by action.",
+                )
+                .buckets(LATENESS_BUCKETS.to_vec()),
+                &["action"],
+            )
+            .expect("a valid metric name"),
             probe_results: counter_vec(
                 "vmpulse_probe_results_total",
                 "Completed probe attempts, by probe handler, type and result.",
@@ -119,6 +137,7 @@ impl Metrics {
             r.register(Box::new(m.phase.clone()))?;
             r.register(Box::new(m.expiries.clone()))?;
             r.register(Box::new(m.kicks.clone()))?;
+            r.register(Box::new(m.lateness.clone()))?;
             r.register(Box::new(m.probe_results.clone()))?;
             r.register(Box::new(m.probe_duration.clone()))?;
             Ok(r)
@@ -157,6 +176,11 @@ impl Metrics {
     /// The watchdog fired with `action`.
     pub fn expiry(&self, action: &str) {
         self.expiries.with_label_values(&[action]).inc();
+    }
+
+    /// The watchdog's `action` was carried out `seconds` after its deadline.
+    pub fn action_lateness(&self, action: &str, seconds: f64) {
+        self.lateness.with_label_values(&[action]).observe(seconds);
     }
 
     /// The probe with handler `kind` (`httpGet`, ...) and type `probe_type` (`liveness`,
@@ -254,6 +278,7 @@ mod tests {
         m.boot();
         m.restart();
         m.expiry("reset");
+        m.action_lateness("reset", 0.0003);
         m.probe_result("httpGet", "readiness", "failure", 0.003);
         m.probe_result("httpGet", "readiness", "success", 0.2);
         let text = m.encode(true, "Running", 7);
@@ -306,6 +331,21 @@ mod tests {
             ),
             Some(1.0),
             "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "vmpulse_watchdog_action_lateness_seconds_bucket{vm=\"testvm\",action=\"reset\",le=\"0.0005\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "vmpulse_watchdog_action_lateness_seconds_bucket{vm=\"testvm\",action=\"reset\",le=\"0.00025\"}"
+            ),
+            Some(0.0)
         );
         // The kick counter only grows, by the device's delta.
         let text = m.encode(false, "Failed", 9);

@@ -54,7 +54,7 @@ use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
 use i6300esb::adapters::timer::{MonotonicClock, WatchdogTimer};
-use i6300esb::{ActionSink, EventCounters, Expiry, I6300Esb, WatchdogAction};
+use i6300esb::{ActionSink, Clock, EventCounters, Expiry, I6300Esb, WatchdogAction};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::api::{self, CommandError, Control, HttpServer, OpsConfig};
@@ -62,6 +62,7 @@ use super::controller::{Command, Controller, ControllerConfig, Input, Phase, Pro
 use super::events::{Event, EventSink, FinalPhase};
 use super::machine::{Machine, MachineEvent, SharedEsb};
 use super::router::ApiAction;
+use super::sched;
 use super::status::{RunStatus, StatusDoc, WatchdogLive};
 use super::strategy::{exit_code, Ending};
 use vmpulse_manifest::{LivenessAction, RunStrategy};
@@ -89,6 +90,12 @@ pub trait Vm {
     fn inject_nmi(&mut self) -> Result<(), String>;
     /// Power off; idempotent.
     fn stop(&mut self);
+    /// When the VM last carried out a request of the calls above (see
+    /// [`Machine::last_done`]), if it knows better than the return of the call; the
+    /// lateness of a watchdog action is measured to it.
+    fn last_done(&self) -> Option<Instant> {
+        None
+    }
 }
 
 impl Vm for Machine {
@@ -118,6 +125,9 @@ impl Vm for Machine {
     }
     fn stop(&mut self) {
         Machine::stop(self)
+    }
+    fn last_done(&self) -> Option<Instant> {
+        Machine::last_done(self)
     }
 }
 
@@ -174,6 +184,10 @@ pub struct RunConfig {
     pub handle_signals: bool,
     /// The API socket, the metrics listener and `--exit-code-from-phase`.
     pub ops: OpsConfig,
+    /// `--realtime-priority`: run the loop's thread, and so the vCPU threads it starts,
+    /// under `SCHED_FIFO` at this priority (1-99) for the run (see [`crate::sched`]).
+    /// `None`: the caller's policy, unchanged.
+    pub realtime_priority: Option<u8>,
 }
 
 pub use super::controller::Outcome;
@@ -326,6 +340,10 @@ struct Out<'s, S: EventSink> {
     errors: u32,
     /// Boxed: large, and carried through `Runner::new`'s error path.
     status: Box<RunStatus>,
+    /// Events held back while a watchdog expiry's commands run, with their instants: the
+    /// `watchdog` event gets its lateness once the action is done, and nothing it caused
+    /// may reach the sink before it.
+    held: Option<Vec<(Event, Instant)>>,
 }
 
 impl<S: EventSink> Out<'_, S> {
@@ -336,7 +354,33 @@ impl<S: EventSink> Out<'_, S> {
             log::debug!("error event: {message}");
         }
         self.status.observe(&mut event, at);
-        self.sink.emit_at(at, event);
+        match self.held.as_mut() {
+            Some(held) => held.push((event, at)),
+            None => self.sink.emit_at(at, event),
+        }
+    }
+    /// Keep events back until [`Out::release`].
+    fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+    /// Pass on the held events in order, the first `watchdog` event among them with
+    /// `late`, which also goes to the metrics.
+    fn release(&mut self, mut late: Option<Duration>) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        for (mut event, at) in held {
+            if let Event::Watchdog {
+                action, late_us, ..
+            } = &mut event
+            {
+                if let Some(late) = late.take() {
+                    *late_us = Some(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
+                    self.status.action_lateness(action, late);
+                }
+            }
+            self.sink.emit_at(at, event);
+        }
     }
     fn emit(&mut self, event: Event) {
         self.emit_at(event, Instant::now());
@@ -358,6 +402,15 @@ struct Runner<'a, F: VmFactory, S: EventSink> {
     ready: Rc<RefCell<Vec<Token>>>,
     expiries: Rc<RefCell<Vec<Expiry>>>,
     esb: SharedEsb,
+    /// The device's clock (a copy: the same origin), to measure expiry lateness.
+    clock: MonotonicClock,
+    /// While a watchdog expiry's commands run: its deadline on `clock`, until the first
+    /// command that carries out its action has returned.
+    expiry_deadline: Option<u64>,
+    /// How late that action was carried out.
+    expiry_late: Option<Duration>,
+    /// When the last VM stopped ([`Vm::last_done`] before it was released).
+    stopped_at: Option<Instant>,
     /// Armed at the controller's next deadline.
     timer: TimerFd,
     /// What `timer` is armed for (time since the run started).
@@ -396,6 +449,7 @@ pub fn run<F: VmFactory, S: EventSink>(cfg: RunConfig, factory: &mut F, sink: &m
         sink,
         errors: 0,
         status: Box::new(status),
+        held: None,
     };
     let runner = match Runner::new(cfg, factory, out) {
         Ok(r) => r,
@@ -452,9 +506,10 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 .watchdog
                 .as_ref()
                 .map_or(WatchdogAction::None, |(_, a)| *a);
+            let clock = MonotonicClock::new();
             let esb: SharedEsb = Arc::new(Mutex::new(I6300Esb::with_events(
                 action,
-                MonotonicClock::new(),
+                clock,
                 Arc::new(EventCounters::default()),
             )));
             let expiries = Rc::new(RefCell::new(Vec::new()));
@@ -496,9 +551,11 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
                 ExpiryQueue(expiries.clone()),
             )?));
             manager.add_subscriber(esb_timer);
-            Ok((esb, expiries, ready, manager, fds_id, timer, interrupts))
+            Ok((
+                esb, clock, expiries, ready, manager, fds_id, timer, interrupts,
+            ))
         })();
-        let (esb, expiries, ready, mut manager, fds_id, timer, interrupts) = match parts {
+        let (esb, clock, expiries, ready, mut manager, fds_id, timer, interrupts) = match parts {
             Ok(p) => p,
             Err(e) => return Err((out, e)),
         };
@@ -528,6 +585,10 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
             ready,
             expiries,
             esb,
+            clock,
+            expiry_deadline: None,
+            expiry_late: None,
+            stopped_at: None,
             timer,
             timer_at: None,
             probes_due: false,
@@ -553,6 +614,30 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
     }
 
     fn run(mut self) -> Outcome {
+        let previous = self
+            .cfg
+            .realtime_priority
+            .and_then(|priority| match sched::realtime(priority) {
+                Ok(previous) => Some(previous),
+                Err(e) => {
+                    self.out.emit(Event::Info {
+                        message: format!(
+                            "cannot run at real-time priority {priority} ({e}): the run goes on at normal priority"
+                        ),
+                    });
+                    None
+                }
+            });
+        let outcome = self.run_loop();
+        if let Some(previous) = previous {
+            if let Err(e) = sched::restore(previous) {
+                log::warn!("cannot restore the thread's scheduling policy: {e}");
+            }
+        }
+        outcome
+    }
+
+    fn run_loop(mut self) -> Outcome {
         self.run_started = Instant::now();
         self.ctl.begin(Duration::ZERO);
         self.drive();
@@ -626,8 +711,15 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         let expiries = std::mem::take(&mut *self.expiries.borrow_mut());
         for expiry in expiries {
             let now = self.now();
+            self.expiry_deadline = Some(expiry.time_ns);
+            self.out.hold();
             self.ctl.handle(now, Input::Expiry(expiry));
             self.drive();
+            // An action without a command of its own (`none`, `debug`) is carried out
+            // once handled.
+            self.action_done(None);
+            let late = self.expiry_late.take();
+            self.out.release(late);
         }
         for token in tokens {
             if self.finished() {
@@ -709,8 +801,47 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
         }
     }
 
+    /// A watchdog expiry's action has been carried out (or failed), at `done` if the VM
+    /// said when, else now: its lateness is known.
+    fn action_done(&mut self, done: Option<Instant>) {
+        if let Some(deadline) = self.expiry_deadline.take() {
+            let now = self.clock.now_ns();
+            let ago = done.map_or(0, |t| {
+                u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+            });
+            let late = now.saturating_sub(ago).saturating_sub(deadline);
+            self.expiry_late = Some(Duration::from_nanos(late));
+        }
+    }
+
     /// Carry out one command; `Err` is the outcome of a failed one.
     fn execute(&mut self, command: Command) -> Result<(), String> {
+        let action = matches!(
+            command,
+            Command::Stop
+                | Command::Reset
+                | Command::Pause
+                | Command::PowerButton
+                | Command::InjectNmi
+        );
+        let issued = Instant::now();
+        let stop = command == Command::Stop;
+        let result = self.carry_out(command);
+        if action {
+            // When the VM itself says it was done (the vCPU thread's confirmation, which
+            // the loop hears of later), as long as it belongs to this command.
+            let done = if stop {
+                self.stopped_at.take()
+            } else {
+                self.vm.as_ref().and_then(|vm| vm.last_done())
+            }
+            .filter(|t| *t >= issued);
+            self.action_done(done);
+        }
+        result
+    }
+
+    fn carry_out(&mut self, command: Command) -> Result<(), String> {
         match command {
             Command::Start => self.try_start_vm(),
             Command::Stop => {
@@ -868,6 +999,7 @@ impl<'a, F: VmFactory, S: EventSink> Runner<'a, F, S> {
     fn stop_vm(&mut self) {
         if let Some(mut vm) = self.take_vm() {
             vm.stop();
+            self.stopped_at = vm.last_done();
         }
         // The device is powered off with the VM: no expiry may follow the stop (a
         // power-on reset drops those not yet polled; the queue holds those polled).
@@ -1018,6 +1150,9 @@ mod tests {
         reset_at_first_boot: bool,
         /// `start` fails.
         fail_start: bool,
+        /// `reset` says it was done (`last_done`), then takes 50 ms more to return, as an
+        /// owner woken late would.
+        slow_confirm: bool,
     }
 
     #[derive(Default)]
@@ -1033,6 +1168,7 @@ mod tests {
         script: Script,
         log: Rc<RefCell<Log>>,
         reset_asked: bool,
+        done_at: Option<Instant>,
     }
 
     impl FakeVm {
@@ -1101,7 +1237,14 @@ mod tests {
             self.log.borrow_mut().calls.push("reset");
             self.esb.lock().unwrap().warm_reset();
             self.boot();
+            if self.script.slow_confirm {
+                self.done_at = Some(Instant::now());
+                std::thread::sleep(Duration::from_millis(50));
+            }
             Ok(())
+        }
+        fn last_done(&self) -> Option<Instant> {
+            self.done_at
         }
         fn power_button(&mut self) {
             self.log.borrow_mut().calls.push("power_button");
@@ -1143,6 +1286,7 @@ mod tests {
                 script: self.script,
                 log: self.log.clone(),
                 reset_asked: false,
+                done_at: None,
             }))
         }
     }
@@ -1163,6 +1307,7 @@ mod tests {
             backoff: Duration::from_millis(10),
             handle_signals: false,
             ops: OpsConfig::default(),
+            realtime_priority: None,
         }
     }
 
@@ -1190,7 +1335,7 @@ mod tests {
             })
             .map(|e| match e {
                 Event::Started { boot } => format!("started {boot}"),
-                Event::Watchdog { action, device } => format!("watchdog {action} {device}"),
+                Event::Watchdog { action, device, .. } => format!("watchdog {action} {device}"),
                 Event::Stopped {
                     reason,
                     trigger,
@@ -1211,6 +1356,7 @@ mod tests {
         error_at_boot: false,
         reset_at_first_boot: false,
         fail_start: false,
+        slow_confirm: false,
     };
 
     #[test]
@@ -1401,6 +1547,113 @@ mod tests {
             assert_eq!(fired, 1, "{action}");
             assert_eq!(log.created, 1);
         }
+    }
+
+    #[test]
+    fn watchdog_events_say_how_late_the_action_was_carried_out() {
+        for action in [
+            WatchdogAction::Reset,
+            WatchdogAction::Poweroff,
+            WatchdogAction::InjectNmi,
+            WatchdogAction::None,
+        ] {
+            let mut cfg = config(RunStrategy::Once, action);
+            cfg.run_for = Some(Duration::from_millis(200));
+            let started = Instant::now();
+            let (_, events, _) = run_fake(cfg, ARMED);
+            let elapsed = started.elapsed();
+            let late: Vec<u64> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Watchdog { late_us, .. } => Some(late_us.expect("late_ms is filled in")),
+                    _ => None,
+                })
+                .collect();
+            assert!(!late.is_empty(), "{action}: {events:?}");
+            // Never later than the whole run; a fake VM carries its actions out at once.
+            let bound = u64::try_from(elapsed.as_micros()).unwrap();
+            assert!(late.iter().all(|&us| us < bound), "{action}: {late:?}");
+            // The event still comes before what the action caused.
+            let first = |f: &dyn Fn(&Event) -> bool| events.iter().position(f);
+            let fired = first(&|e| matches!(e, Event::Watchdog { .. })).unwrap();
+            let after = match action {
+                WatchdogAction::Reset => first(&|e| matches!(e, Event::Started { boot: 2 })),
+                WatchdogAction::Poweroff => first(&|e| matches!(e, Event::Stopped { .. })),
+                _ => first(
+                    &|e| matches!(e, Event::Console { line } if line == "guest: NMI received"),
+                )
+                .or(Some(usize::MAX)),
+            }
+            .unwrap();
+            assert!(fired < after, "{action}: {events:?}");
+        }
+    }
+
+    #[test]
+    fn lateness_runs_to_when_the_vm_says_the_action_was_done() {
+        let mut cfg = config(RunStrategy::Once, WatchdogAction::Reset);
+        cfg.run_for = Some(Duration::from_millis(150));
+        let script = Script {
+            slow_confirm: true,
+            ..ARMED
+        };
+        let (_, events, _) = run_fake(cfg, script);
+        let late: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Watchdog { late_us, .. } => *late_us,
+                _ => None,
+            })
+            .collect();
+        assert!(!late.is_empty(), "{events:?}");
+        // The reset returned 50 ms after it was done: none of that is the first expiry's
+        // lateness. (The next expiries come due while the loop sleeps in that reset, so
+        // their lateness is real.)
+        assert!(late[0] < 40_000, "{late:?}");
+    }
+
+    #[test]
+    fn the_lateness_histogram_follows_the_watchdog_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut cfg = config(RunStrategy::Always, WatchdogAction::Reset);
+        cfg.ops.api_socket = Some(socket.clone());
+        cfg.run_for = Some(Duration::from_secs(4));
+        let client = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(3);
+            loop {
+                if let Ok(_s) = UnixStream::connect(&socket) {
+                    let (_, status) = http(&socket, "GET", "/status");
+                    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+                    if v["boots"].as_u64().unwrap_or(0) >= 3 {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < end, "no resets");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let (_, metrics) = http(&socket, "GET", "/metrics");
+            let (code, _) = http(&socket, "PUT", "/vm/stop");
+            assert_eq!(code, 204);
+            metrics
+        });
+        let (_, events, _) = run_fake(cfg, ARMED);
+        let metrics = client.join().unwrap();
+        let count = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("vmpulse_watchdog_action_lateness_seconds_count")
+                    && l.contains("action=\"reset\"")
+            })
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.parse::<f64>().unwrap())
+            .unwrap_or_else(|| panic!("no lateness histogram: {metrics}"));
+        assert!(count >= 2.0, "{metrics}");
+        let fired = events
+            .iter()
+            .filter(|e| matches!(e, Event::Watchdog { .. }))
+            .count();
+        assert!(count <= fired as f64);
     }
 
     #[test]

@@ -282,6 +282,12 @@ impl RunStatus {
         self.paused
     }
 
+    /// The watchdog's `action` was carried out `late` after the device's deadline (the
+    /// runner measures it; the `watchdog` event itself was observed before).
+    pub fn action_lateness(&mut self, action: &str, late: Duration) {
+        self.metrics.action_lateness(action, late.as_secs_f64());
+    }
+
     /// The VM was paused or resumed at `now`.
     pub fn set_paused(&mut self, paused: bool, now: Instant) {
         self.paused = paused;

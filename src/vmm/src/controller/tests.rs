@@ -403,7 +403,7 @@ fn kinds(events: &[(Duration, Event)]) -> Vec<String> {
         .filter(|(_, e)| !matches!(e, Event::Console { .. } | Event::Info { .. }))
         .map(|(_, e)| match e {
             Event::Started { boot } => format!("started {boot}"),
-            Event::Watchdog { action, device } => format!("watchdog {action} {device}"),
+            Event::Watchdog { action, device, .. } => format!("watchdog {action} {device}"),
             Event::Stopped {
                 reason,
                 trigger,
@@ -1032,7 +1032,8 @@ fn every_watchdog_action_is_carried_out_as_the_router_says() {
                 at,
                 event: Event::Watchdog {
                     action: action.name().into(),
-                    device: "mywatchdog".into()
+                    device: "mywatchdog".into(),
+                    late_us: None
                 }
             },
             "{action}"
@@ -1592,6 +1593,7 @@ fn from_run_config_takes_what_the_controller_needs() {
         backoff: Duration::from_secs(2),
         handle_signals: true,
         ops: Default::default(),
+        realtime_priority: None,
     };
     assert_eq!(
         ControllerConfig::from_run_config(&cfg),
@@ -1618,7 +1620,8 @@ fn from_run_config_takes_what_the_controller_needs() {
         emitted(&drain(&mut ctl)),
         [Event::Watchdog {
             action: "none".into(),
-            device: "(none in the manifest)".into()
+            device: "(none in the manifest)".into(),
+            late_us: None
         }]
     );
 }
