@@ -203,8 +203,8 @@ struct Requests {
     reset_requested: u64,
     reset_done: u64,
     reset_error: Option<String>,
-    nmi: u32,
-    /// NMIs asked for so far, and those the vCPU thread has handed to KVM.
+    /// NMIs asked for so far, and those the vCPU thread has handed to KVM (any
+    /// requested beyond `nmi_done` are pending; they are delivered as one).
     nmi_requested: u64,
     nmi_done: u64,
     /// When the vCPU thread last carried out a request (reset, NMI, pause, stop).
@@ -473,8 +473,7 @@ impl Vcpu {
                 r = Self::confirm(&control, r);
                 continue;
             }
-            if r.nmi > 0 {
-                r.nmi = 0;
+            if r.nmi_requested > r.nmi_done {
                 let target = r.nmi_requested;
                 drop(r);
                 if let Err(e) = self.fd.nmi() {
@@ -930,7 +929,6 @@ impl Machine {
             return Err(MachineError::Stopped);
         }
         let target = self.control.ask(|r| {
-            r.nmi += 1;
             r.nmi_requested += 1;
             r.nmi_requested
         });
