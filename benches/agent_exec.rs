@@ -34,6 +34,8 @@
 
 #[path = "../tests/common/agent_epoll.rs"]
 mod agent_epoll;
+#[path = "../tests/probes_util/mod.rs"]
+mod probes_util;
 #[path = "../tests/common/qga.rs"]
 mod qga;
 
@@ -47,9 +49,10 @@ use std::time::{Duration, Instant};
 
 use agent_epoll::AgentFds;
 use criterion::Criterion;
+use probes_util::epoll_on;
 use qga::TempQga;
 use serde_json::Value;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 use vmpulse::probes::agent::{AgentClient, AgentOutcome};
 use vmpulse::probes::config::{ProbeConfig, ProbeHandler, ProbeKind};
@@ -229,14 +232,7 @@ fn probe_set(sock: &Path, handler: ProbeHandler, probes: u64, seconds: u64) -> S
         agent: Some(AgentChannel::UnixSocket(sock.to_path_buf())),
     };
     let mut set = ProbeSet::new(configs, env).expect("ProbeSet::new");
-    let epoll = Epoll::new().expect("epoll");
-    epoll
-        .ctl(
-            ControlOperation::Add,
-            set.fd(),
-            EpollEvent::new(EventSet::IN, 1),
-        )
-        .expect("epoll_ctl");
+    let epoll = epoll_on(&set);
     let mut run = SetRun::default();
     let mut ev = [EpollEvent::default(); 4];
     let start = Instant::now();

@@ -14,6 +14,8 @@
 //! count and RSS at the warm mark and at the end. The run fails (exit 1) if the fd
 //! count grew, or RSS grew by more than 4 MiB, between the two samples.
 
+#[path = "../tests/probes_util/mod.rs"]
+mod probes_util;
 #[path = "../tests/common/qga.rs"]
 mod qga;
 
@@ -24,7 +26,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use probes_util::epoll_on;
+use vmm_sys_util::epoll::EpollEvent;
 use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
 use vmpulse::probes::tracker::Outcome;
 use vmpulse::probes::{AgentChannel, ProbeEnv, ProbeEvent, ProbeSet};
@@ -181,14 +184,7 @@ fn main() {
             .map(|q| AgentChannel::UnixSocket(q.sock.clone())),
     };
     let mut set = ProbeSet::new(probes, env).expect("ProbeSet::new");
-    let epoll = Epoll::new().expect("epoll");
-    epoll
-        .ctl(
-            ControlOperation::Add,
-            set.fd(),
-            EpollEvent::new(EventSet::IN, 1),
-        )
-        .expect("epoll_ctl");
+    let epoll = epoll_on(&set);
 
     println!(
         "probe soak: {n} attempts of each kind ({}), {per_kind} probes of each kind, period {PERIOD:?}, timeout {TIMEOUT:?}",
