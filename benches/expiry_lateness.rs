@@ -50,8 +50,8 @@ use vmpulse::manifest::{LivenessAction, RunStrategy};
 use vmpulse::probes::config::{ProbeConfig, ProbeHandler, ProbeKind};
 use vmpulse::vmm::api::OpsConfig;
 use vmpulse::vmm::events::{Event, EventSink};
-use vmpulse::vmm::machine::{GuestOptions, Machine, MachineConfig, SharedEsb};
-use vmpulse::vmm::runner::{self, AgentSpec, RunConfig, Vm, VmFactory};
+use vmpulse::vmm::machine::GuestOptions;
+use vmpulse::vmm::runner::{self, AgentSpec, KvmFactory, RunConfig};
 use vmpulse::vmm::sched;
 
 use i6300esb::adapters::timer::MonotonicClock;
@@ -72,26 +72,6 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-/// A new KVM machine with the built-in guest for every start, as `vmpulse run` makes.
-struct KvmFactory {
-    guest: GuestOptions,
-}
-
-impl VmFactory for KvmFactory {
-    fn create(
-        &mut self,
-        esb: SharedEsb,
-        agent_serial: Option<UnixStream>,
-    ) -> Result<Box<dyn Vm>, String> {
-        let cfg = MachineConfig {
-            memory_bytes: 2 << 20,
-            guest: self.guest.clone(),
-            agent_serial,
-        };
-        Ok(Box::new(Machine::new(cfg, esb).map_err(|e| e.to_string())?))
-    }
 }
 
 /// Records `late_ms` of each `watchdog` event; says once when it has `want` of them.
@@ -333,6 +313,7 @@ fn run_case(case: &Case, n: usize, stage: Duration, server: &Server) -> Outcome 
         realtime_priority: case.realtime,
     };
     let mut factory = KvmFactory {
+        memory_bytes: 2 << 20,
         guest: GuestOptions {
             timeout_secs: 30,
             // Never within a run: the guest only arms the watchdog at boot.

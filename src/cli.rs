@@ -48,7 +48,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -59,8 +58,8 @@ use vmpulse_manifest::limits::{clip, clip_quoted};
 use vmpulse_manifest::{self as manifest, ManifestProblem, VmSpec};
 use vmpulse_vmm::api::OpsConfig;
 use vmpulse_vmm::events::{stdout_printer, Event, EventSink, Format, Printer, Tee};
-use vmpulse_vmm::machine::{GuestOptions, Machine, MachineConfig, SharedEsb};
-use vmpulse_vmm::runner::{self, AgentSpec, RunConfig, Vm, VmFactory};
+use vmpulse_vmm::machine::GuestOptions;
+use vmpulse_vmm::runner::{self, AgentSpec, KvmFactory, RunConfig};
 
 /// Smallest guest memory given to the test guest.
 pub const MIN_MEMORY: u64 = 2 << 20;
@@ -492,28 +491,6 @@ impl RunArgs {
 pub fn prepare(args: &RunArgs, spec: &VmSpec) -> Result<(Settings, GuestMemory), SettingError> {
     let settings = settings(args, &spec.annotations)?;
     Ok((settings, guest_memory(spec.memory_bytes)))
-}
-
-/// Creates a [`Machine`] for every start.
-struct KvmFactory {
-    memory_bytes: u64,
-    guest: GuestOptions,
-}
-
-impl VmFactory for KvmFactory {
-    fn create(
-        &mut self,
-        esb: SharedEsb,
-        agent_serial: Option<UnixStream>,
-    ) -> Result<Box<dyn Vm>, String> {
-        let cfg = MachineConfig {
-            memory_bytes: self.memory_bytes,
-            guest: self.guest.clone(),
-            agent_serial,
-        };
-        let machine = Machine::new(cfg, esb).map_err(|e| e.to_string())?;
-        Ok(Box::new(machine))
-    }
 }
 
 fn print_problems(path: &Path, problems: &[ManifestProblem]) {

@@ -60,7 +60,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::api::{self, CommandError, Control, HttpServer, OpsConfig};
 use super::controller::{Command, Controller, ControllerConfig, Input, Phase, ProbeReport};
 use super::events::{Event, EventSink, FinalPhase};
-use super::machine::{Machine, MachineEvent, SharedEsb};
+use super::machine::{GuestOptions, Machine, MachineConfig, MachineEvent, SharedEsb};
 use super::router::ApiAction;
 use super::sched;
 use super::status::{RunStatus, StatusDoc, WatchdogLive};
@@ -140,6 +140,32 @@ pub trait VmFactory {
         esb: SharedEsb,
         agent_serial: Option<UnixStream>,
     ) -> Result<Box<dyn Vm>, String>;
+}
+
+/// The factory `vmpulse run` uses: a new KVM [`Machine`] with the built-in test guest
+/// for every start.
+#[derive(Clone, Debug)]
+pub struct KvmFactory {
+    /// Guest memory of each machine, in bytes.
+    pub memory_bytes: u64,
+    /// What the built-in guest does.
+    pub guest: GuestOptions,
+}
+
+impl VmFactory for KvmFactory {
+    fn create(
+        &mut self,
+        esb: SharedEsb,
+        agent_serial: Option<UnixStream>,
+    ) -> Result<Box<dyn Vm>, String> {
+        let cfg = MachineConfig {
+            memory_bytes: self.memory_bytes,
+            guest: self.guest.clone(),
+            agent_serial,
+        };
+        let machine = Machine::new(cfg, esb).map_err(|e| e.to_string())?;
+        Ok(Box::new(machine))
+    }
 }
 
 /// Where the probes' guest-agent client finds the agent.
