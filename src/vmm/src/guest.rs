@@ -254,6 +254,14 @@ impl Asm {
         })
     }
 
+    /// Ask the VMM to power the machine off (the paravirtual command port).
+    fn power_off(&mut self) -> Result<(), GuestError> {
+        self.a.mov(dx, PV_COMMAND_PORT as i32)?;
+        self.a.mov(al, PV_CMD_POWEROFF as i32)?;
+        self.a.out(dx, al)?;
+        Ok(())
+    }
+
     /// Print the string at `addr`.
     fn print(&mut self, addr: i32) -> Result<(), GuestError> {
         self.a.mov(rsi, i64::from(addr))?;
@@ -787,9 +795,7 @@ pub fn kick_loop_guest(kicks: u32) -> Result<GuestImage, GuestError> {
     asm.a.mov(dx, PV_MARK_PORT as i32)?;
     asm.a.mov(al, 2)?;
     asm.a.out(dx, al)?;
-    asm.a.mov(dx, PV_COMMAND_PORT as i32)?;
-    asm.a.mov(al, PV_CMD_POWEROFF as i32)?;
-    asm.a.out(dx, al)?;
+    asm.power_off()?;
     let mut stop = asm.a.create_label();
     asm.a.set_label(&mut stop)?;
     asm.a.cli()?;
@@ -908,9 +914,7 @@ pub fn stray_access_guest() -> Result<GuestImage, GuestError> {
     asm.a.mov(ecx, 8)?;
     asm.a.call(asm.print_hex)?;
     asm.print(nl)?;
-    asm.a.mov(dx, PV_COMMAND_PORT as i32)?;
-    asm.a.mov(al, PV_CMD_POWEROFF as i32)?;
-    asm.a.out(dx, al)?;
+    asm.power_off()?;
     asm.a.hlt()?;
     asm.subroutines()?;
     f.handlers()?;
@@ -976,9 +980,7 @@ pub fn unaligned_access_guest() -> Result<GuestImage, GuestError> {
         asm.a.call(asm.print_hex)?;
         asm.print(nl)?;
     }
-    asm.a.mov(dx, PV_COMMAND_PORT as i32)?;
-    asm.a.mov(al, PV_CMD_POWEROFF as i32)?;
-    asm.a.out(dx, al)?;
+    asm.power_off()?;
     asm.a.hlt()?;
     asm.subroutines()?;
     f.handlers()?;
