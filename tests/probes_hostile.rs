@@ -8,7 +8,7 @@
 
 mod probes_util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
@@ -282,40 +282,16 @@ fn a_slow_endless_interim_stream_ends_at_the_timeout() {
 
 mod tls {
     use super::*;
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    use rustls::{ServerConfig, ServerConnection, StreamOwned};
-
-    fn tls_config() -> Arc<ServerConfig> {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Arc::new(
-            ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![ck.cert.der().clone()], key)
-                .unwrap(),
-        )
-    }
 
     fn https_flood(ip: IpAddr, pause: Option<Duration>) -> Server {
-        let config = tls_config();
+        let config = self_signed_tls();
         Server::start(
             ip,
             0,
             Arc::new(move |conn: TcpStream, _| {
-                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let tls = ServerConnection::new(config.clone()).unwrap();
-                let mut stream = StreamOwned::new(tls, conn);
-                let mut buf = Vec::new();
-                let mut b = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut b) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
-                }
+                let Some(mut stream) = accept_tls_request(&config, conn) else {
+                    return;
+                };
                 match pause {
                     None => flood(&mut stream, &INTERIM.repeat(512), Duration::from_secs(4)),
                     Some(p) => {

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
 use vmpulse::probes::{ProbeAttempt, ProbeEnv, ProbeEvent, ProbeSet};
@@ -115,6 +117,42 @@ pub fn read_head(conn: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A TLS server configuration with a fresh self-signed certificate for
+/// `localhost` (the probes do not verify certificates, as the kubelet).
+pub fn self_signed_tls() -> Arc<ServerConfig> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap(),
+    )
+}
+
+/// Serve TLS on `conn` (5 s read timeout) and read the request head; `None` when
+/// the client goes away or errs first.
+pub fn accept_tls_request(
+    config: &Arc<ServerConfig>,
+    conn: TcpStream,
+) -> Option<StreamOwned<ServerConnection, TcpStream>> {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let tls = ServerConnection::new(config.clone()).unwrap();
+    let mut stream = StreamOwned::new(tls, conn);
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut b) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+        }
+    }
+    Some(stream)
 }
 
 /// A full HTTP response with a body and Content-Length.
