@@ -12,7 +12,11 @@
 //!    loop (a warm reset restarts the probes' schedule, so the same first few probes run
 //!    after every boot, still about one attempt per millisecond);
 //! 3. and 4. the same with `realtime_priority` (`--realtime-priority 10`);
-//! 5. action `poweroff` with runStrategy `Always` (a new VM after every expiry), no probes.
+//! 5. action `poweroff` with runStrategy `Always` (a new VM after every expiry), no probes;
+//! 6. and 7. action `inject-nmi`, without and with the probes: the guest arms the watchdog
+//!    again after every NMI (`GuestOptions::rearm_after_nmi`), so it fires every two
+//!    stages while the VM keeps running; `late_ms` ends when the vCPU thread has handed
+//!    the NMI to KVM.
 //!
 //! Before each, the baseline: a bare timerfd armed (relative, as the watchdog's adapter
 //! arms its own) for deadlines as far apart as the VM's expiries, on an idle epoll loop on
@@ -321,6 +325,7 @@ fn run_case(case: &Case, n: usize, stage: Duration, server: &Server) -> Outcome 
             hang_after: None,
             ignore_shutdown: false,
             stage_timeout: Some(stage),
+            rearm_after_nmi: case.action == WatchdogAction::InjectNmi,
         },
     };
     let (tx, rx) = mpsc::channel();
@@ -377,6 +382,13 @@ fn main() {
         probes,
         realtime,
     };
+    let nmi = |probes| Case {
+        name: "inject-nmi",
+        action: WatchdogAction::InjectNmi,
+        strategy: RunStrategy::Always,
+        probes,
+        realtime: None,
+    };
     let cases = [
         reset(0, None),
         reset(probe_count, None),
@@ -389,6 +401,8 @@ fn main() {
             probes: 0,
             realtime: None,
         },
+        nmi(0),
+        nmi(probe_count),
     ];
     println!(
         "expiry lateness: {n} expiries per configuration, {} ms per stage, load average {}",

@@ -95,6 +95,7 @@ fn kvm_run(sz: &Sizes) -> (f64, f64) {
             hang_after: None,
             ignore_shutdown: false,
             stage_timeout: None,
+            rearm_after_nmi: false,
         },
         agent_serial: None,
     };

@@ -394,6 +394,7 @@ pub fn settings(
             hang_after,
             ignore_shutdown,
             stage_timeout: None,
+            rearm_after_nmi: false,
         },
         max_restarts,
         run_for,

@@ -37,6 +37,7 @@ fn opts(timeout_secs: u32, kick_ms: u64, hang_ms: Option<u64>) -> GuestOptions {
         hang_after: hang_ms.map(Duration::from_millis),
         ignore_shutdown: false,
         stage_timeout: None,
+        rearm_after_nmi: false,
     }
 }
 
@@ -118,6 +119,33 @@ impl Vm {
             for e in self.m.drain_events() {
                 self.log.push((t, e));
             }
+        }
+    }
+
+    /// The test is the event loop: poll the device at its deadlines until it fires
+    /// (within `d`, or panic), collecting the machine's events meanwhile.
+    fn wait_for_expiry(&mut self, d: Duration) -> Expiry {
+        let give_up = Instant::now() + d;
+        loop {
+            let mut fired: Vec<Expiry> = Vec::new();
+            let wait = {
+                let mut esb = self.esb.lock().unwrap();
+                esb.poll(&mut fired);
+                esb.next_deadline()
+                    .map(|t| Duration::from_nanos(t.saturating_sub(esb.clock().now_ns())))
+            };
+            if let Some(e) = fired.pop() {
+                return e;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the watchdog never fired; console: {:#?}",
+                self.console()
+            );
+            let wait = wait
+                .unwrap_or(Duration::from_millis(50))
+                .min(Duration::from_millis(50));
+            self.wait(wait, |_| false);
         }
     }
 
@@ -278,25 +306,7 @@ fn hang_fires_the_watchdog_and_reset_reports_it_body() {
         .unwrap();
     assert!(hung > last_kick);
 
-    // The test is the event loop: poll the device at its deadlines.
-    let give_up = Instant::now() + Duration::from_secs(6);
-    let fired: Expiry = loop {
-        let mut fired: Vec<Expiry> = Vec::new();
-        let wait = {
-            let mut d = vm.esb.lock().unwrap();
-            d.poll(&mut fired);
-            d.next_deadline()
-                .map(|t| Duration::from_nanos(t.saturating_sub(d.clock().now_ns())))
-        };
-        if let Some(e) = fired.pop() {
-            break e;
-        }
-        assert!(Instant::now() < give_up, "the watchdog never fired");
-        let wait = wait
-            .unwrap_or(Duration::from_millis(50))
-            .min(Duration::from_millis(50));
-        vm.wait(wait, |_| false);
-    };
+    let fired = vm.wait_for_expiry(Duration::from_secs(6));
     assert_eq!(fired.action, WatchdogAction::Reset);
     let kick_ns = (last_kick - origin).as_nanos() as u64;
     let after_kick = fired.time_ns - kick_ns;
@@ -425,6 +435,49 @@ fn nmi_reaches_the_guest_body() {
         .filter(|l| *l == "guest: NMI received")
         .count();
     assert_eq!(nmis, 1);
+}
+
+#[test]
+fn a_guest_that_rearms_after_each_nmi_fires_again_and_again() {
+    kvm_test(a_guest_that_rearms_after_each_nmi_fires_again_and_again_body);
+}
+
+fn a_guest_that_rearms_after_each_nmi_fires_again_and_again_body() {
+    let fast = |rearm_after_nmi| GuestOptions {
+        kick_every: Duration::from_secs(3600),
+        stage_timeout: Some(Duration::from_millis(2)),
+        rearm_after_nmi,
+        ..GuestOptions::default()
+    };
+    // The event loop's part for the inject-nmi action: at each expiry, an NMI.
+    let mut vm = Vm::new(fast(true));
+    for round in 1..=3 {
+        vm.wait_for_expiry(Duration::from_secs(10));
+        vm.m.inject_nmi().unwrap();
+        vm.expect_line(Duration::from_secs(5), "guest: NMI received");
+        // The guest armed the device again before it said so.
+        let mut d = vm.esb.lock().unwrap();
+        assert!(
+            d.next_deadline().is_some(),
+            "round {round}: not armed again"
+        );
+        let mut config = [0u8; 2];
+        d.config_read(0x60, &mut config);
+        assert_eq!(config[0] & 0x4, 0x4, "the 1 MHz prescaler again");
+    }
+    let armed = vm
+        .console()
+        .iter()
+        .filter(|l| l.starts_with("guest: watchdog armed"))
+        .count();
+    assert_eq!(armed, 1, "one boot only: the NMIs did not reset the guest");
+
+    // Without the option the device stays quiet after the first NMI, as QEMU's does.
+    let mut vm = Vm::new(fast(false));
+    vm.wait_for_expiry(Duration::from_secs(10));
+    vm.m.inject_nmi().unwrap();
+    vm.expect_line(Duration::from_secs(5), "guest: NMI received");
+    assert_eq!(vm.esb.lock().unwrap().next_deadline(), None);
 }
 
 #[test]

@@ -40,7 +40,8 @@
 //! prescaler),
 //! then `guest: kick N` lines, `guest: hanging (no more kicks)`, and on events
 //! `guest: power button pressed, powering off` / `..., ignored` and
-//! `guest: NMI received`.
+//! `guest: NMI received` (after arming the watchdog again, as the probe did, with
+//! [`GuestOptions::rearm_after_nmi`]).
 //!
 //! Smaller guests for tests and benchmarks share the same frame:
 //! [`kick_loop_guest`] (N Linux pings between two marks, then poweroff),
@@ -291,6 +292,21 @@ impl Asm {
     fn kick(&mut self) -> Result<(), GuestError> {
         self.unlock()?;
         self.a.mov(word_ptr(rbp + BAR_RELOAD), RELOAD_KICK)?;
+        Ok(())
+    }
+
+    /// The Linux driver's `set_timeout` (both preloads, then a ping) and `start` (a
+    /// ping, then the enable bit at 0x68), for the function in EBX with BAR0 in EBP.
+    fn set_timeout_and_start(&mut self, preload: i32) -> Result<(), GuestError> {
+        self.unlock()?;
+        self.a.mov(dword_ptr(rbp + BAR_PRELOAD1), preload)?;
+        self.unlock()?;
+        self.a.mov(dword_ptr(rbp + BAR_PRELOAD2), preload)?;
+        self.kick()?;
+        self.kick()?;
+        self.cfg_select(CFG_WDT_LOCK)?;
+        self.a.mov(al, WDT_ENABLE)?;
+        self.a.out(dx, al)?;
         Ok(())
     }
 
@@ -667,17 +683,7 @@ pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
     asm.a.mov(dword_ptr(VAR_RELOAD), eax)?;
     asm.unlock()?;
     asm.a.mov(word_ptr(rbp + BAR_RELOAD), RELOAD_CLEAR_FLAG)?;
-    // set_timeout(T): both preloads, then a ping.
-    asm.unlock()?;
-    asm.a.mov(dword_ptr(rbp + BAR_PRELOAD1), preload)?;
-    asm.unlock()?;
-    asm.a.mov(dword_ptr(rbp + BAR_PRELOAD2), preload)?;
-    asm.kick()?;
-    // start: a ping, then the enable bit.
-    asm.kick()?;
-    asm.cfg_select(CFG_WDT_LOCK)?;
-    asm.a.mov(al, WDT_ENABLE)?;
-    asm.a.out(dx, al)?;
+    asm.set_timeout_and_start(preload)?;
 
     // Boot status, as Linux reports it.
     let mut bs_clear = asm.a.create_label();
@@ -706,6 +712,14 @@ pub fn watchdog_guest(opts: &GuestOptions) -> Result<GuestImage, GuestError> {
     asm.a.cmp(dword_ptr(VAR_NMI), 0)?;
     asm.a.je(no_nmi)?;
     asm.a.mov(dword_ptr(VAR_NMI), 0)?;
+    if opts.rearm_after_nmi {
+        // QEMU's device reset itself when it fired: arm it again as the driver's
+        // probe did (prescaler and output at 0x60, then set_timeout and start).
+        asm.cfg_select(CFG_WDT_CONFIG)?;
+        asm.a.mov(ax, config)?;
+        asm.a.out(dx, ax)?;
+        asm.set_timeout_and_start(preload)?;
+    }
     asm.print(nmi)?;
     asm.a.set_label(&mut no_nmi)?;
 
@@ -998,6 +1012,7 @@ mod tests {
             hang_after: None,
             ignore_shutdown: false,
             stage_timeout: None,
+            rearm_after_nmi: false,
         }
     }
 

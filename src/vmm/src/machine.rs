@@ -50,6 +50,7 @@
 //!         hang_after: None,
 //!         ignore_shutdown: false,
 //!         stage_timeout: None,
+//!         rearm_after_nmi: false,
 //!     },
 //!     agent_serial: None,
 //! };

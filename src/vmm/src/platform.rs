@@ -35,6 +35,25 @@ pub struct GuestOptions {
     /// stage; a guest that never kicks then expires within milliseconds of every boot
     /// (tests and benchmarks of the expiry path).
     pub stage_timeout: Option<Duration>,
+    /// Arm the watchdog again after every NMI, as the driver's probe armed it (QEMU's
+    /// device resets itself when it fires), so that with the `inject-nmi` action it
+    /// fires again and again instead of once (tests and benchmarks of the NMI path).
+    pub rearm_after_nmi: bool,
+}
+
+impl Default for GuestOptions {
+    /// What `vmpulse run` uses without flags or annotations: Linux's 30 s heartbeat,
+    /// a kick every 10 s, never hanging, honouring the power button.
+    fn default() -> Self {
+        GuestOptions {
+            timeout_secs: 30,
+            kick_every: Duration::from_secs(10),
+            hang_after: None,
+            ignore_shutdown: false,
+            stage_timeout: None,
+            rearm_after_nmi: false,
+        }
+    }
 }
 
 /// Something the machine reports to the event loop.
