@@ -75,6 +75,40 @@ pub struct HttpSpec {
     pub headers: Vec<(String, String)>,
 }
 
+/// An `httpGet` probe's first request, built once from its [`HttpSpec`] and shared
+/// by every attempt ([`HttpCheck::start_prepared`]): an attempt then formats nothing
+/// unless it follows a redirect.
+#[derive(Debug)]
+pub struct PreparedRequest {
+    spec: Arc<HttpSpec>,
+    url: Url,
+    bytes: Arc<[u8]>,
+}
+
+impl PreparedRequest {
+    /// Build the request for `spec`'s URL.
+    pub fn new(spec: Arc<HttpSpec>) -> Self {
+        let url = Url {
+            scheme: spec.scheme,
+            host: spec.host.clone(),
+            port: spec.port,
+            path: normalise_path(&spec.path),
+        };
+        let bytes = build_request(&spec, &url).into();
+        PreparedRequest { spec, url, bytes }
+    }
+
+    /// What the request was built from.
+    pub fn spec(&self) -> &Arc<HttpSpec> {
+        &self.spec
+    }
+
+    /// The request's bytes (request line, headers, the empty line).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// The URL being requested.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Url {
@@ -818,7 +852,7 @@ enum Phase {
     Connecting(Connect),
     Exchange {
         transport: Transport,
-        request: Vec<u8>,
+        request: Arc<[u8]>,
         written: usize,
         reader: ResponseReader,
     },
@@ -841,9 +875,10 @@ fn phase_name(phase: &Phase) -> &'static str {
 /// One `httpGet` attempt against one address.
 #[derive(Debug)]
 pub struct HttpCheck {
-    spec: Arc<HttpSpec>,
+    first: Arc<PreparedRequest>,
     ip: IpAddr,
-    url: Url,
+    /// Where a redirect led (`None`: the first request's URL).
+    redirect: Option<Url>,
     requests: u32,
     phase: Phase,
     result: Option<CheckResult>,
@@ -854,16 +889,16 @@ pub struct HttpCheck {
 impl HttpCheck {
     /// Start an attempt against `ip` (the TCP target) for the URL in `spec`.
     pub fn start(spec: Arc<HttpSpec>, ip: IpAddr) -> Self {
-        let url = Url {
-            scheme: spec.scheme,
-            host: spec.host.clone(),
-            port: spec.port,
-            path: normalise_path(&spec.path),
-        };
+        Self::start_prepared(Arc::new(PreparedRequest::new(spec)), ip)
+    }
+
+    /// [`HttpCheck::start`] with the request built beforehand, for a probe that
+    /// makes many attempts.
+    pub fn start_prepared(first: Arc<PreparedRequest>, ip: IpAddr) -> Self {
         let mut check = HttpCheck {
-            spec,
+            first,
             ip,
-            url,
+            redirect: None,
             requests: 0,
             phase: Phase::Done,
             result: None,
@@ -878,10 +913,15 @@ impl HttpCheck {
         check
     }
 
-    /// Start the next request (the first or a redirect) to `self.url`.
+    /// The URL of the current request.
+    fn url(&self) -> &Url {
+        self.redirect.as_ref().unwrap_or(&self.first.url)
+    }
+
+    /// Start the next request (the first or a redirect) to [`HttpCheck::url`].
     fn request(&mut self) {
         self.requests += 1;
-        let addr = SocketAddr::new(self.ip, self.url.port);
+        let addr = SocketAddr::new(self.ip, self.url().port);
         match Connect::start(addr) {
             Ok(c) => self.phase = Phase::Connecting(c),
             Err(m) => self.fail(m),
@@ -955,7 +995,7 @@ impl HttpCheck {
                 unreachable!("checked above")
             };
             let stream = c.into_stream();
-            let transport = match self.url.scheme {
+            let transport = match self.url().scheme {
                 HttpScheme::Http => Transport::Plain(stream),
                 #[cfg(feature = "https")]
                 HttpScheme::Https => match self.tls_client() {
@@ -968,7 +1008,10 @@ impl HttpCheck {
             };
             self.phase = Phase::Exchange {
                 transport,
-                request: build_request(&self.spec, &self.url),
+                request: match &self.redirect {
+                    None => self.first.bytes.clone(),
+                    Some(url) => build_request(&self.first.spec, url).into(),
+                },
                 written: 0,
                 reader: ResponseReader::new(),
             };
@@ -984,10 +1027,12 @@ impl HttpCheck {
     #[cfg(feature = "https")]
     fn tls_client(&self) -> Result<ClientConnection, String> {
         let config = tls_config()?;
-        let name = match self.url.host.parse::<IpAddr>() {
+        let host = &self.url().host;
+        let name = match host.parse::<IpAddr>() {
             Ok(ip) => ServerName::IpAddress(ip.into()),
-            Err(_) => ServerName::try_from(self.url.host.clone())
-                .unwrap_or(ServerName::IpAddress(self.ip.into())),
+            Err(_) => {
+                ServerName::try_from(host.clone()).unwrap_or(ServerName::IpAddress(self.ip.into()))
+            }
         };
         ClientConnection::new(config, name).map_err(|e| format!("TLS: {e}"))
     }
@@ -997,11 +1042,13 @@ impl HttpCheck {
     fn exchange(&mut self) -> Result<(), CheckResult> {
         let HttpCheck {
             phase,
-            url,
-            spec,
+            first,
+            redirect,
             budget,
             ..
         } = self;
+        let url = redirect.as_ref().unwrap_or(&first.url);
+        let spec = &first.spec;
         let Phase::Exchange {
             transport,
             request,
@@ -1086,17 +1133,18 @@ impl HttpCheck {
     fn finish(&mut self, r: Response) -> Result<(), CheckResult> {
         let status = r.status;
         // "302 Found", or "302" when the reason phrase is empty or not UTF-8.
-        let line = format!("{status} {}", r.reason).trim_end().to_string();
+        let mut line = format!("{status} {}", r.reason);
+        line.truncate(line.trim_end().len());
         if r.is_redirect() {
             let location = r.location.as_deref().unwrap_or_default();
-            match resolve_location(&self.url, location) {
-                Some(next) if same_host(&next.host, &self.spec.host) => {
+            match resolve_location(self.url(), location) {
+                Some(next) if same_host(&next.host, &self.first.spec.host) => {
                     if self.requests >= MAX_REQUESTS {
                         return Err(CheckResult::failure(format!(
                             "stopped after {MAX_REQUESTS} redirects (last Location: {location})"
                         )));
                     }
-                    self.url = next;
+                    self.redirect = Some(next);
                     self.request();
                     return Ok(());
                 }

@@ -11,7 +11,7 @@
 //! time since the VM started.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -26,7 +26,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::agent::AgentOutcome;
 use super::agent::{AgentClient, FdInterest};
 use super::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
-use super::http::{HttpCheck, HttpSpec};
+use super::http::{HttpCheck, HttpSpec, PreparedRequest};
 use super::tcp::TcpCheck;
 use super::tracker::{Outcome, Tracker, Transition};
 use super::{CheckResult, ProbeAttempt, ProbeEnv, ProbeEvent};
@@ -35,6 +35,30 @@ use super::{CheckResult, ProbeAttempt, ProbeEnv, ProbeEvent};
 const TIMER_TOKEN: u64 = 0;
 /// Tokens of the agent's fds carry this bit (and the fd).
 const AGENT_TOKEN: u64 = 1 << 63;
+/// A socket's token names its probe (low 32 bits), its sub (the next 16) and the
+/// attempt (a 15-bit serial, never 0, so no socket token is [`TIMER_TOKEN`]): an
+/// event of a socket closed earlier in the same `epoll_wait` batch names an
+/// attempt or sub that is no longer there, and is dropped.
+const TOKEN_SUB_SHIFT: u32 = 32;
+const TOKEN_SERIAL_SHIFT: u32 = 48;
+const TOKEN_SERIAL_MASK: u64 = 0x7fff;
+
+/// Most addresses one network probe checks (a sub index fits its 16 bits).
+const MAX_TARGETS: usize = 1 << 16;
+
+/// The token of sub `s` of probe `i`'s attempt number `serial`.
+fn socket_token(i: usize, s: usize, serial: u64) -> u64 {
+    debug_assert!(i <= u32::MAX as usize && s <= u16::MAX as usize);
+    (serial & TOKEN_SERIAL_MASK) << TOKEN_SERIAL_SHIFT | (s as u64) << TOKEN_SUB_SHIFT | i as u64
+}
+
+/// (probe index, sub index) of a socket token.
+fn token_place(token: u64) -> (usize, usize) {
+    (
+        (token & 0xffff_ffff) as usize,
+        ((token >> TOKEN_SUB_SHIFT) & 0xffff) as usize,
+    )
+}
 /// Epoll events handled per round; rounds per `process` call.
 const EVENTS_PER_ROUND: usize = 256;
 const ROUNDS: usize = 16;
@@ -61,9 +85,9 @@ enum Handler {
 struct Target {
     addr: SocketAddr,
     /// `host:port` as named in results.
-    label: String,
-    /// The URL of an `httpGet` probe at this target.
-    http: Option<Arc<HttpSpec>>,
+    label: Arc<str>,
+    /// The request of an `httpGet` probe at this target.
+    http: Option<Arc<PreparedRequest>>,
 }
 
 /// A check in flight against one target.
@@ -104,7 +128,8 @@ type Interest = (RawFd, bool, bool, u32);
 /// One target's part of an attempt.
 #[derive(Debug)]
 struct Sub {
-    label: String,
+    /// The target's `host:port` (none for agent attempts and unusable targets).
+    label: Option<Arc<str>>,
     check: Option<Check>,
     token: u64,
     /// What is registered in the epoll for this sub: (fd, read, write).
@@ -154,6 +179,8 @@ struct Probe {
     handler: Handler,
     targets: Result<Vec<Target>, String>,
     attempt: Option<Attempt>,
+    /// The last attempt's `subs`, emptied, for the next one to fill.
+    spare_subs: Vec<Sub>,
 }
 
 /// Every probe of one VM, driven from the caller's epoll loop and clock.
@@ -210,9 +237,10 @@ pub struct ProbeSet {
     /// What of the agent is registered in the epoll: its fds' interests and the
     /// link they belong to ([`AgentClient::link_serial`]).
     agent_fds: (Vec<FdInterest>, u64),
-    /// Socket token → (probe index, sub index).
-    tokens: HashMap<u64, (usize, usize)>,
-    next_token: u64,
+    /// Checks (sockets) in flight: subs with a check.
+    sockets: usize,
+    /// Serial of the last attempt with sockets (see [`socket_token`]).
+    serial: u64,
     /// Pending wake-ups: (when, probe index). Stale entries are harmless.
     wakeups: BinaryHeap<Reverse<(Instant, usize)>>,
     /// When the VM (this run) started.
@@ -240,7 +268,7 @@ impl fmt::Debug for ProbeSet {
             .field("probes", &self.probes)
             .field("epoch", &self.epoch)
             .field("ready", &self.ready)
-            .field("in_flight", &self.tokens.len())
+            .field("in_flight", &self.sockets)
             .finish_non_exhaustive()
     }
 }
@@ -359,6 +387,12 @@ fn targets(
     if hosts.is_empty() {
         return Err("no address to probe".into());
     }
+    if hosts.len() > MAX_TARGETS {
+        return Err(format!(
+            "{} VM addresses to probe, more than {MAX_TARGETS}",
+            hosts.len()
+        ));
+    }
     Ok(hosts
         .into_iter()
         .map(|(name, ip)| {
@@ -369,15 +403,15 @@ fn targets(
             };
             Target {
                 addr: SocketAddr::new(ip, port),
-                label,
+                label: label.into(),
                 http: http.map(|(scheme, path, headers)| {
-                    Arc::new(HttpSpec {
+                    Arc::new(PreparedRequest::new(Arc::new(HttpSpec {
                         scheme: *scheme,
                         host: name.clone(),
                         port,
                         path: path.to_string(),
                         headers: headers.to_vec(),
-                    })
+                    })))
                 }),
             }
         })
@@ -462,6 +496,7 @@ impl ProbeSet {
                     handler,
                     targets,
                     attempt: None,
+                    spare_subs: Vec::new(),
                 }
             })
             .collect();
@@ -471,8 +506,8 @@ impl ProbeSet {
             timer,
             agent: new_agent(env.agent.filter(|_| needs_agent)),
             agent_fds: (Vec::new(), 0),
-            tokens: HashMap::new(),
-            next_token: 1,
+            sockets: 0,
+            serial: 0,
             wakeups: BinaryHeap::new(),
             epoch: None,
             has_readiness,
@@ -566,7 +601,7 @@ impl ProbeSet {
 
     /// Number of checks (sockets) in flight.
     pub fn in_flight(&self) -> usize {
-        self.tokens.len()
+        self.sockets
     }
 
     fn publish_ready(&mut self, ready: bool) {
@@ -663,20 +698,23 @@ impl ProbeSet {
 
     /// A socket of an attempt is ready.
     fn socket_ready(&mut self, token: u64, now: Instant, events: &mut Vec<ProbeEvent>) {
-        let Some(&(i, s)) = self.tokens.get(&token) else {
+        let (i, s) = token_place(token);
+        let Some(sub) = self
+            .probes
+            .get_mut(i)
+            .and_then(|p| p.attempt.as_mut())
+            .and_then(|a| a.subs.get_mut(s))
+            .filter(|sub| sub.token == token)
+        else {
             return;
         };
-        let Some(attempt) = self.probes[i].attempt.as_mut() else {
-            return;
-        };
-        let sub = &mut attempt.subs[s];
         let Some(check) = sub.check.as_mut() else {
             return;
         };
         if let Some(result) = check.on_ready() {
             sub.result = Some(result);
             sub.check = None;
-            self.tokens.remove(&token);
+            self.sockets -= 1;
         } else {
             let want = check.interest();
             Self::sync_fd(&self.epoll, &mut sub.registered, want, token);
@@ -705,7 +743,7 @@ impl ProbeSet {
                             self.stats.body_stalls += 1;
                         }
                         sub.result = Some(check.on_timeout(timeout));
-                        self.tokens.remove(&sub.token);
+                        self.sockets -= 1;
                     }
                 }
             }
@@ -733,7 +771,7 @@ impl ProbeSet {
         let mut attempt = Attempt {
             started: now,
             deadline,
-            subs: Vec::new(),
+            subs: std::mem::take(&mut probe.spare_subs),
             agent: false,
             exec: None,
         };
@@ -741,7 +779,7 @@ impl ProbeSet {
             Handler::Exec(_) | Handler::Ping => {
                 attempt.agent = true;
                 let mut sub = Sub {
-                    label: String::new(),
+                    label: None,
                     check: None,
                     token: 0,
                     registered: None,
@@ -764,25 +802,25 @@ impl ProbeSet {
             Handler::Http | Handler::Tcp => {
                 match &probe.targets {
                     Err(m) => attempt.subs.push(Sub {
-                        label: String::new(),
+                        label: None,
                         check: None,
                         token: 0,
                         registered: None,
                         result: Some(CheckResult::failure(m.clone())),
                     }),
                     Ok(targets) => {
+                        self.serial = self.serial % TOKEN_SERIAL_MASK + 1;
                         for (s, t) in targets.iter().enumerate() {
                             let mut check = match &t.http {
-                                Some(spec) => Check::Http(Box::new(HttpCheck::start(
-                                    spec.clone(),
+                                Some(first) => Check::Http(Box::new(HttpCheck::start_prepared(
+                                    first.clone(),
                                     t.addr.ip(),
                                 ))),
                                 None => Check::Tcp(TcpCheck::start(t.addr)),
                             };
-                            let token = self.next_token;
-                            self.next_token += 1;
+                            let token = socket_token(i, s, self.serial);
                             let mut sub = Sub {
-                                label: t.label.clone(),
+                                label: Some(t.label.clone()),
                                 check: None,
                                 token,
                                 registered: None,
@@ -798,7 +836,7 @@ impl ProbeSet {
                                     token,
                                 );
                                 sub.check = Some(check);
-                                self.tokens.insert(token, (i, s));
+                                self.sockets += 1;
                             }
                             attempt.subs.push(sub);
                         }
@@ -882,7 +920,11 @@ impl ProbeSet {
         let results: Vec<(&str, &CheckResult)> = attempt
             .subs
             .iter()
-            .filter_map(|s| s.result.as_ref().map(|r| (s.label.as_str(), r)))
+            .filter_map(|s| {
+                s.result
+                    .as_ref()
+                    .map(|r| (s.label.as_deref().unwrap_or(""), r))
+            })
             .collect();
         let (message, address) = if results.len() == 1 {
             let (label, r) = results[0];
@@ -903,7 +945,13 @@ impl ProbeSet {
                 .collect();
             (message, Some(named.join(",")))
         };
-        let (exit_code, output) = match attempt.exec {
+        let Attempt {
+            started,
+            mut subs,
+            exec,
+            ..
+        } = attempt;
+        let (exit_code, output) = match exec {
             Some((code, out)) => (code, Some(out)),
             None => (None, None),
         };
@@ -915,9 +963,11 @@ impl ProbeSet {
             address,
             exit_code,
             output,
-            started: attempt.started,
-            duration: now.saturating_duration_since(attempt.started),
+            started,
+            duration: now.saturating_duration_since(started),
         }));
+        subs.clear();
+        probe.spare_subs = subs;
         self.stats.attempts += 1;
         match outcome {
             Outcome::Success => self.stats.successes += 1,
@@ -947,9 +997,7 @@ impl ProbeSet {
     /// Drop probe `i`'s attempt (its sockets close) and cancel it at the agent.
     fn cancel_attempt(&mut self, i: usize) {
         if let Some(attempt) = self.probes[i].attempt.take() {
-            for sub in &attempt.subs {
-                self.tokens.remove(&sub.token);
-            }
+            self.sockets -= attempt.subs.iter().filter(|s| s.check.is_some()).count();
             if attempt.agent {
                 if let Some(agent) = &mut self.agent {
                     agent.cancel(i as u64);
@@ -1118,6 +1166,18 @@ mod tests {
             vm_addresses: vec![IpAddr::from([127, 0, 0, 1])],
             agent: None,
         }
+    }
+
+    #[test]
+    fn socket_tokens_name_probe_sub_and_attempt_and_never_the_timer() {
+        for (i, s, serial) in [(0, 0, 1), (7, 3, 2), (u32::MAX as usize, 0xffff, 0x7fff)] {
+            let token = socket_token(i, s, serial);
+            assert_eq!(token_place(token), (i, s));
+            assert_ne!(token, TIMER_TOKEN);
+            assert_eq!(token & AGENT_TOKEN, 0, "not an agent token");
+        }
+        // The same place in another attempt is another token.
+        assert_ne!(socket_token(5, 1, 1), socket_token(5, 1, 2));
     }
 
     #[test]
