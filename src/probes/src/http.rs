@@ -1168,6 +1168,11 @@ impl HttpCheck {
         Ok(())
     }
 
+    /// The result, once [`HttpCheck::on_ready`] has returned it (no copy of it).
+    pub fn into_result(self) -> Option<CheckResult> {
+        self.result
+    }
+
     /// The deadline passed: the attempt fails (unless it already finished). A
     /// stall after the response headers is an error, which the thresholds ignore.
     pub fn on_timeout(&mut self, timeout: Duration) -> CheckResult {

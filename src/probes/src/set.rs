@@ -107,11 +107,21 @@ impl Check {
         }
     }
 
-    fn on_ready(&mut self) -> Option<CheckResult> {
+    /// Make progress; whether the result is known ([`Check::into_result`]).
+    fn on_ready(&mut self) -> bool {
         match self {
-            Check::Tcp(c) => c.on_ready().cloned(),
-            Check::Http(c) => c.on_ready().cloned(),
+            Check::Tcp(c) => c.on_ready().is_some(),
+            Check::Http(c) => c.on_ready().is_some(),
         }
+    }
+
+    /// The result of a check whose [`Check::on_ready`] said it was done.
+    fn into_result(self) -> CheckResult {
+        let result = match self {
+            Check::Tcp(c) => c.into_result(),
+            Check::Http(c) => c.into_result(),
+        };
+        result.unwrap_or_else(|| CheckResult::error("check ended without a result".into()))
     }
 
     fn on_timeout(&mut self, timeout: Duration) -> CheckResult {
@@ -711,9 +721,8 @@ impl ProbeSet {
         let Some(check) = sub.check.as_mut() else {
             return;
         };
-        if let Some(result) = check.on_ready() {
-            sub.result = Some(result);
-            sub.check = None;
+        if check.on_ready() {
+            sub.result = sub.check.take().map(Check::into_result);
             self.sockets -= 1;
         } else {
             let want = check.interest();
@@ -826,8 +835,8 @@ impl ProbeSet {
                                 registered: None,
                                 result: None,
                             };
-                            if let Some(r) = check.on_ready() {
-                                sub.result = Some(r);
+                            if check.on_ready() {
+                                sub.result = Some(check.into_result());
                             } else {
                                 Self::sync_fd(
                                     &self.epoll,
@@ -903,7 +912,7 @@ impl ProbeSet {
         if !done {
             return;
         }
-        let attempt = self.probes[i].attempt.take().expect("checked above");
+        let mut attempt = self.probes[i].attempt.take().expect("checked above");
         let elapsed = self.elapsed(now);
         let probe = &mut self.probes[i];
         // Any failure fails the attempt; otherwise any error makes it an error
@@ -917,22 +926,22 @@ impl ProbeSet {
             Outcome::Success
         };
         let success = outcome == Outcome::Success;
-        let results: Vec<(&str, &CheckResult)> = attempt
-            .subs
-            .iter()
-            .filter_map(|s| {
-                s.result
-                    .as_ref()
-                    .map(|r| (s.label.as_deref().unwrap_or(""), r))
-            })
-            .collect();
-        let (message, address) = if results.len() == 1 {
-            let (label, r) = results[0];
+        let (message, address) = if let [sub] = attempt.subs.as_mut_slice() {
+            // One target, or the agent: its result's message as it is.
             (
-                r.message.clone(),
-                (!label.is_empty()).then(|| label.to_string()),
+                sub.result.take().map(|r| r.message).unwrap_or_default(),
+                sub.label.as_deref().map(str::to_string),
             )
         } else {
+            let results: Vec<(&str, &CheckResult)> = attempt
+                .subs
+                .iter()
+                .filter_map(|s| {
+                    s.result
+                        .as_ref()
+                        .map(|r| (s.label.as_deref().unwrap_or(""), r))
+                })
+                .collect();
             let message = results
                 .iter()
                 .map(|(l, r)| format!("{l}: {}", r.message))
@@ -955,17 +964,6 @@ impl ProbeSet {
             Some((code, out)) => (code, Some(out)),
             None => (None, None),
         };
-        events.push(ProbeEvent::Attempt(ProbeAttempt {
-            probe: probe.kind,
-            success,
-            outcome,
-            message: message.clone(),
-            address,
-            exit_code,
-            output,
-            started,
-            duration: now.saturating_duration_since(started),
-        }));
         subs.clear();
         probe.spare_subs = subs;
         self.stats.attempts += 1;
@@ -974,12 +972,27 @@ impl ProbeSet {
             Outcome::Failure => self.stats.failures += 1,
             Outcome::Error => self.stats.errors += 1,
         }
-        match probe.tracker.complete(elapsed, outcome) {
+        // The attempt's event comes first, then what it changed.
+        let transition = probe.tracker.complete(elapsed, outcome);
+        let liveness_failed =
+            (transition == Some(Transition::LivenessFailed)).then(|| ProbeEvent::LivenessFailed {
+                message: message.clone(),
+            });
+        events.push(ProbeEvent::Attempt(ProbeAttempt {
+            probe: probe.kind,
+            success,
+            outcome,
+            message,
+            address,
+            exit_code,
+            output,
+            started,
+            duration: now.saturating_duration_since(started),
+        }));
+        match transition {
             Some(Transition::Ready) => self.publish_ready_into(true, events),
             Some(Transition::NotReady) => self.publish_ready_into(false, events),
-            Some(Transition::LivenessFailed) => {
-                events.push(ProbeEvent::LivenessFailed { message });
-            }
+            Some(Transition::LivenessFailed) => events.extend(liveness_failed),
             None => {}
         }
         if let (Some(epoch), Some(next)) = (self.epoch, self.probes[i].tracker.next_start()) {

@@ -149,6 +149,11 @@ impl TcpCheck {
         self.result.as_ref()
     }
 
+    /// The result, once [`TcpCheck::on_ready`] has returned it (no copy of it).
+    pub fn into_result(self) -> Option<CheckResult> {
+        self.result
+    }
+
     /// The deadline passed: the attempt fails (unless it already finished).
     pub fn on_timeout(&mut self, timeout: std::time::Duration) -> CheckResult {
         self.connect = None;
