@@ -448,3 +448,80 @@ fn real_time_timeout_is_measured() {
     );
     assert!(t >= ms(300) && t < ms(1_000), "{t:?}");
 }
+
+#[test]
+fn an_answer_seen_after_the_deadline_is_a_timeout() {
+    let server = Server::http(V4, |_, _| response("200 OK", "", "ok"));
+    let config = ProbeConfig::builder(R, ProbeHandler::http_get(server.port(), "/"))
+        .period(s(10))
+        .timeout(s(1))
+        .build()
+        .unwrap();
+    let mut set = ProbeSet::new(vec![config], env(&[V4])).unwrap();
+    let epoll = epoll_on(&set);
+    let t0 = std::time::Instant::now();
+    set.vm_started(t0);
+    assert!(
+        set.process(t0).is_empty(),
+        "the request is out, no answer yet"
+    );
+    assert_eq!(set.in_flight(), 1);
+    // The answer arrives at once, but the loop only sees it 2 s into the attempt
+    // (a loop held up, or one woken with timer slack).
+    let mut ev = [vmm_sys_util::epoll::EpollEvent::default(); 4];
+    let mut attempts = Vec::new();
+    let give_up = std::time::Instant::now() + s(10);
+    while attempts.is_empty() && std::time::Instant::now() < give_up {
+        epoll.wait(1000, &mut ev).unwrap();
+        attempts.extend(set.process(t0 + s(2)).into_iter().filter_map(|e| match e {
+            ProbeEvent::Attempt(a) => Some(a),
+            _ => None,
+        }));
+    }
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    let a = &attempts[0];
+    assert!(!a.success);
+    assert!(a.message.contains("timed out after 1s"), "{}", a.message);
+    assert_eq!(set.stats().timeouts, 1);
+    assert_eq!(set.in_flight(), 0);
+}
+
+#[test]
+fn timer_slack_lets_the_timerfd_fire_late_but_keeps_next_deadline_exact() {
+    let listener = TcpListener::bind((V4, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for slack in [ms(0), ms(8), ms(20)] {
+        let config = ProbeConfig::builder(R, tcp(port))
+            .initial_delay(ms(30))
+            .build()
+            .unwrap();
+        let mut set = ProbeSet::new(vec![config], env(&[V4])).unwrap();
+        set.set_timer_slack(slack);
+        let epoll = epoll_on(&set);
+        let t0 = std::time::Instant::now();
+        set.vm_started(t0);
+        assert!(set.process(t0).is_empty());
+        assert_eq!(
+            set.next_deadline(),
+            Some(t0 + ms(30)),
+            "exact, whatever the slack"
+        );
+        let mut ev = [vmm_sys_util::epoll::EpollEvent::default(); 4];
+        assert_eq!(epoll.wait(5_000, &mut ev).unwrap(), 1, "the timerfd fires");
+        let woken = t0.elapsed();
+        // A timer never fires early: with slack, not before the start plus the slack.
+        // (Slack is capped at 10 ms.)
+        let slack = slack.min(ms(10));
+        assert!(
+            woken >= ms(30) + slack,
+            "slack {slack:?}: woken at {woken:?}"
+        );
+        assert!(woken < s(3), "slack {slack:?}: woken at {woken:?}");
+        let started: Vec<_> = set
+            .process(std::time::Instant::now())
+            .into_iter()
+            .filter(|e| matches!(e, ProbeEvent::Attempt(_)))
+            .collect();
+        assert_eq!(started.len(), 1, "the attempt ran once woken");
+    }
+}

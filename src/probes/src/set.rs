@@ -67,6 +67,8 @@ const ROUNDS: usize = 16;
 const AGENT_GRACE: Duration = Duration::from_millis(500);
 /// Smallest timer arming, to never spin on a deadline already past.
 const MIN_ARM: Duration = Duration::from_micros(50);
+/// Largest timer slack ([`ProbeSet::set_timer_slack`]).
+const MAX_SLACK: Duration = Duration::from_millis(10);
 /// Bytes of exec output kept in an attempt event.
 #[cfg(feature = "agent")]
 const MAX_OUTPUT: usize = 1024;
@@ -270,6 +272,8 @@ pub struct ProbeSet {
     stats: ProbeStats,
     /// The `now` of the last call that armed the timer.
     last_now: Instant,
+    /// How late the timerfd may fire past the earliest wake-up ([`ProbeSet::set_timer_slack`]).
+    slack: Duration,
 }
 
 impl fmt::Debug for ProbeSet {
@@ -530,6 +534,7 @@ impl ProbeSet {
             stats: ProbeStats::default(),
             // Only read with events pending, which a `vm_*` call queues after setting it.
             last_now: Instant::now(),
+            slack: Duration::ZERO,
         })
     }
 
@@ -589,6 +594,22 @@ impl ProbeSet {
     /// The current Ready condition.
     pub fn ready(&self) -> bool {
         self.ready
+    }
+
+    /// Let the set's timerfd fire up to `slack` after the earliest wake-up (default
+    /// zero: at it), so that starts and deadlines falling due within `slack` of each
+    /// other are handled in one wake-up, as the kernel's timer slack merges timers.
+    /// With many probes this saves wake-ups; each attempt then starts, and each
+    /// deadline is seen, up to `slack` late (a probe's schedule does not drift: the
+    /// next start is still one period after the scheduled one). At most 10 ms.
+    ///
+    /// Only the timerfd is affected: [`ProbeSet::next_deadline`] stays exact, and a
+    /// caller that calls [`ProbeSet::process`] at it (a loop in virtual time, or one
+    /// with its own timer) sees no slack.
+    pub fn set_timer_slack(&mut self, slack: Duration) {
+        self.slack = slack.min(MAX_SLACK);
+        // Re-arm at the next call that arms the timer.
+        self.fired = true;
     }
 
     /// Record how late each attempt starts against its schedule (for benchmarks).
@@ -709,6 +730,19 @@ impl ProbeSet {
     /// A socket of an attempt is ready.
     fn socket_ready(&mut self, token: u64, now: Instant, events: &mut Vec<ProbeEvent>) {
         let (i, s) = token_place(token);
+        let late = self
+            .probes
+            .get(i)
+            .and_then(|p| p.attempt.as_ref())
+            .is_some_and(|a| {
+                !a.agent && now >= a.deadline && a.subs.get(s).is_some_and(|sub| sub.token == token)
+            });
+        if late {
+            // The deadline passed before this event was seen (a busy loop, or timer
+            // slack): the attempt timed out, whatever the socket says now.
+            self.wake(i, now, events);
+            return;
+        }
         let Some(sub) = self
             .probes
             .get_mut(i)
@@ -1159,9 +1193,10 @@ impl ProbeSet {
             Some(t) if t <= now && !self.pending.is_empty() => {
                 self.timer.reset(Duration::from_nanos(1), None)
             }
-            Some(t) => self
-                .timer
-                .reset(t.saturating_duration_since(now).max(MIN_ARM), None),
+            Some(t) => self.timer.reset(
+                (t + self.slack).saturating_duration_since(now).max(MIN_ARM),
+                None,
+            ),
             None => self.timer.clear(),
         };
         if let Err(e) = result {
