@@ -191,8 +191,6 @@ struct Probe {
     handler: Handler,
     targets: Result<Vec<Target>, String>,
     attempt: Option<Attempt>,
-    /// The last attempt's `subs`, emptied, for the next one to fill.
-    spare_subs: Vec<Sub>,
 }
 
 /// Every probe of one VM, driven from the caller's epoll loop and clock.
@@ -510,7 +508,6 @@ impl ProbeSet {
                     handler,
                     targets,
                     attempt: None,
-                    spare_subs: Vec::new(),
                 }
             })
             .collect();
@@ -814,7 +811,8 @@ impl ProbeSet {
         let mut attempt = Attempt {
             started: now,
             deadline,
-            subs: std::mem::take(&mut probe.spare_subs),
+            // One part per target (one for the agent), and no room for more.
+            subs: Vec::with_capacity(probe.targets.as_ref().map_or(1, |t| t.len().max(1))),
             agent: false,
             exec: None,
         };
@@ -988,18 +986,11 @@ impl ProbeSet {
                 .collect();
             (message, Some(named.join(",")))
         };
-        let Attempt {
-            started,
-            mut subs,
-            exec,
-            ..
-        } = attempt;
+        let Attempt { started, exec, .. } = attempt;
         let (exit_code, output) = match exec {
             Some((code, out)) => (code, Some(out)),
             None => (None, None),
         };
-        subs.clear();
-        probe.spare_subs = subs;
         self.stats.attempts += 1;
         match outcome {
             Outcome::Success => self.stats.successes += 1,
