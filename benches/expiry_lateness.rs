@@ -16,7 +16,9 @@
 //! 6. and 7. action `inject-nmi`, without and with the probes: the guest arms the watchdog
 //!    again after every NMI (`GuestOptions::rearm_after_nmi`), so it fires every two
 //!    stages while the VM keeps running; `late_ms` ends when the vCPU thread has handed
-//!    the NMI to KVM.
+//!    the NMI to KVM;
+//! 8. action `poweroff` as in 5., with the probes (each new VM starts their schedule
+//!    again).
 //!
 //! Before each, the baseline: a bare timerfd armed (relative, as the watchdog's adapter
 //! arms its own) for deadlines as far apart as the VM's expiries, on an idle epoll loop on
@@ -403,6 +405,13 @@ fn main() {
         },
         nmi(0),
         nmi(probe_count),
+        Case {
+            name: "poweroff, then a new VM",
+            action: WatchdogAction::Poweroff,
+            strategy: RunStrategy::Always,
+            probes: probe_count,
+            realtime: None,
+        },
     ];
     println!(
         "expiry lateness: {n} expiries per configuration, {} ms per stage, load average {}",
