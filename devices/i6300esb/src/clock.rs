@@ -84,6 +84,7 @@ impl Default for MonotonicClock {
 }
 
 impl Clock for MonotonicClock {
+    #[inline]
     fn now_ns(&self) -> u64 {
         // Seconds and nanoseconds apart: no 128-bit arithmetic on the access path.
         let d = self.origin.elapsed();
