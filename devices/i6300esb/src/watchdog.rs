@@ -125,9 +125,11 @@ impl Registers {
 }
 
 /// Is `len` bytes at `offset` a naturally aligned access of 1, 2 or 4 bytes inside `size`?
+#[inline]
 pub(crate) fn valid_access(offset: u64, len: usize, size: u64) -> bool {
+    // A power-of-two width: alignment is a mask test, no division.
     matches!(len, 1 | 2 | 4)
-        && offset % len as u64 == 0
+        && offset & (len as u64 - 1) == 0
         && offset
             .checked_add(len as u64)
             .is_some_and(|end| end <= size)
@@ -135,9 +137,16 @@ pub(crate) fn valid_access(offset: u64, len: usize, size: u64) -> bool {
 
 /// Little-endian value of an access of 1 to 8 bytes.
 pub(crate) fn le_value(data: &[u8]) -> u64 {
-    data.iter()
-        .rev()
-        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+    match *data {
+        // The register widths, without a loop.
+        [a] => u64::from(a),
+        [a, b] => u64::from(u16::from_le_bytes([a, b])),
+        [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+        _ => data
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)),
+    }
 }
 
 /// Store `value` little-endian into `data` (as many bytes as `data` has, up to 8).
@@ -599,11 +608,12 @@ impl<E: WatchdogEvents> Watchdog<E> {
     /// GISR bit 0; preloads still read 0.
     pub fn mmio_read(&mut self, now_ns: u64, offset: u64, data: &mut [u8]) {
         self.advance(now_ns);
-        data.fill(0);
         if !valid_access(offset, data.len(), BAR0_SIZE) {
+            data.fill(0);
             self.events.ignored_mmio_access();
             return;
         }
+        // From here on every byte of `data` (1, 2 or 4 of them) is written below.
         if self.profile == Profile::Hardware {
             let flag_byte = (RELOAD_TIMEOUT >> 8) as u8;
             for (i, b) in data.iter_mut().enumerate() {
@@ -615,9 +625,12 @@ impl<E: WatchdogEvents> Watchdog<E> {
             }
             return;
         }
-        if offset == MMIO_RELOAD && data.len() == 2 && self.timed_out {
-            put_le(data, u64::from(RELOAD_READ_FLAG_SET));
-        }
+        let value = if offset == MMIO_RELOAD && data.len() == 2 && self.timed_out {
+            RELOAD_READ_FLAG_SET
+        } else {
+            0
+        };
+        put_le(data, u64::from(value));
     }
 
     /// A write to BAR0 at `offset` (0x00–0x0F).
@@ -816,5 +829,27 @@ impl<E: WatchdogEvents> Watchdog<E> {
             profile: state.profile,
             events,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_access;
+
+    #[test]
+    fn valid_access_is_natural_alignment_inside_the_window() {
+        // The mask test agrees with the definition (a remainder) for every width.
+        for offset in (0..40u64).chain([u64::MAX - 3, u64::MAX - 1, u64::MAX]) {
+            for len in 0..=9usize {
+                let want = matches!(len, 1 | 2 | 4)
+                    && offset % len as u64 == 0
+                    && offset.checked_add(len as u64).is_some_and(|end| end <= 16);
+                assert_eq!(
+                    valid_access(offset, len, 16),
+                    want,
+                    "{len} bytes at {offset:#x}"
+                );
+            }
+        }
     }
 }

@@ -540,7 +540,9 @@ impl Vcpu {
         let immediate_exit = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
         while self.service() {
-            let d = self.devices.clone();
+            // Borrowed, not cloned: an `Arc` clone per exit is two atomic
+            // read-modify-writes on a count other threads share.
+            let d = &self.devices;
             match self.fd.run() {
                 Ok(exit) => match exit {
                     // String I/O (`rep insb`/`outsb`) arrives as `count` accesses in one

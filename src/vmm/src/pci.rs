@@ -396,9 +396,16 @@ impl AccessLog {
         std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Whether the log is recording (one relaxed load: the access path asks this
+    /// before doing any work for the log).
+    #[inline]
+    fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
     /// Record one access (`space` is `cfg` or `mmio`; `data` as the guest saw it).
     fn record(&self, space: &str, write: bool, offset: u64, data: &[u8]) {
-        if !self.on.load(Ordering::Relaxed) {
+        if !self.is_on() {
             return;
         }
         let value = data
@@ -430,7 +437,16 @@ pub struct EsbBar0 {
 
 impl EsbBar0 {
     /// Record the pieces of an access the device took (`data` as the guest saw it).
+    /// The log is off except while a trace or test records: then this is one load.
+    #[inline]
     fn record(&self, write: bool, offset: u64, data: &[u8]) {
+        if self.log.is_on() {
+            self.record_pieces(write, offset, data);
+        }
+    }
+
+    #[cold]
+    fn record_pieces(&self, write: bool, offset: u64, data: &[u8]) {
         if data.len() > MAX_SPLIT_ACCESS {
             // The device took none of it (and counted it).
             return;
