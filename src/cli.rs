@@ -70,7 +70,7 @@ pub const DEFAULT_MEMORY: u64 = 16 << 20;
 /// Guest memory is a whole number of these (KVM maps whole pages).
 pub const PAGE_SIZE: u64 = 4096;
 /// Linux's default heartbeat for the i6300esb.
-pub const DEFAULT_GUEST_TIMEOUT: u32 = 30;
+pub const DEFAULT_GUEST_TIMEOUT: u32 = vmpulse_vmm::machine::DEFAULT_TIMEOUT_SECS;
 /// The largest heartbeat: the preload (`T << 9`) must fit the device's 20 bits.
 pub const MAX_GUEST_TIMEOUT: u32 = 2047;
 
@@ -320,7 +320,7 @@ pub fn settings(
             }
             whole_ms
         }
-        None => Duration::from_secs(u64::from(timeout_secs)) / 3,
+        None => GuestOptions::default_kick_every(timeout_secs),
     };
     let hang_after = match pick(args.guest_hang_after.clone(), "guest-hang-after") {
         Some((what, v)) => Some(parse_seconds(&v).map_err(|m| bad(&what, m))?),

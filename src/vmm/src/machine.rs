@@ -99,7 +99,9 @@ use super::pci::{
     devfn, AccessLog, EsbFunction, HostBridge, PciConfigIo, PciRoot, PioDevice, PCI_CONFIG_PORT,
     PCI_CONFIG_PORTS,
 };
-pub use super::platform::{EventQueue, GuestOptions, MachineEvent, SharedEsb, MAX_QUEUED_LINES};
+pub use super::platform::{
+    EventQueue, GuestOptions, MachineEvent, SharedEsb, DEFAULT_TIMEOUT_SECS, MAX_QUEUED_LINES,
+};
 use super::serial::{
     AgentBridge, AgentPort, ConsolePort, LineSplitter, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE,
     COM2_IRQ, UART_REGS,

@@ -16,6 +16,10 @@ use i6300esb::adapters::timer::MonotonicClock;
 use i6300esb::{EventCounters, I6300Esb};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// Linux's default heartbeat for the i6300esb, in seconds: the built-in guest's
+/// [`GuestOptions::timeout_secs`] unless told otherwise.
+pub const DEFAULT_TIMEOUT_SECS: u32 = 30;
+
 /// The watchdog as the VMM shares it between the vCPU thread and the event loop.
 pub type SharedEsb = Arc<Mutex<I6300Esb<MonotonicClock, Arc<EventCounters>>>>;
 
@@ -41,13 +45,21 @@ pub struct GuestOptions {
     pub rearm_after_nmi: bool,
 }
 
+impl GuestOptions {
+    /// The kick period when none is given: a third of the heartbeat.
+    pub fn default_kick_every(timeout_secs: u32) -> Duration {
+        Duration::from_secs(u64::from(timeout_secs)) / 3
+    }
+}
+
 impl Default for GuestOptions {
-    /// What `vmpulse run` uses without flags or annotations: Linux's 30 s heartbeat,
-    /// a kick every 10 s, never hanging, honouring the power button.
+    /// What `vmpulse run` uses without flags or annotations: Linux's 30 s heartbeat
+    /// ([`DEFAULT_TIMEOUT_SECS`]), a kick every third of it, never hanging, honouring
+    /// the power button.
     fn default() -> Self {
         GuestOptions {
-            timeout_secs: 30,
-            kick_every: Duration::from_secs(10),
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            kick_every: Self::default_kick_every(DEFAULT_TIMEOUT_SECS),
             hang_after: None,
             ignore_shutdown: false,
             stage_timeout: None,
