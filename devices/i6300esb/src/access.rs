@@ -52,7 +52,7 @@ pub const MAX_SPLIT_ACCESS: usize = 8;
 /// [`split_access`] would return it unchanged (the common case, handled
 /// without the iterator).
 #[inline]
-fn one_piece(offset: u64, len: usize) -> bool {
+pub(crate) fn one_piece(offset: u64, len: usize) -> bool {
     // `len` is a power of two here, so the alignment test is a mask, not a
     // division (a `div` costs tens of cycles on every guest access).
     matches!(len, 1 | 2 | 4) && offset & (len as u64 - 1) == 0

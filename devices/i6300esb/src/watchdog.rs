@@ -127,9 +127,7 @@ impl Registers {
 /// Is `len` bytes at `offset` a naturally aligned access of 1, 2 or 4 bytes inside `size`?
 #[inline]
 pub(crate) fn valid_access(offset: u64, len: usize, size: u64) -> bool {
-    // A power-of-two width: alignment is a mask test, no division.
-    matches!(len, 1 | 2 | 4)
-        && offset & (len as u64 - 1) == 0
+    crate::access::one_piece(offset, len)
         && offset
             .checked_add(len as u64)
             .is_some_and(|end| end <= size)
