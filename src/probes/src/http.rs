@@ -915,7 +915,7 @@ impl HttpCheck {
 
     /// The URL of the current request.
     fn url(&self) -> &Url {
-        self.redirect.as_ref().unwrap_or(&self.first.url)
+        current_url(&self.first, &self.redirect)
     }
 
     /// Start the next request (the first or a redirect) to [`HttpCheck::url`].
@@ -1047,7 +1047,7 @@ impl HttpCheck {
             budget,
             ..
         } = self;
-        let url = redirect.as_ref().unwrap_or(&first.url);
+        let url = current_url(first, redirect);
         let spec = &first.spec;
         let Phase::Exchange {
             transport,
@@ -1188,6 +1188,12 @@ impl HttpCheck {
         self.phase = Phase::Done;
         self.result.clone().expect("set above")
     }
+}
+
+/// Where a redirect led, else the first request's URL ([`HttpCheck::url`], for a
+/// caller that holds the check's fields apart).
+fn current_url<'a>(first: &'a PreparedRequest, redirect: &'a Option<Url>) -> &'a Url {
+    redirect.as_ref().unwrap_or(&first.url)
 }
 
 /// Whether a response is a redirect that will be followed: then its body is

@@ -727,28 +727,19 @@ impl ProbeSet {
     /// A socket of an attempt is ready.
     fn socket_ready(&mut self, token: u64, now: Instant, events: &mut Vec<ProbeEvent>) {
         let (i, s) = token_place(token);
-        let late = self
-            .probes
-            .get(i)
-            .and_then(|p| p.attempt.as_ref())
-            .is_some_and(|a| {
-                !a.agent && now >= a.deadline && a.subs.get(s).is_some_and(|sub| sub.token == token)
-            });
-        if late {
+        let Some(attempt) = self.probes.get_mut(i).and_then(|p| p.attempt.as_mut()) else {
+            return;
+        };
+        // Only a network attempt's sub carries a socket token (never 0).
+        let Some(sub) = attempt.subs.get_mut(s).filter(|sub| sub.token == token) else {
+            return;
+        };
+        if now >= attempt.deadline {
             // The deadline passed before this event was seen (a busy loop, or timer
             // slack): the attempt timed out, whatever the socket says now.
             self.wake(i, now, events);
             return;
         }
-        let Some(sub) = self
-            .probes
-            .get_mut(i)
-            .and_then(|p| p.attempt.as_mut())
-            .and_then(|a| a.subs.get_mut(s))
-            .filter(|sub| sub.token == token)
-        else {
-            return;
-        };
         let Some(check) = sub.check.as_mut() else {
             return;
         };
