@@ -265,10 +265,10 @@ fn bare_timerfd(n: usize, gap: Duration) -> Figures {
     Figures::of(late)
 }
 
+/// One configuration, always under runStrategy `Always` (a `poweroff` brings a new VM).
 struct Case {
     name: &'static str,
     action: WatchdogAction,
-    strategy: RunStrategy,
     probes: usize,
     /// `--realtime-priority`.
     realtime: Option<u8>,
@@ -300,7 +300,7 @@ fn run_case(case: &Case, n: usize, stage: Duration, server: &Server) -> Outcome 
         .collect();
     let cfg = RunConfig {
         vm_name: "lateness".into(),
-        strategy: case.strategy,
+        strategy: RunStrategy::Always,
         watchdog: Some(("wd".into(), case.action)),
         liveness_action: LivenessAction::Stop,
         grace_period: Duration::from_secs(1),
@@ -377,41 +377,24 @@ fn main() {
     let stage = Duration::from_millis(env_number("EXPIRY_BENCH_STAGE_MS", 2).max(1));
     let probe_count = env_number("EXPIRY_BENCH_PROBES", 1000) as usize;
     let server = Server::start();
-    let reset = |probes, realtime| Case {
-        name: "reset",
-        action: WatchdogAction::Reset,
-        strategy: RunStrategy::Always,
+    let case = |name, action, probes, realtime| Case {
+        name,
+        action,
         probes,
         realtime,
     };
-    let nmi = |probes| Case {
-        name: "inject-nmi",
-        action: WatchdogAction::InjectNmi,
-        strategy: RunStrategy::Always,
-        probes,
-        realtime: None,
-    };
+    use WatchdogAction::{InjectNmi, Poweroff, Reset};
+    let poweroff = "poweroff, then a new VM";
+    let rt = Some(RT_PRIORITY);
     let cases = [
-        reset(0, None),
-        reset(probe_count, None),
-        reset(0, Some(RT_PRIORITY)),
-        reset(probe_count, Some(RT_PRIORITY)),
-        Case {
-            name: "poweroff, then a new VM",
-            action: WatchdogAction::Poweroff,
-            strategy: RunStrategy::Always,
-            probes: 0,
-            realtime: None,
-        },
-        nmi(0),
-        nmi(probe_count),
-        Case {
-            name: "poweroff, then a new VM",
-            action: WatchdogAction::Poweroff,
-            strategy: RunStrategy::Always,
-            probes: probe_count,
-            realtime: None,
-        },
+        case("reset", Reset, 0, None),
+        case("reset", Reset, probe_count, None),
+        case("reset", Reset, 0, rt),
+        case("reset", Reset, probe_count, rt),
+        case(poweroff, Poweroff, 0, None),
+        case("inject-nmi", InjectNmi, 0, None),
+        case("inject-nmi", InjectNmi, probe_count, None),
+        case(poweroff, Poweroff, probe_count, None),
     ];
     println!(
         "expiry lateness: {n} expiries per configuration, {} ms per stage, load average {}",
