@@ -12,7 +12,7 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use probes_util::*;
 use vmpulse::probes::config::{HttpScheme, ProbeConfig, ProbeHandler, ProbeKind};
@@ -20,6 +20,7 @@ use vmpulse::probes::{ProbeEnv, ProbeEvent, ProbeSet, ProbeSetError, ProbeStats}
 
 const R: ProbeKind = ProbeKind::Readiness;
 const L: ProbeKind = ProbeKind::Liveness;
+use vmm_sys_util::epoll::EpollEvent;
 use vmpulse::probes::tracker::Outcome;
 
 fn ms(x: u64) -> Duration {
@@ -459,7 +460,7 @@ fn an_answer_seen_after_the_deadline_is_a_timeout() {
         .unwrap();
     let mut set = ProbeSet::new(vec![config], env(&[V4])).unwrap();
     let epoll = epoll_on(&set);
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     set.vm_started(t0);
     assert!(
         set.process(t0).is_empty(),
@@ -468,10 +469,10 @@ fn an_answer_seen_after_the_deadline_is_a_timeout() {
     assert_eq!(set.in_flight(), 1);
     // The answer arrives at once, but the loop only sees it 2 s into the attempt
     // (a loop held up, or one woken with timer slack).
-    let mut ev = [vmm_sys_util::epoll::EpollEvent::default(); 4];
+    let mut ev = [EpollEvent::default(); 4];
     let mut attempts = Vec::new();
-    let give_up = std::time::Instant::now() + s(10);
-    while attempts.is_empty() && std::time::Instant::now() < give_up {
+    let give_up = Instant::now() + s(10);
+    while attempts.is_empty() && Instant::now() < give_up {
         epoll.wait(1000, &mut ev).unwrap();
         attempts.extend(set.process(t0 + s(2)).into_iter().filter_map(|e| match e {
             ProbeEvent::Attempt(a) => Some(a),
@@ -498,7 +499,7 @@ fn timer_slack_lets_the_timerfd_fire_late_but_keeps_next_deadline_exact() {
         let mut set = ProbeSet::new(vec![config], env(&[V4])).unwrap();
         set.set_timer_slack(slack);
         let epoll = epoll_on(&set);
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         set.vm_started(t0);
         assert!(set.process(t0).is_empty());
         assert_eq!(
@@ -506,7 +507,7 @@ fn timer_slack_lets_the_timerfd_fire_late_but_keeps_next_deadline_exact() {
             Some(t0 + ms(30)),
             "exact, whatever the slack"
         );
-        let mut ev = [vmm_sys_util::epoll::EpollEvent::default(); 4];
+        let mut ev = [EpollEvent::default(); 4];
         assert_eq!(epoll.wait(5_000, &mut ev).unwrap(), 1, "the timerfd fires");
         let woken = t0.elapsed();
         // A timer never fires early: with slack, not before the start plus the slack.
@@ -518,7 +519,7 @@ fn timer_slack_lets_the_timerfd_fire_late_but_keeps_next_deadline_exact() {
         );
         assert!(woken < s(3), "slack {slack:?}: woken at {woken:?}");
         let started: Vec<_> = set
-            .process(std::time::Instant::now())
+            .process(Instant::now())
             .into_iter()
             .filter(|e| matches!(e, ProbeEvent::Attempt(_)))
             .collect();
